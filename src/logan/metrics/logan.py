@@ -1,0 +1,59 @@
+"""LOGAN's nine divergences between the clean-image and noisy-image next-token distributions.
+
+Names are the original's (`img_metrics.metrics_to_use`, including its "norn" spelling). Each returns
+one value per token; the `max_k_` prefix says that a sample's score is the mean of its top-K% tokens
+(see `aggregate.py`), and every score is oriented "higher = more likely member" by negation.
+
+- `max_k_*_kl_div`: KL(clean || noisy) on a normalisation of the probabilities: none (plain softmax),
+  Renyi-alpha p^a / sum p^a for alpha 0.5, 1, 2 (probabilities clamped at 1e-10 first, as the
+  original), and alpha = inf (one-hot at the argmax: ln(1e12) = 27.63 when the argmax flips, else 0).
+  The original's floors (probabilities clamped at 1e-10, eps = 1e-12 inside the logs) are kept.
+- `max_k_renyi_divergence_*`: the Renyi divergence D_alpha(clean || noisy) for alpha 0.25, 0.5, 2, 4,
+  on the exact softmax (no floors).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from logan.metrics.divergence import renyi_from_centred
+from logan.metrics.pair import TokenPair
+from logan.metrics.registry import register_metric
+
+ARGMAX_FLIP_KL = math.log1p(1e-12) - math.log(1e-12)  # the original's KL between two distinct one-hots
+
+
+@register_metric("max_k_no_norn_kl_div")
+def kl_plain(pair: TokenPair) -> torch.Tensor:
+    return pair.kl_clamped
+
+
+def _kl_normalised(alpha: float):
+    def metric(pair: TokenPair) -> torch.Tensor:
+        return pair.kl_normalised(alpha)
+
+    return metric
+
+
+register_metric("max_k_renyi_05_kl_div")(_kl_normalised(0.5))
+register_metric("max_k_renyi_1_kl_div")(_kl_normalised(1.0))
+register_metric("max_k_renyi_2_kl_div")(_kl_normalised(2.0))
+
+
+@register_metric("max_k_renyi_inf_kl_div")
+def kl_argmax(pair: TokenPair) -> torch.Tensor:
+    flipped = pair.clean.argmax(-1) != pair.noisy.argmax(-1)
+    return flipped.float() * ARGMAX_FLIP_KL
+
+
+def _renyi(alpha: float):
+    def metric(pair: TokenPair) -> torch.Tensor:
+        return renyi_from_centred(pair.clean_logp, pair.centred_delta, alpha)
+
+    return metric
+
+
+for _alpha, _name in ((0.25, "025"), (0.5, "05"), (2.0, "2"), (4.0, "4")):
+    register_metric(f"max_k_renyi_divergence_{_name}")(_renyi(_alpha))

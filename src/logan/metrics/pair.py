@@ -1,0 +1,87 @@
+"""`TokenPair`: the clean and noisy logits of the same token positions, with shared intermediates.
+
+Every metric reads the same pair, so one forward pass per (image, std) feeds all of them and common
+tensors (log-softmax, the centred log-ratio, ...) are computed once.
+
+The original computes its KLs on probabilities clamped to [1e-10, 1 - 1e-10] and adds eps = 1e-12
+inside the logs; those floors cap the log-ratio of a token at ln(1e10) or ln(1e12) and matter at large
+noise. They are reproduced here as exact correction terms on top of a precise divergence, so small
+divergences keep full float32 precision and large ones match the original's definition.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import torch
+
+from logan.metrics.divergence import centred, epsilon_term, kl_from_centred
+
+CLAMP_LOG = math.log(1e-10)  # the original clamps probabilities to [1e-10, 1 - 1e-10]
+
+
+class TokenPair:
+    """Clean and noisy float32 logits [N, V] over the real vocabulary."""
+
+    def __init__(self, clean: torch.Tensor, noisy: torch.Tensor) -> None:
+        self.clean = clean.float()
+        self.noisy = noisy.float()
+        self._normalised: dict[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @cached_property
+    def clean_logp(self) -> torch.Tensor:
+        return torch.log_softmax(self.clean, dim=-1)
+
+    @cached_property
+    def clean_p(self) -> torch.Tensor:
+        return self.clean_logp.exp()
+
+    @cached_property
+    def centred_delta(self) -> torch.Tensor:
+        """d = (clean - noisy) logits centred under the clean distribution (= log p - log q, centred)."""
+        return centred(self.clean_p, self.clean - self.noisy)
+
+    @cached_property
+    def kl(self) -> torch.Tensor:
+        """KL(clean || noisy) on the plain softmax, exact (no clamping)."""
+        return kl_from_centred(self.clean_logp, self.centred_delta)
+
+    @cached_property
+    def logp_diff(self) -> torch.Tensor:
+        """log p_clean - log p_noisy per vocabulary entry, without rounding of the log-partitions."""
+        return self.centred_delta + self.kl.unsqueeze(-1)
+
+    @cached_property
+    def noisy_logp(self) -> torch.Tensor:
+        return self.clean_logp - self.logp_diff
+
+    @cached_property
+    def kl_clamped(self) -> torch.Tensor:
+        """The original's no-normalisation KL: sum p_c (log(p_c + eps) - log(q_c + eps)), p_c = max(p, 1e-10)."""
+        lp, lq = self.clean_logp, self.noisy_logp
+        lp_c, lq_c = lp.clamp(min=CLAMP_LOG), lq.clamp(min=CLAMP_LOG)
+        p_c = lp_c.exp()
+        floored = (lp < CLAMP_LOG) | (lq < CLAMP_LOG)
+        extra = torch.where(floored, p_c * (lp_c - lq_c) - self.clean_p * self.logp_diff, torch.zeros_like(lp))
+        return (self.kl + extra.sum(-1) + epsilon_term(p_c, lp_c, lq_c)).clamp(min=0.0)
+
+    def normalised(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-weights, centred log-ratio, noisy log-weights) of the original's p^a / sum p^a.
+
+        Probabilities are clamped at 1e-10 first, as the original does (it matters for alpha < 1).
+        """
+        if alpha not in self._normalised:
+            lp, lq = self.clean_logp, self.noisy_logp
+            both = (lp >= CLAMP_LOG) & (lq >= CLAMP_LOG)
+            diff = torch.where(both, self.logp_diff, lp.clamp(min=CLAMP_LOG) - lq.clamp(min=CLAMP_LOG))
+            log_w = torch.log_softmax(alpha * lp.clamp(min=CLAMP_LOG), dim=-1)
+            d = centred(log_w.exp(), alpha * diff)
+            log_w_noisy = log_w - (d + kl_from_centred(log_w, d).unsqueeze(-1))
+            self._normalised[alpha] = (log_w, d, log_w_noisy)
+        return self._normalised[alpha]
+
+    def kl_normalised(self, alpha: float) -> torch.Tensor:
+        """The original's KL between Renyi-alpha normalisations, eps inside the logs included."""
+        log_w, d, log_w_noisy = self.normalised(alpha)
+        return (kl_from_centred(log_w, d) + epsilon_term(log_w.exp(), log_w, log_w_noisy)).clamp(min=0.0)

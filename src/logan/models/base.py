@@ -1,0 +1,172 @@
+"""The narrow model interface every family implements: prompts in, per-token logits out.
+
+An adapter encodes (instruction, optional continuation) around the image into token ids, turns float
+pixels into the model's pixel tensor, and returns float32 logits over the real vocabulary at the
+positions the engine asks for. Part slices come from the true lengths of each encoded sequence.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from logan.errors import LoganError
+from logan.models.preprocess import ImageTransform
+
+SYSTEM_HUMAN = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+SYSTEM_USER = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+# conv_mode -> (text before the image, text after it with {instruction})
+TEMPLATES: dict[str, tuple[str, str]] = {
+    "llava_v1": (SYSTEM_HUMAN + " USER: ", "\n{instruction} ASSISTANT:"),
+    "vicuna_v1": (SYSTEM_USER + " USER: ", "\n{instruction} ASSISTANT:"),
+    "llava_hf": ("USER: ", "\n{instruction} ASSISTANT:"),
+    "plain": ("", ""),
+}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One token sequence: [prefix][image tokens][instruction][continuation]."""
+
+    input_ids: tuple[int, ...]
+    image_start: int
+    n_image: int
+    inst_end: int
+
+    @property
+    def image_end(self) -> int:
+        return self.image_start + self.n_image
+
+    def part_positions(self, part: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logit positions scored for `part` and the token ids they predict (None for `img`).
+
+        `img` scores the outputs at the image-token positions (they depend on the prefix and the image
+        only); text parts score the logits that predict their tokens (position j-1 for token j).
+        """
+        if part == "img":
+            return np.arange(self.image_start, self.image_end), None
+        spans = {
+            "inst": (self.image_end, self.inst_end),
+            "desp": (self.inst_end, len(self.input_ids)),
+            "caption": (self.inst_end, len(self.input_ids)),
+            "inst_desp": (self.image_end, len(self.input_ids)),
+        }
+        start, end = spans[part]
+        tokens = np.arange(start, end)
+        return tokens - 1, np.asarray(self.input_ids, dtype=np.int64)[tokens]
+
+
+class VLMAdapter(ABC):
+    """A loaded vision-language model behind LOGAN's narrow interface."""
+
+    device: torch.device
+    dtype: torch.dtype
+    transform: ImageTransform
+    real_vocab: int
+    n_image_tokens: int
+    image_token_id: int
+    pad_token_id: int
+    eos_token_id: int | None
+    bos_token_id: int | None
+    conv_mode: str
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """Validate the model settings before anything is written (e.g. that the folder exists)."""
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of plain text, without special tokens."""
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str:
+        """Text of generated token ids."""
+
+    @abstractmethod
+    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """float32 logits [B, P, real_vocab] at `positions` [B, P] of a right-padded batch."""
+
+    @abstractmethod
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+                 max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuations (token ids, EOS excluded) of a left-padded batch."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this model's outputs (recorded in the run folder)."""
+        return {"adapter": type(self).__name__, "conv_mode": self.conv_mode, "real_vocab": self.real_vocab}
+
+    def encode(self, instruction: str, continuation: list[int] | None = None, *,
+               text_after_image: bool = True) -> Encoded:
+        """Chunk-wise tokenisation around the image, as the original LLaVA does (BOS on chunk 0 only)."""
+        if self.conv_mode not in TEMPLATES:
+            raise LoganError(
+                f"target_model.conv_mode={self.conv_mode} is unknown; use one of {', '.join(TEMPLATES)}."
+            )
+        before, after = TEMPLATES[self.conv_mode]
+        ids = ([self.bos_token_id] if self.bos_token_id is not None else []) + (
+            self.tokenize(before) if before else [])
+        image_start = len(ids)
+        ids += [self.image_token_id] * self.n_image_tokens
+        if text_after_image:
+            text = after.format(instruction=instruction) if after else ""
+            ids += self.tokenize(text) if text else []
+        inst_end = len(ids)
+        if text_after_image and continuation:
+            ids += list(continuation)
+        return Encoded(tuple(ids), image_start, self.n_image_tokens, inst_end)
+
+    def pixel_values(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Float pixels (H x W x 3, 0-255) -> the model's normalised pixel tensor on its device."""
+        batch = np.stack([self.transform(image) for image in images])
+        return torch.from_numpy(batch)
+
+    def to_model(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.to(self.device, self.dtype)
+
+
+def pad_batch(sequences: list[Encoded], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token sequences to one length; returns (input_ids, attention_mask)."""
+    length = max(len(s.input_ids) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        n = len(seq.input_ids)
+        cols = slice(0, n) if side == "right" else slice(length - n, length)
+        ids[row, cols] = torch.tensor(seq.input_ids, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LoganError(f"device={name} is not a device name; use auto, cpu, cuda or cuda:N.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LoganError(f"device={name} asks for a GPU, but torch sees none here; use device=cpu.")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise LoganError(f"dtype={name} is unknown; use auto, float32, bfloat16 or float16.")
+    return table[name]

@@ -1,0 +1,134 @@
+"""LLaVA in Hugging Face format (`LlavaForConditionalGeneration`), e.g. llava-hf/llava-1.5-7b-hf.
+
+    logan tune target_model=llava-hf target_model.model_path=/models/llava-1.5-7b-hf \
+        data.member_dataset=M.json data.nonmember_dataset=N.json path.output_dir=OUT
+
+Prompts follow the original LLaVA-1.5 (`conv_mode=llava_v1`, system prompt, chunk-wise tokenisation
+around the image); logits are cut to the real vocabulary (32000 for llava-1.5-7b-hf, whose 64 extra
+rows are padding) before any softmax.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from logan.config import ModelConfig
+from logan.errors import LoganError
+from logan.models.base import VLMAdapter
+from logan.models.preprocess import ImageTransform
+from logan.models.registry import register_model
+
+log = logging.getLogger(__name__)
+
+
+def _check_folder(path: str | None) -> Path:
+    if not path:
+        raise LoganError("target_model.model_path is not set: give the folder of a Hugging Face LLaVA checkpoint.")
+    folder = Path(path).expanduser()
+    config = folder / "config.json"
+    if not config.is_file():
+        raise LoganError(
+            f"target_model.model_path={folder} is not a Hugging Face model folder (no config.json there)."
+        )
+    model_type = json.loads(config.read_text()).get("model_type")
+    if model_type != "llava":
+        raise LoganError(
+            f"{folder} holds a '{model_type}' model, not an HF-format LLaVA (model_type 'llava'); "
+            "pick the target_model that matches the checkpoint."
+        )
+    return folder
+
+
+@register_model("llava-hf")
+class LlavaHF(VLMAdapter):
+    """Adapter for any local HF-format LLaVA folder."""
+
+    @classmethod
+    def check(cls, cfg: ModelConfig) -> None:
+        _check_folder(cfg.model_path)
+
+    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
+        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+        from transformers.utils import logging as hf_logging
+
+        folder = _check_folder(cfg.model_path)
+        hf_logging.disable_progress_bar()
+        model, info = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if problems:
+            kind, keys = next(iter(problems.items()))
+            raise LoganError(
+                f"checkpoint {folder} does not match its config: {kind.replace('_', ' ')} "
+                f"{sorted(map(str, keys))[:3]}; it is not a complete LLaVA checkpoint."
+            )
+        self.model = model.to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.device, self.dtype, self.conv_mode = device, dtype, cfg.conv_mode
+        config = self.model.config
+        transform = ImageTransform.from_folder(folder, cfg.pad_to_square)
+        if transform is None:
+            raise LoganError(f"{folder} has no preprocessor_config.json: the image preprocessing is unknown.")
+        self.transform = transform
+        self.image_token_id = int(getattr(config, "image_token_id", None) or config.image_token_index)
+        vision = config.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2
+        self.n_image_tokens = patches + (1 if config.vision_feature_select_strategy == "full" else 0)
+        rows = self.model.lm_head.out_features
+        self.real_vocab = min(cfg.vocab_size or self.tokenizer.vocab_size, rows)
+        self.bos_token_id = self.tokenizer.bos_token_id
+        self.eos_token_id = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else (self.eos_token_id or 0)
+        self.path = folder
+        log.info("loaded %s (%s, %s): %d image tokens, vocabulary %d of %d rows",
+                 folder, device, str(dtype).replace("torch.", ""), self.n_image_tokens, self.real_vocab, rows)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "model_path": str(self.path.resolve())}
+
+    @torch.inference_mode()
+    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            pixel_values=self.to_model(pixel_values),
+            use_cache=False,
+        ).last_hidden_state
+        index = positions.to(self.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        picked = torch.gather(hidden, 1, index)
+        return self.model.lm_head(picked)[..., : self.real_vocab].float()
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+                 max_new_tokens: int) -> list[list[int]]:
+        rows = self.model.lm_head.out_features
+        banned = {*range(self.real_vocab, rows), self.pad_token_id, self.bos_token_id} - {self.eos_token_id, None}
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            pixel_values=self.to_model(pixel_values),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            suppress_tokens=sorted(banned),
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+        )
+        new = out[:, input_ids.shape[1]:].tolist()
+        result = []
+        for ids in new:
+            if self.eos_token_id is not None and self.eos_token_id in ids:
+                ids = ids[: ids.index(self.eos_token_id)]
+            result.append(ids)
+        return result

@@ -1,0 +1,1 @@
+"""Commands as short stories of the steps: tune, select, classify, demo."""

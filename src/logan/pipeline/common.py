@@ -1,0 +1,192 @@
+"""Steps shared by `tune` and `classify`: validate inputs, prepare samples, run the std values."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from logan.config import RunConfig
+from logan.data.images import check_image
+from logan.engine import Engine, EngineSettings, WorkItem, variants_for
+from logan.errors import LoganError
+from logan.io import check_fingerprint, read_json, remove_stale_temporaries, write_json
+from logan.metrics.registry import all_metrics
+from logan.models.base import VLMAdapter, resolve_device, resolve_dtype
+from logan.models.registry import check_model, load_model
+from logan.results import Selection, StdWriter, first_of_each_class, is_done, std_folder
+
+log = logging.getLogger(__name__)
+
+TKN_SUFFIX = "_tkn_vals"
+DESCRIPTIONS = "descriptions.json"
+
+
+def check_metrics(cfg: RunConfig) -> None:
+    """Every metric must exist and have its `<metric>_tkn_vals` requested, as the seed requires."""
+    known = all_metrics()
+    metrics = cfg.img_metrics.metrics_to_use
+    if not metrics:
+        raise LoganError("img_metrics.metrics_to_use is empty: name at least one metric, e.g. max_k_no_norn_kl_div.")
+    for name in metrics:
+        if name not in known:
+            from logan.errors import unknown
+
+            raise unknown("metric in img_metrics.metrics_to_use", name, known)
+    requested = set(cfg.img_metrics.get_proc_meta_metrics)
+    for name in metrics:
+        if name + TKN_SUFFIX not in requested:
+            raise LoganError(
+                f"metric {name} is used but {name}{TKN_SUFFIX} is not in img_metrics.get_proc_meta_metrics; "
+                f"add it (a metric needs its per-token values)."
+            )
+    for entry in requested:
+        if not entry.endswith(TKN_SUFFIX) or entry[: -len(TKN_SUFFIX)] not in known:
+            from logan.errors import unknown
+
+            raise unknown("entry in img_metrics.get_proc_meta_metrics", entry, [m + TKN_SUFFIX for m in known])
+    for entry in cfg.img_metrics.get_raw_meta_metrics:
+        if entry != "losses":
+            raise LoganError(f"img_metrics.get_raw_meta_metrics holds '{entry}'; the raw meta metric saved is 'losses'.")
+    if cfg.data.augmentations.GaussianNoise.mean and any(float(m) != 0 for m in cfg.data.augmentations.GaussianNoise.mean):
+        raise LoganError("data.augmentations.GaussianNoise.mean must be 0: LOGAN adds zero-mean noise.")
+
+
+def check_samples(frame: pd.DataFrame, cfg: RunConfig) -> None:
+    """Every image exists and decodes; captions exist when the `caption` part is asked for."""
+    for i, row in enumerate(frame.itertuples(index=False)):
+        check_image(row.image, f"entry {i} of the {'member' if row.label == 1 else 'non-member'} samples")
+        if "caption" in cfg.img_metrics.parts and not row.caption:
+            raise LoganError(
+                f"img_metrics.parts has 'caption' but {row.image} has no caption; add a \"caption\" field to "
+                "every entry or drop the part."
+            )
+
+
+def fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    """The settings a run folder's per-std results depend on."""
+    m, n = cfg.target_model, cfg.noise
+    return {
+        "target_model": m.name, "model_path": str(Path(m.model_path).resolve()) if m.model_path else None,
+        "conv_mode": m.conv_mode, "pad_to_square": m.pad_to_square, "vocab_size": m.vocab_size,
+        "seed": cfg.seed, "quantize": n.quantize, "space": n.space, "draws": n.draws,
+        "prompt": cfg.prompt.text, "num_gen_tokens": cfg.generation.num_gen_tokens,
+        "parts": sorted(cfg.img_metrics.parts), "metrics": sorted(cfg.img_metrics.metrics_to_use),
+        "ratio": [float(k) for k in cfg.img_metrics.ratio], "dtype": cfg.dtype,
+    }
+
+
+def open_model(cfg: RunConfig) -> VLMAdapter:
+    device = resolve_device(cfg.device)
+    return load_model(cfg.target_model, device, resolve_dtype(cfg.dtype, device))
+
+
+def prepare_run(cfg: RunConfig, command: str, data: Any = None) -> None:
+    """Checks that need no model, then claim the run folder (nothing is written before they pass)."""
+    check_metrics(cfg)
+    check_model(cfg.target_model)
+    resolve_device(cfg.device)
+    if data is not None:
+        check_samples(data, cfg)
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command)
+    remove_stale_temporaries(out)
+    add_log_file(out / "logan.log")
+
+
+def _data_key(cfg: RunConfig) -> dict[str, Any]:
+    d = cfg.data
+    return {"member_dataset": d.member_dataset, "nonmember_dataset": d.nonmember_dataset, "dataset": d.dataset,
+            "target_set_size": d.target_set_size, "n_nm_ratio": d.n_nm_ratio,
+            "reference": d.reference_datasets_list, "distribution": d.reference_set_sample_distribution,
+            "reference_set_size": d.reference_set_size}
+
+
+def add_log_file(path: Path) -> None:
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+
+def work_items(cfg: RunConfig, model: VLMAdapter, samples: pd.DataFrame, out: Path) -> list[WorkItem]:
+    """Samples with the token ids each variant needs: generated descriptions, tokenised captions."""
+    plan = variants_for(cfg.img_metrics.parts)
+    descriptions: dict[str, list[int]] = {}
+    if {"desp", "inst_desp"} & set(cfg.img_metrics.parts):
+        from logan.pipeline.describe import describe
+
+        descriptions = describe(cfg, model, list(samples.image), out / DESCRIPTIONS)
+    items = []
+    for row in samples.itertuples(index=False):
+        caption = tuple(model.tokenize(row.caption)) if "cap" in plan and row.caption else None
+        desc = descriptions.get(row.image)
+        items.append(WorkItem(row.image, int(row.label), tuple(desc) if desc is not None else None, caption))
+    return items
+
+
+def run_stds(cfg: RunConfig, model: VLMAdapter, items: list[WorkItem], stds: list[float], out: Path,
+             target: pd.DataFrame, desc: str) -> None:
+    """Compute every pending std of one set; each std folder appears only when complete."""
+    pending = [s for s in dict.fromkeys(stds) if not is_done(out, s)]
+    if not pending:
+        return
+    m = cfg.img_metrics
+    selection = Selection(
+        tokens=first_of_each_class(target, m.get_proc_meta_examples),
+        losses=first_of_each_class(target, m.get_raw_meta_examples),
+        images=first_of_each_class(target, m.get_raw_images) or set(),
+        save_tokens=bool(m.get_proc_meta_metrics), save_losses="losses" in m.get_raw_meta_metrics,
+    )
+    engine = Engine(model, EngineSettings(
+        parts=list(m.parts), metrics=list(m.metrics_to_use), instruction=cfg.prompt.text,
+        batch_size=cfg.inference.batch_size, draws=cfg.noise.draws, quantize=cfg.noise.quantize,
+        space=cfg.noise.space, seed=cfg.seed))
+    writers = {s: StdWriter(std_folder(out, s), s, m.ratio, selection) for s in pending}
+    started = time.time()
+    try:
+        for std, results in engine.run(items, pending, selection.images, desc=desc):
+            writers[std].add(results)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    for writer in writers.values():
+        writer.finish()
+    log.info("%s: %d std values x %d samples in %.1f s", desc, len(pending), len(items), time.time() - started)
+
+
+def read_std_argument(value: Any) -> list[float]:
+    """`noise.std` for classify: a number, a list, or the path of an optimal_std.json."""
+    from logan.config import parse_std_values
+
+    if value is None:
+        raise LoganError("noise.std is not set: give a number, a list, or the path of a tuning run's optimal_std.json.")
+    if isinstance(value, str) and not _is_number(value):
+        path = Path(value)
+        if not path.is_file():
+            raise LoganError(f"noise.std={value} is neither a number nor an existing optimal_std.json file.")
+        try:
+            value = float(read_json(path)["optimal_std"])
+        except (KeyError, ValueError, TypeError):
+            raise LoganError(f"{path} has no 'optimal_std' number; give a file written by 'logan select'.")
+        return parse_std_values(value, f"optimal_std in {path}")
+    return parse_std_values(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def save_resolved_config(cfg_dict: dict[str, Any], out: Path) -> None:
+    write_json(out / "config.json", cfg_dict)

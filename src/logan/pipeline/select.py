@@ -1,0 +1,112 @@
+"""`logan select`: the optimal std of a tuning run.
+
+For each std the curve is mean(target) - mean(reference) of the per-sample divergence (Max-K% with
+K = `selection.k`, on `selection.part`); members diverge less at low noise, so the optimal std is
+the curve's minimum (`rule=min_gap`, the original's rule). `max_abs_gap` and `max_tune_auc` (AUC of
+target vs reference) are computed beside it, and every part's own optimum (`per_part`) too; all are
+recorded in `optimal_std.json`.
+
+    logan select path.output_dir=OUT
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from logan.config import RunConfig
+from logan.data.sets import SET_FILES, read_list
+from logan.errors import LoganError
+from logan.io import write_json
+from logan.report.plots import tuning_curve
+from logan.report.scoring import roc_summary
+from logan.results import load_scores
+
+log = logging.getLogger(__name__)
+
+RULES = ("min_gap", "max_abs_gap", "max_tune_auc")
+
+
+def curve_points(values: pd.DataFrame, target: set[str], reference: set[str]) -> list[dict[str, float]]:
+    """One point per std: target mean, reference mean, gap and the target-vs-reference AUC."""
+    points = []
+    for std, group in values.groupby("std"):
+        series = group.set_index("sample_id").divergence
+        t = series[series.index.isin(target)].to_numpy()
+        r = series[series.index.isin(reference)].to_numpy()
+        labels = np.r_[np.ones(len(t)), np.zeros(len(r))]
+        auc = roc_summary(labels, -np.r_[t, r])["auc"] if len(t) and len(r) else float("nan")
+        points.append({"std": float(std), "target_mean": float(np.nanmean(t)), "reference_mean": float(np.nanmean(r)),
+                       "gap": float(np.nanmean(t) - np.nanmean(r)), "tune_auc": float(auc)})
+    return points
+
+
+def pick(points: list[dict[str, float]], rule: str) -> float:
+    usable = [p for p in points if p["std"] > 0 and np.isfinite(p["gap"])]
+    if not usable:
+        raise LoganError("no std > 0 has finite results yet: run 'logan tune' first.")
+    if rule == "min_gap":
+        return min(usable, key=lambda p: p["gap"])["std"]
+    if rule == "max_abs_gap":
+        return max(usable, key=lambda p: abs(p["gap"]))["std"]
+    return max(usable, key=lambda p: p["tune_auc"] if np.isfinite(p["tune_auc"]) else -1)["std"]
+
+
+def select(cfg: RunConfig) -> dict[str, Any]:
+    """Compute the curves of a tuning folder, write optimal_std.json and the curve plot."""
+    out = cfg.output_dir
+    s = cfg.selection
+    if s.rule not in RULES:
+        raise LoganError(f"selection.rule={s.rule} is unknown; use one of {', '.join(RULES)}.")
+    folder = out / "datasets"
+    if not (folder / SET_FILES["target"]).exists():
+        raise LoganError(f"{out} is not a tuning folder (no datasets/{SET_FILES['target']}); run 'logan tune' first.")
+    target = set(read_list(folder / SET_FILES["target"], "target set").image)
+    reference = set(read_list(folder / SET_FILES["reference"], "reference set").image)
+    scores = load_scores(out)
+    if scores.empty:
+        raise LoganError(f"{out} holds no finished std yet; run 'logan tune' with path.output_dir={out}.")
+    part = s.part or cfg.img_metrics.parts[0]
+    metrics = [m for m in cfg.img_metrics.metrics_to_use if m in set(scores.metric)]
+    metric = s.metric or (metrics[0] if metrics else None)
+    if metric not in metrics or part not in set(scores.part):
+        raise LoganError(
+            f"selection.metric={metric} / selection.part={part} are not in this run's results "
+            f"(metrics: {', '.join(sorted(set(scores.metric)))}; parts: {', '.join(sorted(set(scores.part)))})."
+        )
+    at_k = scores[np.isclose(scores.k, s.k)]
+    if at_k.empty:
+        raise LoganError(f"selection.k={s.k} is not one of the run's img_metrics.ratio values.")
+    rows = at_k[at_k.part == part]
+    curves = {m: curve_points(rows[rows.metric == m], target, reference) for m in metrics}
+    optimal = pick(curves[metric], s.rule)
+    per_part = {}
+    for other in dict.fromkeys(p for p in cfg.img_metrics.parts if p in set(at_k.part)):
+        points = curve_points(at_k[(at_k.part == other) & (at_k.metric == metric)], target, reference)
+        per_part[other] = {"optimal_std": pick(points, s.rule), "curve": points}
+    result = {
+        "optimal_std": optimal, "selection_metric": metric, "rule": s.rule, "part": part, "k": s.k,
+        "alternatives": {rule: pick(curves[metric], rule) for rule in RULES},
+        "reference_is_target_nonmembers": reference <= target,
+        "n_target": len(target), "n_reference": len(reference),
+        "curves": curves,
+        "per_part": per_part,
+    }
+    write_json(out / "optimal_std.json", result)
+    tuning_curve(curves, metric, optimal, out / "tuning_curve.png")
+    best_gap = [p for p in curves[metric] if p["std"] == optimal][0]["gap"]
+    if best_gap >= 0:
+        log.warning("no std gives mean(target) < mean(reference) for %s: the low-noise regime where members "
+                    "diverge less was not found on this grid", metric)
+    log.info("optimal std = %g (%s on %s, K=%g, rule %s); curve plot: %s", optimal, metric, part, s.k, s.rule,
+             out / "tuning_curve.png")
+    return result
+
+
+def main(cfg: RunConfig) -> Path:
+    select(cfg)
+    return cfg.output_dir / "optimal_std.json"

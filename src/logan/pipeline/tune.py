@@ -1,0 +1,50 @@
+"""`logan tune`: noise-level tuning (the original's `job_type=hyperparam_tuning`).
+
+    logan tune target_model=llava-hf target_model.model_path=DIR \
+        data.member_dataset=M.json data.nonmember_dataset=N.json data.target_set_size=40 \
+        noise.std_sets=[[0.5,2.0],[8.0,32.0]] img_metrics.parts=[img] path.output_dir=OUT
+
+Samples the target and reference sets (saved under OUT/datasets), computes every std of every set
+(skipping those already complete in OUT), then runs `logan select` on the results.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from logan.config import RunConfig
+from logan.data.sets import build_sets
+from logan.pipeline.common import open_model, prepare_run, run_stds, work_items
+from logan.pipeline.select import select
+from logan.results import is_done
+
+log = logging.getLogger(__name__)
+
+
+def tune(cfg: RunConfig) -> dict:
+    out = cfg.output_dir
+    sets, reloaded = build_sets(cfg.data, cfg.seed, out / "datasets")
+    samples = sets.all_samples()
+    prepare_run(cfg, "tune", samples)
+    if not reloaded:
+        sets.save(out / "datasets")
+    std_sets = cfg.std_sets()
+    n_members = int((sets.target.label == 1).sum())
+    log.info("target set: %d members + %d non-members; reference set: %d%s; %d std values in %d sets",
+             n_members, len(sets.target) - n_members, len(sets.reference),
+             " (the target non-members)" if sets.reference_is_target_nonmembers else "",
+             sum(len(g) for g in std_sets), len(std_sets))
+    if any(not is_done(out, s) for group in std_sets for s in group):
+        model = open_model(cfg)
+        items = work_items(cfg, model, samples, out)
+        for i, group in enumerate(std_sets):
+            run_stds(cfg, model, items, group, out, sets.target, desc=f"std set {i + 1}/{len(std_sets)}")
+    else:
+        log.info("every std is already complete in %s", out)
+    return select(cfg)
+
+
+def main(cfg: RunConfig) -> Path:
+    tune(cfg)
+    return cfg.output_dir

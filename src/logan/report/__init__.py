@@ -1,0 +1,1 @@
+"""Reports: ROC scoring (AUC, balanced accuracy, TPR at low FPR) and plots."""

@@ -1,0 +1,62 @@
+"""Plots: the tuning curve (target - reference divergence over std) and ROC curves (linear, log-log)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from logan.io import atomic_path  # noqa: E402
+from logan.report.scoring import roc_points  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def tuning_curve(curves: dict[str, list[dict]], selected: str, optimal_std: float, path: Path) -> None:
+    """Gap mean(target) - mean(reference) over std, one line per metric, the optimum marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for metric, points in curves.items():
+        stds = np.array([p["std"] for p in points])
+        gaps = np.array([p["gap"] for p in points])
+        positive = stds > 0
+        style = {"lw": 2.2, "zorder": 3} if metric == selected else {"lw": 1.0, "alpha": 0.6}
+        ax.plot(stds[positive], gaps[positive], marker="o", ms=3, label=metric, **style)
+        if metric == selected:
+            best = [p for p in points if p["std"] == optimal_std][0]
+            ax.scatter([optimal_std], [best["gap"]], s=120, facecolors="none", edgecolors="red", zorder=4,
+                       label=f"optimal std = {optimal_std:g}")
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("noise std (0-255 pixel units)")
+    ax.set_ylabel("mean(target) - mean(reference) divergence")
+    ax.set_title("LOGAN noise-level tuning")
+    ax.legend(fontsize=6, loc="best")
+    _save(fig, path)
+
+
+def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    """Linear and log-log ROC side by side for labelled (labels, scores) pairs."""
+    fig, (lin, log) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for name, (labels, scores) in curves.items():
+        fpr, tpr = roc_points(labels, scores)
+        lin.plot(fpr, tpr, lw=1.2, label=name)
+        log.plot(np.maximum(fpr, 1e-5), np.maximum(tpr, 1e-5), lw=1.2, label=name)
+    for ax in (lin, log):
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+    log.set_xscale("log")
+    log.set_yscale("log")
+    log.set_xlim(1e-3, 1)
+    log.set_ylim(1e-3, 1)
+    lin.legend(fontsize=6, loc="lower right")
+    fig.suptitle(title)
+    _save(fig, path)

@@ -1,0 +1,149 @@
+"""Raw results per std: `<run>/per_std/std_<value>/` holds
+
+- `scores.parquet`   one row per (sample, part, metric, K): the Max-K% divergence (not negated);
+- `tokens.parquet`   per-token values (`<metric>_tkn_vals`) of the example samples;
+- `losses.parquet`   clean and noisy mean NLL per (sample, part) (`losses`, raw meta);
+- `images/`          perturbed PNGs of the first x members and x non-members (`get_raw_images`);
+- `done.json`        written last: a std folder without it is incomplete and is recomputed.
+
+A std folder is written under a temporary name and renamed when complete, so a killed run never
+leaves a half-written std that a rerun could read.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from logan.engine import SampleResult
+from logan.io import atomic_dir, read_json, write_json
+from logan.metrics.aggregate import max_k_means
+
+PER_STD = "per_std"
+SCORE_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
+                          ("metric", pa.string()), ("k", pa.float64()), ("divergence", pa.float64())])
+TOKEN_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
+                          ("metric", pa.string()), ("values", pa.list_(pa.float32()))])
+LOSS_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
+                         ("clean_loss", pa.float64()), ("noisy_loss", pa.float64()), ("n_tokens", pa.int32())])
+
+
+def std_folder(run: Path, std: float) -> Path:
+    return Path(run) / PER_STD / f"std_{float(std)!r}"
+
+
+def is_done(run: Path, std: float) -> bool:
+    return (std_folder(run, std) / "done.json").exists()
+
+
+@dataclass
+class Selection:
+    """Which samples get per-token values, raw losses and images saved (None = every sample)."""
+
+    tokens: set[str] | None
+    losses: set[str] | None
+    images: set[str]
+    save_tokens: bool
+    save_losses: bool
+
+
+class StdWriter:
+    """Streams one std's results to Parquet inside a temporary folder; `finish` makes it final."""
+
+    def __init__(self, folder: Path, std: float, ratios: list[float], selection: Selection) -> None:
+        self.std, self.ratios, self.selection = std, [float(k) for k in ratios], selection
+        self.stack = ExitStack()
+        self.tmp = self.stack.enter_context(atomic_dir(folder))
+        self.scores = pq.ParquetWriter(self.tmp / "scores.parquet", SCORE_SCHEMA)
+        self.tokens = pq.ParquetWriter(self.tmp / "tokens.parquet", TOKEN_SCHEMA) if selection.save_tokens else None
+        self.losses = pq.ParquetWriter(self.tmp / "losses.parquet", LOSS_SCHEMA) if selection.save_losses else None
+        self.n_samples = 0
+        self.started = time.time()
+
+    def add(self, results: list[SampleResult]) -> None:
+        score_rows, token_rows, loss_rows = [], [], []
+        for res in results:
+            self.n_samples += 1
+            for (part, metric), values in res.tokens.items():
+                for k, value in zip(self.ratios, max_k_means(values, self.ratios)):
+                    score_rows.append((res.sample_id, res.label, part, metric, k, float(value)))
+                if self.tokens is not None and _chosen(self.selection.tokens, res.sample_id):
+                    token_rows.append((res.sample_id, res.label, part, metric, values))
+            if self.losses is not None and _chosen(self.selection.losses, res.sample_id):
+                for part, (clean, noisy, n) in res.losses.items():
+                    loss_rows.append((res.sample_id, res.label, part, clean, noisy, n))
+            if res.image is not None:
+                self._save_image(res)
+        self.scores.write_table(_table(score_rows, SCORE_SCHEMA))
+        if self.tokens is not None and token_rows:
+            self.tokens.write_table(_table(token_rows, TOKEN_SCHEMA))
+        if self.losses is not None and loss_rows:
+            self.losses.write_table(_table(loss_rows, LOSS_SCHEMA))
+
+    def _save_image(self, res: SampleResult) -> None:
+        folder = self.tmp / "images"
+        folder.mkdir(exist_ok=True)
+        name = f"{'member' if res.label == 1 else 'nonmember'}_{Path(res.sample_id).stem}.png"
+        Image.fromarray(res.image).save(folder / name)
+
+    def finish(self) -> None:
+        for writer in (self.scores, self.tokens, self.losses):
+            if writer is not None:
+                writer.close()
+        write_json(self.tmp / "done.json", {"std": self.std, "n_samples": self.n_samples,
+                                            "seconds": round(time.time() - self.started, 3)})
+        self.stack.close()
+
+    def abort(self) -> None:
+        for writer in (self.scores, self.tokens, self.losses):
+            if writer is not None:
+                writer.close()
+        self.stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def _chosen(subset: set[str] | None, sample_id: str) -> bool:
+    return subset is None or sample_id in subset
+
+
+def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    columns = list(zip(*rows)) if rows else [[] for _ in schema]
+    return pa.table([pa.array(list(col), type=f.type) for col, f in zip(columns, schema)], schema=schema)
+
+
+def done_stds(run: Path) -> list[float]:
+    """The std values whose results are complete in a run folder, ascending."""
+    root = Path(run) / PER_STD
+    if not root.exists():
+        return []
+    return sorted(float(read_json(p)["std"]) for p in root.glob("std_*/done.json"))
+
+
+def load_scores(run: Path, stds: list[float] | None = None) -> pd.DataFrame:
+    """All per-sample Max-K% divergences of a run (complete stds only), with a `std` column."""
+    frames = []
+    for std in stds if stds is not None else done_stds(run):
+        frame = pd.read_parquet(std_folder(run, std) / "scores.parquet")
+        frame["std"] = float(std)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=[f.name for f in SCORE_SCHEMA] + ["std"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def first_of_each_class(target: pd.DataFrame, n: int | None) -> set[str] | None:
+    """Image ids of the first n members and first n non-members (None = all)."""
+    if n is None or n < 0:
+        return None
+    return set(target[target.label == 1].image.head(n)) | set(target[target.label == 0].image.head(n))
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]

@@ -1,0 +1,40 @@
+"""Shared fixtures: a small captioned image world and a tiny LLaVA built offline from configs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from logan.data.synthetic import make_split, vocabulary
+from logan.models.tiny import TinySpec, build_tiny_llava
+
+
+@dataclass
+class World:
+    root: Path
+    members: Path
+    nonmembers: Path
+    reference: Path
+    model: Path
+
+    def overrides(self, out: Path, *extra: str) -> list[str]:
+        """The spine contract's tuning command line for this world."""
+        return [
+            "target_model=llava-hf", f"target_model.model_path={self.model}",
+            f"data.member_dataset={self.members}", f"data.nonmember_dataset={self.nonmembers}",
+            "data.target_set_size=16", "data.n_nm_ratio=0.5", "data.reference_datasets_list=[]",
+            "noise.std_sets=[[0.0,2.0],[20.0,200.0]]", "img_metrics.parts=[img,inst,desp,inst_desp,caption]",
+            "generation.num_gen_tokens=6", "inference.batch_size=4", f"path.output_dir={out}", *extra,
+        ]
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("world")
+    lists = make_split(root / "data", {"members": 12, "nonmembers": 12, "reference": 8}, size=40, seed=0)
+    captions = [e["caption"] for p in lists.values() for e in json.loads(p.read_text())]
+    model = build_tiny_llava(root / "tiny", vocabulary() + captions, TinySpec(image_size=32, hidden=32), seed=0)
+    return World(root, lists["members"], lists["nonmembers"], lists["reference"], model)
