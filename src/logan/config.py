@@ -120,10 +120,11 @@ class JobConfig:
 class DemoConfig:
     n_members: int = 150
     n_nonmembers: int = 150
-    epochs: int = 80
+    epochs: int = 150
     image_size: int = 32
     learning_rate: float = 3e-3
     train_batch_size: int = 16
+    batch_size: int = 32
     control: bool = True
     hidden: int = 96
     layers: int = 2

@@ -39,6 +39,7 @@ class WorkItem:
     label: int
     description: tuple[int, ...] | None = None
     caption: tuple[int, ...] | None = None
+    size: tuple[int, int] | None = None  # (width, height) of the original image
 
 
 @dataclass
@@ -88,10 +89,10 @@ class Engine:
         parts = self.plan[variant]
         instruction = self.settings.instruction
         if variant == "cap":
-            return self.model.encode(instruction, list(item.caption or ()))
+            return self.model.encode(instruction, list(item.caption or ()), image_size=item.size)
         needs_text = any(p != "img" for p in parts)
         continuation = list(item.description or ()) if {"desp", "inst_desp"} & set(parts) else None
-        return self.model.encode(instruction, continuation, text_after_image=needs_text)
+        return self.model.encode(instruction, continuation, text_after_image=needs_text, image_size=item.size)
 
     def run(self, items: list[WorkItem], stds: list[float], save_images: set[str] | None = None,
             desc: str = "forward") -> Iterator[tuple[float, list[SampleResult]]]:
@@ -137,9 +138,13 @@ class Engine:
         s = self.settings
         if s.space == "normalized":
             channel_std = np.asarray(self.model.transform.image_std)
-            noise = np.stack([normalized_noise(tuple(clean_pixels.shape[1:]), std, channel_std, seed=s.seed,
-                                               key=key, draw=draw) for key in keys])
-            return clean_pixels + torch.from_numpy(noise), [None] * len(images)
+            tensor = clean_pixels["pixel_values"] if isinstance(clean_pixels, dict) else clean_pixels
+            noise = torch.from_numpy(np.stack([
+                normalized_noise(tuple(tensor.shape[1:]), std, channel_std, seed=s.seed, key=key, draw=draw)
+                for key in keys]))
+            if isinstance(clean_pixels, dict):
+                return {**clean_pixels, "pixel_values": tensor + noise}, [None] * len(images)
+            return tensor + noise, [None] * len(images)
         noisy = [perturb_pixels(img, std, seed=s.seed, key=key, draw=draw, quantize=s.quantize)
                  for img, key in zip(images, keys)]
         return self.model.pixel_values(noisy), noisy

@@ -126,11 +126,12 @@ def done_stds(run: Path) -> list[float]:
     return sorted(float(read_json(p)["std"]) for p in root.glob("std_*/done.json"))
 
 
-def load_scores(run: Path, stds: list[float] | None = None) -> pd.DataFrame:
-    """All per-sample Max-K% divergences of a run (complete stds only), with a `std` column."""
+def load_scores(run: Path, stds: list[float] | None = None, k: float | None = None) -> pd.DataFrame:
+    """All per-sample Max-K% divergences of a run (complete stds only, one K if given), with a `std` column."""
     frames = []
+    near_k = [("k", ">=", k - 1e-9), ("k", "<=", k + 1e-9)] if k is not None else None
     for std in stds if stds is not None else done_stds(run):
-        frame = pd.read_parquet(std_folder(run, std) / "scores.parquet")
+        frame = pd.read_parquet(std_folder(run, std) / "scores.parquet", filters=near_k)
         frame["std"] = float(std)
         frames.append(frame)
     if not frames:

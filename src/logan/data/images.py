@@ -43,3 +43,9 @@ def check_image(path: str | Path, where: str) -> None:
             img.verify()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise LoganError(f"image {path} ({where}) is unreadable or corrupt ({exc}). Replace it or drop the entry.")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    with Image.open(path) as img:
+        return img.size

@@ -79,6 +79,9 @@ class VLMAdapter(ABC):
     eos_token_id: int | None
     bos_token_id: int | None
     conv_mode: str
+    # False for families whose image positions attend to text after them (prefix-LM): then an img-only run
+    # keeps the text after the image instead of stopping the sequence there.
+    causal_image_prefix: bool = True
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -106,25 +109,34 @@ class VLMAdapter(ABC):
         """What identifies this model's outputs (recorded in the run folder)."""
         return {"adapter": type(self).__name__, "conv_mode": self.conv_mode, "real_vocab": self.real_vocab}
 
-    def encode(self, instruction: str, continuation: list[int] | None = None, *,
-               text_after_image: bool = True) -> Encoded:
-        """Chunk-wise tokenisation around the image, as the original LLaVA does (BOS on chunk 0 only)."""
+    def template(self) -> tuple[str, str]:
+        """(text before the image, text after it with {instruction}) for this model's conv_mode."""
         if self.conv_mode not in TEMPLATES:
             raise LoganError(
                 f"target_model.conv_mode={self.conv_mode} is unknown; use one of {', '.join(TEMPLATES)}."
             )
-        before, after = TEMPLATES[self.conv_mode]
+        return TEMPLATES[self.conv_mode]
+
+    def image_tokens(self, image_size: tuple[int, int] | None = None) -> int:
+        """Number of image positions for an image of (width, height); fixed unless a family overrides it."""
+        return self.n_image_tokens
+
+    def encode(self, instruction: str, continuation: list[int] | None = None, *,
+               text_after_image: bool = True, image_size: tuple[int, int] | None = None) -> Encoded:
+        """Chunk-wise tokenisation around the image, as the original LLaVA does (BOS on chunk 0 only)."""
+        before, after = self.template()
         ids = ([self.bos_token_id] if self.bos_token_id is not None else []) + (
             self.tokenize(before) if before else [])
         image_start = len(ids)
-        ids += [self.image_token_id] * self.n_image_tokens
-        if text_after_image:
+        n_image = self.image_tokens(image_size)
+        ids += [self.image_token_id] * n_image
+        if text_after_image or not self.causal_image_prefix:
             text = after.format(instruction=instruction) if after else ""
             ids += self.tokenize(text) if text else []
         inst_end = len(ids)
         if text_after_image and continuation:
             ids += list(continuation)
-        return Encoded(tuple(ids), image_start, self.n_image_tokens, inst_end)
+        return Encoded(tuple(ids), image_start, n_image, inst_end)
 
     def pixel_values(self, images: list[np.ndarray]) -> torch.Tensor:
         """Float pixels (H x W x 3, 0-255) -> the model's normalised pixel tensor on its device."""

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from logan.config import RunConfig
-from logan.data.images import check_image
+from logan.data.images import check_image, image_size
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
 from logan.errors import LoganError
 from logan.io import check_fingerprint, read_json, remove_stale_temporaries, write_json
@@ -120,14 +120,18 @@ def work_items(cfg: RunConfig, model: VLMAdapter, samples: pd.DataFrame, out: Pa
     plan = variants_for(cfg.img_metrics.parts)
     descriptions: dict[str, list[int]] = {}
     if {"desp", "inst_desp"} & set(cfg.img_metrics.parts):
-        from logan.pipeline.describe import describe
+        from logan.pipeline.describe import describe, reusable
 
-        descriptions = describe(cfg, model, list(samples.image), out / DESCRIPTIONS)
+        donors = []
+        if cfg.data.dataset and Path(cfg.data.dataset).parent.name == "datasets":
+            donors.append(reusable(Path(cfg.data.dataset).parent.parent, fingerprint(cfg)))
+        descriptions = describe(cfg, model, list(samples.image), out / DESCRIPTIONS, donors)
     items = []
     for row in samples.itertuples(index=False):
         caption = tuple(model.tokenize(row.caption)) if "cap" in plan and row.caption else None
         desc = descriptions.get(row.image)
-        items.append(WorkItem(row.image, int(row.label), tuple(desc) if desc is not None else None, caption))
+        items.append(WorkItem(row.image, int(row.label), tuple(desc) if desc is not None else None, caption,
+                              image_size(row.image)))
     return items
 
 

@@ -7,7 +7,7 @@
 3. For each model: `tune` -> `select` -> `classify`, exactly as a user would (OUT/<model>/tune, .../classify).
 4. Print metric x part AUC and TPR at low FPR at the optimal std, trained beside control.
 
-    logan demo                                  # defaults: 150 members, 150 non-members, 80 epochs
+    logan demo                                  # defaults: 150 members, 150 non-members, 150 epochs
     logan demo demo.n_members=60 demo.epochs=30 path.output_dir=/tmp/demo
 """
 
@@ -88,6 +88,7 @@ def attack(cfg: RunConfig, model: Path, lists: dict[str, Path], folder: Path) ->
         "data.target_set_size": total, "data.n_nm_ratio": d.n_nonmembers / total,
         "data.reference_datasets_list": [str(lists["reference"])], "data.reference_set_size": d.n_nonmembers,
         "img_metrics.parts": parts, "path.output_dir": str(folder / "tune"),
+        "inference.batch_size": d.batch_size, "generation.batch_size": d.batch_size,
         **({"noise.std_sets": d.std_sets} if d.std_sets else {}),
     })
     selected = tune(tcfg)
@@ -108,7 +109,7 @@ def comparison(results: dict[str, tuple[dict, list[dict]]], k: float) -> str:
     lines = [f"K = {k:g}; each part at the std its own tuning curve selects (selection metric "
              f"{results[names[0]][0]['selection_metric']})", header]
     parts = results[names[0]][0]["per_part"]
-    metrics = list(dict.fromkeys(r["metric"] for r in results[names[0]][1]))
+    metrics = list(dict.fromkeys(r["metric"] for r in results[names[0]][1]))  # LOGAN's, then loss_baseline
     for part in parts:
         for metric in metrics:
             cells = []
@@ -122,16 +123,33 @@ def comparison(results: dict[str, tuple[dict, list[dict]]], k: float) -> str:
     return "\n".join(lines)
 
 
+def blind_line(folder: Path) -> str:
+    blind = read_json(folder / "trained" / "classify" / "blind_baseline.json")
+    return f"model-free baseline (no model at all): AUC {blind['auc']:.3f} - {blind['verdict']}"
+
+
 def demo(cfg: RunConfig) -> dict[str, Any]:
     out = cfg.output_dir
     started = time.time()
+    stages: dict[str, float] = {}
+
+    def stage(name: str, since: float) -> float:
+        stages[name] = round(time.time() - since, 1)
+        return time.time()
+
     lists = make_data(cfg, out / "data")
+    mark = stage("data", started)
     trained, untrained = make_models(cfg, out, lists)
+    mark = stage("build + train model", mark)
     models = {"trained": trained, **({"control": untrained} if cfg.demo.control else {})}
-    results = {name: attack(cfg, path, lists, out / name) for name, path in models.items()}
-    table = comparison(results, cfg.selection.k)
+    results = {}
+    for name, path in models.items():
+        results[name] = attack(cfg, path, lists, out / name)
+        mark = stage(f"attack {name} (tune + select + classify)", mark)
+    table = comparison(results, cfg.selection.k) + "\n" + blind_line(out)
     summary = {
         "seconds": round(time.time() - started, 1),
+        "stages": stages,
         "optimal_std": {name: sel["optimal_std"] for name, (sel, _) in results.items()},
         "best": {name: max(rows, key=lambda r: r["auc"]) for name, (_, rows) in results.items()},
         "table": table,

@@ -24,7 +24,7 @@ from logan.errors import LoganError
 from logan.io import write_json
 from logan.report.plots import tuning_curve
 from logan.report.scoring import roc_summary
-from logan.results import load_scores
+from logan.results import done_stds, load_scores
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,12 @@ RULES = ("min_gap", "max_abs_gap", "max_tune_auc")
 
 def curve_points(values: pd.DataFrame, target: set[str], reference: set[str]) -> list[dict[str, float]]:
     """One point per std: target mean, reference mean, gap and the target-vs-reference AUC."""
+    in_target = values.sample_id.isin(target).to_numpy()
+    in_reference = values.sample_id.isin(reference).to_numpy()
     points = []
-    for std, group in values.groupby("std"):
-        series = group.set_index("sample_id").divergence
-        t = series[series.index.isin(target)].to_numpy()
-        r = series[series.index.isin(reference)].to_numpy()
+    for std, rows in values.groupby("std").indices.items():
+        divergence = values.divergence.to_numpy()[rows]
+        t, r = divergence[in_target[rows]], divergence[in_reference[rows]]
         labels = np.r_[np.ones(len(t)), np.zeros(len(r))]
         auc = roc_summary(labels, -np.r_[t, r])["auc"] if len(t) and len(r) else float("nan")
         points.append({"std": float(std), "target_mean": float(np.nanmean(t)), "reference_mean": float(np.nanmean(r)),
@@ -67,9 +68,11 @@ def select(cfg: RunConfig) -> dict[str, Any]:
         raise LoganError(f"{out} is not a tuning folder (no datasets/{SET_FILES['target']}); run 'logan tune' first.")
     target = set(read_list(folder / SET_FILES["target"], "target set").image)
     reference = set(read_list(folder / SET_FILES["reference"], "reference set").image)
-    scores = load_scores(out)
-    if scores.empty:
+    if not done_stds(out):
         raise LoganError(f"{out} holds no finished std yet; run 'logan tune' with path.output_dir={out}.")
+    scores = load_scores(out, k=s.k)
+    if scores.empty:
+        raise LoganError(f"selection.k={s.k} is not one of the run's img_metrics.ratio values.")
     part = s.part or cfg.img_metrics.parts[0]
     metrics = [m for m in cfg.img_metrics.metrics_to_use if m in set(scores.metric)]
     metric = s.metric or (metrics[0] if metrics else None)
@@ -78,15 +81,12 @@ def select(cfg: RunConfig) -> dict[str, Any]:
             f"selection.metric={metric} / selection.part={part} are not in this run's results "
             f"(metrics: {', '.join(sorted(set(scores.metric)))}; parts: {', '.join(sorted(set(scores.part)))})."
         )
-    at_k = scores[np.isclose(scores.k, s.k)]
-    if at_k.empty:
-        raise LoganError(f"selection.k={s.k} is not one of the run's img_metrics.ratio values.")
-    rows = at_k[at_k.part == part]
+    rows = scores[scores.part == part]
     curves = {m: curve_points(rows[rows.metric == m], target, reference) for m in metrics}
     optimal = pick(curves[metric], s.rule)
     per_part = {}
-    for other in dict.fromkeys(p for p in cfg.img_metrics.parts if p in set(at_k.part)):
-        points = curve_points(at_k[(at_k.part == other) & (at_k.metric == metric)], target, reference)
+    for other in dict.fromkeys(p for p in cfg.img_metrics.parts if p in set(scores.part)):
+        points = curve_points(scores[(scores.part == other) & (scores.metric == metric)], target, reference)
         per_part[other] = {"optimal_std": pick(points, s.rule), "curve": points}
     result = {
         "optimal_std": optimal, "selection_metric": metric, "rule": s.rule, "part": part, "k": s.k,
