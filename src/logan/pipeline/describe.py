@@ -49,10 +49,10 @@ def describe(cfg: RunConfig, model: VLMAdapter, images: list[str], cache: Path,
         log.info("generating descriptions for %d images (%d cached)", len(todo), len(images) - len(todo))
     for start in tqdm(range(0, len(todo), size), desc="describe", unit="batch", leave=False):
         batch = todo[start:start + size]
-        images = [load_image(img)[0] for img in batch]
-        prompts = [model.encode(cfg.prompt.text, None, image_size=(im.shape[1], im.shape[0])) for im in images]
+        arrays = [load_image(img)[0] for img in batch]
+        prompts = [model.encode(cfg.prompt.text, None, image_size=(a.shape[1], a.shape[0])) for a in arrays]
         ids, mask = pad_batch(prompts, model.pad_token_id, side="left")
-        pixels = model.pixel_values([im.astype(np.float32) for im in images])
+        pixels = model.pixel_values([a.astype(np.float32) for a in arrays])
         for img, new in zip(batch, model.generate(ids, mask, pixels, cfg.generation.num_gen_tokens)):
             stored[img] = {"ids": new, "text": model.decode(new)}
         write_json(cache, stored)
