@@ -36,6 +36,11 @@ class ModelConfig:
     conv_mode: str = "llava_v1"
     pad_to_square: bool | None = None
     vocab_size: int | None = None
+    vision_tower: str | None = None      # a local CLIP folder when a checkpoint does not embed its tower
+    model_type: str | None = None        # family variant, e.g. MiniGPT-4's pretrain_vicuna0 / pretrain_llama2
+    llama_model: str | None = None       # MiniGPT-4: the LLM folder (Vicuna v0 or Llama-2-chat)
+    vit_model: str | None = None         # MiniGPT-4: EVA ViT-g weights (eva_vit_g.pth)
+    q_former_model: str | None = None    # MiniGPT-4 (Vicuna): BLIP-2 Q-Former weights
     model: dict[str, Any] = field(default_factory=dict)
 
 
