@@ -74,7 +74,13 @@ def test_classify_at_optimal_std(world, tuned: Path, tmp_path: Path) -> None:
     assert {r["part"] for r in rows} == {"img", "inst"}
     assert all(r["n_members"] == 8 and r["n_nonmembers"] == 8 for r in rows)
     scores = pd.read_parquet(out / "scores.parquet")
-    assert (scores.score == -scores.divergence).all()
+    logan_rows = scores[scores.metric.str.startswith("max_k_")]
+    assert len(logan_rows) and (logan_rows.score == -logan_rows.value).all()  # members diverge less
+    aug = scores[scores.metric == "aug_kld"]
+    assert len(aug) and (aug.score == aug.value).all()  # VL-MIA's orientation: higher KL = member
+    assert (out / "report.html").stat().st_size > 10_000 and (out / "histograms.png").exists()
+    blind = json.loads((out / "blind_baseline.json").read_text())
+    assert 0.0 <= blind["auc"] <= 1.0 and blind["verdict"]
     assert (out / "roc.png").exists()
 
 
@@ -102,7 +108,8 @@ def test_original_job_type_spelling(world, tmp_path: Path) -> None:
     ("img_metrics.metrics_to_use=[max_k_no_norm_kl_div]", "Did you mean 'max_k_no_norn_kl_div'"),
     ("img_metrics.get_proc_meta_metrics=[]", "_tkn_vals"),
     ("img_metrics.parts=[imgg]", "Did you mean 'img'"),
-    ("target_model=minigpt-4", "not supported yet"),
+    ("target_model=minigpt-4", "target_model.ckpt is not set"),
+    ("target_model=llava-hff", "Did you mean 'llava-hf'"),
     ("data.n_nm_ratio=1.5", "n_nm_ratio"),
     ("data.target_set_size=500", "holds 12"),
     ("noise.std_sets=[[-1.0]]", "std"),

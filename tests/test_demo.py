@@ -26,7 +26,7 @@ def test_fast_demo_separates_trained_from_control(tmp_path: Path) -> None:
     assert best_auc(trained, "caption") > 0.65
     assert best_auc(trained, "caption") > best_auc(control, "caption") + 0.1
     # the loss baseline beside it (clean NLL of the caption) sees the memorisation too
-    loss = [r for r in trained if r["metric"] == "loss_baseline" and r["part"] == "caption"]
+    loss = [r for r in trained if r["metric"] == "ppl" and r["part"] == "caption" and r["k"] == 1.0]
     assert loss and loss[0]["auc"] > 0.9
     # the members and non-members come from one distribution: a model-free classifier cannot tell them apart
     blind = json.loads((out / "trained" / "classify" / "blind_baseline.json").read_text())

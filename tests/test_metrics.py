@@ -109,7 +109,7 @@ def logits_pair(scale: float, seed: int, logit_scale: float = 3.0) -> tuple[torc
 
 
 def evaluate(name: str, clean: torch.Tensor, noisy: torch.Tensor) -> np.ndarray:
-    out = get_metric(name)(TokenPair(clean, noisy))
+    out = get_metric(name).fn(TokenPair(clean, noisy))
     assert out.shape == (clean.shape[0],)
     return out.double().numpy()
 
@@ -118,11 +118,11 @@ def evaluate(name: str, clean: torch.Tensor, noisy: torch.Tensor) -> np.ndarray:
 
 
 def test_registry_holds_the_nine_original_metrics():
-    metrics = all_metrics()
+    metrics = {name: spec for name, spec in all_metrics().items() if spec.needs == "noise"}
     assert set(metrics) == ALL_NAMES
-    for name, fn in metrics.items():
-        assert callable(fn)
-        assert get_metric(name) is fn
+    for name, spec in metrics.items():
+        assert callable(spec.fn) and spec.aggregate == "max_k" and spec.member_when == "low"
+        assert get_metric(name) is spec
 
 
 def test_all_metrics_returns_a_copy():
@@ -250,7 +250,7 @@ def test_small_perturbation_kl_is_half_the_variance():
 @pytest.mark.parametrize("logit_scale", [1.0, 60.0])
 def test_identical_logits_give_exact_zero(name, logit_scale):
     clean, _ = logits_pair(0.0, seed=2, logit_scale=logit_scale)
-    out = get_metric(name)(TokenPair(clean, clean.clone()))
+    out = get_metric(name).fn(TokenPair(clean, clean.clone()))
     assert torch.equal(out, torch.zeros_like(out))
 
 
@@ -297,7 +297,7 @@ def test_argmax_metric_counts_flips_growing_with_scale():
 def test_argmax_flip_value_is_the_original_constant():
     clean = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     noisy = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.5]])
-    out = get_metric("max_k_renyi_inf_kl_div")(TokenPair(clean, noisy))
+    out = get_metric("max_k_renyi_inf_kl_div").fn(TokenPair(clean, noisy))
     assert out[0].item() == pytest.approx(27.631021, abs=1e-5)
     assert out[0].item() == pytest.approx(FLIP_KL, rel=1e-6)
     assert out[1].item() == 0.0
@@ -405,9 +405,9 @@ def test_renyi_order_is_monotone_in_alpha():
     """D_alpha is non-decreasing in alpha, with KL = D_1 between D_0.5 and D_2."""
     clean, noisy = logits_pair(0.5, seed=41)
     pair = TokenPair(clean, noisy)
-    values = [get_metric(f"max_k_renyi_divergence_{s}")(pair) for s in ("025", "05")]
+    values = [get_metric(f"max_k_renyi_divergence_{s}").fn(pair) for s in ("025", "05")]
     values += [pair.kl]
-    values += [get_metric(f"max_k_renyi_divergence_{s}")(pair) for s in ("2", "4")]
+    values += [get_metric(f"max_k_renyi_divergence_{s}").fn(pair) for s in ("2", "4")]
     for lo, hi in zip(values, values[1:]):
         assert torch.all(hi >= lo * (1 - 1e-4))
 

@@ -13,7 +13,7 @@ the image tokens and generates nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from logan.data.images import load_image
+from logan.augment import N_AUGMENTATIONS, augment
 from logan.metrics.pair import TokenPair
 from logan.metrics.registry import TokenMetric, get_metric
 from logan.models.base import Encoded, VLMAdapter, pad_batch
@@ -82,7 +83,9 @@ class Engine:
     def __init__(self, model: VLMAdapter, settings: EngineSettings) -> None:
         self.model = model
         self.settings = settings
-        self.metric_fns: dict[str, TokenMetric] = {name: get_metric(name) for name in settings.metrics}
+        specs = [get_metric(name) for name in settings.metrics]
+        self.by_need: dict[str, dict[str, TokenMetric]] = {
+            need: {m.name: m.fn for m in specs if m.needs == need} for need in ("noise", "clean", "augment")}
         self.plan = variants_for(settings.parts)
 
     def encode(self, item: WorkItem, variant: str) -> Encoded:
@@ -110,11 +113,11 @@ class Engine:
         layouts = {v: _Layout.build([self.encode(it, v) for it in batch], self.plan[v], self.model.pad_token_id)
                    for v in self.plan}
         clean_pixels = self.model.pixel_values([img.astype(np.float32) for img in images])
-        clean = {v: lay.logits(self.model, clean_pixels) for v, lay in layouts.items()}
+        clean = {v: layout.logits(self.model, clean_pixels) for v, layout in layouts.items()}
+        fixed = self._std_independent(images, keys, layouts, clean)
         for std in stds:
             results = [SampleResult(it.sample_id, it.label) for it in batch]
-            sums: dict[str, dict[str, torch.Tensor]] = {}
-            loss_sums: dict[str, torch.Tensor] = {}
+            sums: dict[str, dict[str, torch.Tensor]] = {v: {} for v in layouts}
             for draw in range(self.settings.draws):
                 pixels, noisy_images = self._noisy_pixels(images, keys, clean_pixels, std, draw)
                 if draw == 0:
@@ -122,16 +125,33 @@ class Engine:
                         if res.sample_id in save_images and img is not None:
                             res.image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
                 for variant, layout in layouts.items():
-                    noisy = layout.logits(self.model, pixels)
-                    values, nll = self._token_values(clean[variant], noisy, layout)
-                    for name, value in values.items():
-                        acc = sums.setdefault(variant, {})
-                        acc[name] = acc[name] + value if name in acc else value
-                    loss_sums[variant] = loss_sums[variant] + nll if variant in loss_sums else nll
+                    values = self._token_values(clean[variant], layout.logits(self.model, pixels), layout,
+                                                {**self.by_need["noise"], _NLL: _noisy_nll})
+                    _accumulate(sums[variant], values)
             for variant, layout in layouts.items():
                 per_metric = {k: (v / self.settings.draws).cpu().numpy() for k, v in sums[variant].items()}
-                layout.scatter(results, per_metric, (loss_sums[variant] / self.settings.draws).cpu().numpy())
+                per_metric.update(fixed[variant])
+                layout.scatter(results, per_metric)
             yield std, results
+
+    def _std_independent(self, images: list[np.ndarray], keys: list[int], layouts: dict[str, _Layout],
+                         clean: dict[str, torch.Tensor]) -> dict[str, dict[str, np.ndarray]]:
+        """Per-token values that do not depend on the std: clean-pass metrics and the augmentation KLs."""
+        fixed: dict[str, dict[str, torch.Tensor]] = {
+            v: self._token_values(clean[v], None, layout, {**self.by_need["clean"], f"{_NLL}_clean": _clean_nll})
+            for v, layout in layouts.items()}
+        if self.by_need["augment"]:
+            sums: dict[str, dict[str, torch.Tensor]] = {v: {} for v in layouts}
+            for index in range(N_AUGMENTATIONS):
+                pixels = self.model.pixel_values([augment(img, index, seed=self.settings.seed, key=key)
+                                                  for img, key in zip(images, keys)])
+                for variant, layout in layouts.items():
+                    values = self._token_values(clean[variant], layout.logits(self.model, pixels), layout,
+                                                self.by_need["augment"])
+                    _accumulate(sums[variant], values)
+            for variant in layouts:
+                fixed[variant].update({k: v / N_AUGMENTATIONS for k, v in sums[variant].items()})
+        return {v: {k: t.cpu().numpy() for k, t in values.items()} for v, values in fixed.items()}
 
     def _noisy_pixels(self, images: list[np.ndarray], keys: list[int], clean_pixels: torch.Tensor,
                       std: float, draw: int) -> tuple[torch.Tensor, list[np.ndarray | None]]:
@@ -149,25 +169,37 @@ class Engine:
                  for img, key in zip(images, keys)]
         return self.model.pixel_values(noisy), noisy
 
-    def _token_values(self, clean: torch.Tensor, noisy: torch.Tensor,
-                      layout: _Layout) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Per-token metric values and [clean, noisy] NLL of the targets, flattened over valid tokens."""
+    def _token_values(self, clean: torch.Tensor, other: torch.Tensor | None, layout: _Layout,
+                      fns: dict[str, TokenMetric]) -> dict[str, torch.Tensor]:
+        """Per-token values of `fns` on the valid positions (flattened), in row chunks to bound memory."""
         valid = layout.valid.to(clean.device)
-        clean_rows, noisy_rows = clean[valid], noisy[valid]
+        clean_rows = clean[valid]
+        other_rows = other[valid] if other is not None else None
         targets = layout.targets.to(clean.device)[valid]
         targets = torch.where(targets < 0, clean_rows.argmax(-1), targets)
-        out: dict[str, list[torch.Tensor]] = {name: [] for name in self.metric_fns}
-        nll: list[torch.Tensor] = []
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in fns}
         for start in range(0, clean_rows.shape[0], self.settings.row_chunk):
             rows = slice(start, start + self.settings.row_chunk)
-            pair = TokenPair(clean_rows[rows], noisy_rows[rows])
-            for name, fn in self.metric_fns.items():
+            pair = TokenPair(clean_rows[rows], other_rows[rows] if other_rows is not None else None, targets[rows])
+            for name, fn in fns.items():
                 out[name].append(fn(pair))
-            tgt = targets[rows].unsqueeze(-1)
-            noisy_logp = torch.log_softmax(pair.noisy, -1)
-            nll.append(torch.stack([-pair.clean_logp.gather(-1, tgt).squeeze(-1),
-                                    -noisy_logp.gather(-1, tgt).squeeze(-1)], dim=-1))
-        return {k: torch.cat(v) for k, v in out.items()}, torch.cat(nll)
+        return {k: torch.cat(v) for k, v in out.items()}
+
+
+_NLL = "_nll"  # internal: per-token NLL of the targets, reported as the raw meta metric `losses`
+
+
+def _clean_nll(pair: TokenPair) -> torch.Tensor:
+    return -pair.target_logp
+
+
+def _noisy_nll(pair: TokenPair) -> torch.Tensor:
+    return -torch.log_softmax(pair.noisy, -1).gather(-1, pair.targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _accumulate(sums: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    for name, value in values.items():
+        sums[name] = sums[name] + value if name in sums else value
 
 
 @dataclass
@@ -214,24 +246,19 @@ class _Layout:
     def logits(self, model: VLMAdapter, pixels: torch.Tensor) -> torch.Tensor:
         return model.forward_logits(self.input_ids, self.attention_mask, pixels, self.positions)
 
-    def scatter(self, results: list[SampleResult], per_metric: dict[str, np.ndarray], nll: np.ndarray) -> None:
-        """Split flattened per-token values back into per-sample, per-part arrays."""
+    def scatter(self, results: list[SampleResult], per_metric: dict[str, np.ndarray]) -> None:
+        """Split flattened per-token values back into per-sample, per-part arrays (NLLs become losses)."""
         counts = self.valid.sum(1).tolist()
         offsets = np.concatenate([[0], np.cumsum(counts)])
+        clean_nll, noisy_nll = per_metric.pop(f"{_NLL}_clean"), per_metric.pop(_NLL)
         for row, res in enumerate(results):
             lo = offsets[row]
             for part, sl in self.part_slices[row].items():
                 rows = slice(lo + sl.start, lo + sl.stop)
                 for name, values in per_metric.items():
                     res.tokens[(part, name)] = values[rows].astype(np.float32)
-                part_nll = nll[rows]
-                n = len(part_nll)
-                res.losses[part] = (float(part_nll[:, 0].mean()) if n else float("nan"),
-                                    float(part_nll[:, 1].mean()) if n else float("nan"), n)
+                n = sl.stop - sl.start
+                res.losses[part] = (float(clean_nll[rows].mean()) if n else float("nan"),
+                                    float(noisy_nll[rows].mean()) if n else float("nan"), n)
 
 
-def collect(stream: Iterator[tuple[float, list[SampleResult]]],
-            sink: Callable[[float, list[SampleResult]], None]) -> None:
-    """Drive an engine stream into a sink (kept separate so callers can add bookkeeping)."""
-    for std, results in stream:
-        sink(std, results)

@@ -1,13 +1,16 @@
 """Raw results per std: `<run>/per_std/std_<value>/` holds
 
-- `scores.parquet`   one row per (sample, part, metric, K): the Max-K% divergence (not negated);
+- `scores.parquet`   one row per (sample, part, metric, K): the Max-K% (or Min-K%) value, not oriented;
 - `tokens.parquet`   per-token values (`<metric>_tkn_vals`) of the example samples;
 - `losses.parquet`   clean and noisy mean NLL per (sample, part) (`losses`, raw meta);
 - `images/`          perturbed PNGs of the first x members and x non-members (`get_raw_images`);
 - `done.json`        written last: a std folder without it is incomplete and is recomputed.
 
-A std folder is written under a temporary name and renamed when complete, so a killed run never
-leaves a half-written std that a rerun could read.
+Metrics that do not depend on the std (the clean-pass baselines, aug-KL) are written once, in the same
+layout, to `<run>/per_std/baselines/`.
+
+A folder is written under a temporary name and renamed when complete, so a killed run never leaves a
+half-written std that a rerun could read.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,22 +27,27 @@ from PIL import Image
 
 from logan.engine import SampleResult
 from logan.io import atomic_dir, read_json, write_json
-from logan.metrics.aggregate import max_k_means
+from logan.metrics.aggregate import k_means
+from logan.metrics.registry import MetricSpec
 
 PER_STD = "per_std"
 SCORE_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
-                          ("metric", pa.string()), ("k", pa.float64()), ("divergence", pa.float64())])
+                          ("metric", pa.string()), ("k", pa.float64()), ("value", pa.float64())])
 TOKEN_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
                           ("metric", pa.string()), ("values", pa.list_(pa.float32()))])
 LOSS_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
                          ("clean_loss", pa.float64()), ("noisy_loss", pa.float64()), ("n_tokens", pa.int32())])
 
 
-def std_folder(run: Path, std: float) -> Path:
-    return Path(run) / PER_STD / f"std_{float(std)!r}"
+BASELINES = "baselines"
 
 
-def is_done(run: Path, std: float) -> bool:
+def std_folder(run: Path, std: float | None) -> Path:
+    """The result folder of one std (None: the std-independent baselines)."""
+    return Path(run) / PER_STD / (BASELINES if std is None else f"std_{float(std)!r}")
+
+
+def is_done(run: Path, std: float | None) -> bool:
     return (std_folder(run, std) / "done.json").exists()
 
 
@@ -56,15 +63,18 @@ class Selection:
 
 
 class StdWriter:
-    """Streams one std's results to Parquet inside a temporary folder; `finish` makes it final."""
+    """Streams one std's results (the metrics in `specs`) to Parquet inside a temporary folder; `finish`
+    makes it final. With std=None it holds the std-independent baselines (no losses, no images)."""
 
-    def __init__(self, folder: Path, std: float, ratios: list[float], selection: Selection) -> None:
-        self.std, self.ratios, self.selection = std, [float(k) for k in ratios], selection
+    def __init__(self, folder: Path, std: float | None, ratios: list[float], selection: Selection,
+                 specs: dict[str, MetricSpec]) -> None:
+        self.std, self.ratios, self.selection, self.specs = std, [float(k) for k in ratios], selection, specs
         self.stack = ExitStack()
         self.tmp = self.stack.enter_context(atomic_dir(folder))
         self.scores = pq.ParquetWriter(self.tmp / "scores.parquet", SCORE_SCHEMA)
         self.tokens = pq.ParquetWriter(self.tmp / "tokens.parquet", TOKEN_SCHEMA) if selection.save_tokens else None
-        self.losses = pq.ParquetWriter(self.tmp / "losses.parquet", LOSS_SCHEMA) if selection.save_losses else None
+        keep_losses = selection.save_losses and std is not None
+        self.losses = pq.ParquetWriter(self.tmp / "losses.parquet", LOSS_SCHEMA) if keep_losses else None
         self.n_samples = 0
         self.started = time.time()
 
@@ -73,14 +83,17 @@ class StdWriter:
         for res in results:
             self.n_samples += 1
             for (part, metric), values in res.tokens.items():
-                for k, value in zip(self.ratios, max_k_means(values, self.ratios)):
+                if metric not in self.specs:
+                    continue
+                largest = self.specs[metric].aggregate == "max_k"
+                for k, value in zip(self.ratios, k_means(values, self.ratios, largest)):
                     score_rows.append((res.sample_id, res.label, part, metric, k, float(value)))
                 if self.tokens is not None and _chosen(self.selection.tokens, res.sample_id):
                     token_rows.append((res.sample_id, res.label, part, metric, values))
             if self.losses is not None and _chosen(self.selection.losses, res.sample_id):
                 for part, (clean, noisy, n) in res.losses.items():
                     loss_rows.append((res.sample_id, res.label, part, clean, noisy, n))
-            if res.image is not None:
+            if res.image is not None and self.std is not None:
                 self._save_image(res)
         self.scores.write_table(_table(score_rows, SCORE_SCHEMA))
         if self.tokens is not None and token_rows:
@@ -127,7 +140,8 @@ def done_stds(run: Path) -> list[float]:
 
 
 def load_scores(run: Path, stds: list[float] | None = None, k: float | None = None) -> pd.DataFrame:
-    """All per-sample Max-K% divergences of a run (complete stds only, one K if given), with a `std` column."""
+    """All per-sample Max-K% values of a run's std folders (complete ones only; one K if given), with a
+    `std` column."""
     frames = []
     near_k = [("k", ">=", k - 1e-9), ("k", "<=", k + 1e-9)] if k is not None else None
     for std in stds if stds is not None else done_stds(run):
@@ -139,6 +153,14 @@ def load_scores(run: Path, stds: list[float] | None = None, k: float | None = No
     return pd.concat(frames, ignore_index=True)
 
 
+def load_baselines(run: Path) -> pd.DataFrame:
+    """The std-independent metrics' per-sample values (empty if the run computed none)."""
+    path = std_folder(run, None) / "scores.parquet"
+    if not (std_folder(run, None) / "done.json").exists():
+        return pd.DataFrame(columns=[f.name for f in SCORE_SCHEMA])
+    return pd.read_parquet(path)
+
+
 def first_of_each_class(target: pd.DataFrame, n: int | None) -> set[str] | None:
     """Image ids of the first n members and first n non-members (None = all)."""
     if n is None or n < 0:
@@ -146,5 +168,3 @@ def first_of_each_class(target: pd.DataFrame, n: int | None) -> set[str] | None:
     return set(target[target.label == 1].image.head(n)) | set(target[target.label == 0].image.head(n))
 
 
-def finite(values: np.ndarray) -> np.ndarray:
-    return values[np.isfinite(values)]

@@ -1,6 +1,8 @@
-"""Max-K% aggregation (LOGAN): a sample's divergence is the mean of its K% largest per-token values.
+"""Max-K% / Min-K% aggregation of per-token values into one value per sample.
 
-K = 0 means the single largest token; the count is max(1, floor(K * n)) as in the original.
+Max-K% (LOGAN, MaxRenyi-K%, Min-K% Prob on the NLL): the mean of the K% largest values; Min-K% (the
+VL-MIA Min-K% Renyi entropies): the mean of the K% smallest. K = 0 means the single extreme token; the
+count is max(1, floor(K * n)) as in the original.
 """
 
 from __future__ import annotations
@@ -8,12 +10,22 @@ from __future__ import annotations
 import numpy as np
 
 
-def max_k_means(values: np.ndarray, ratios: list[float]) -> np.ndarray:
-    """Mean of the top-K% values for each ratio K; NaN for an empty slice."""
+def k_means(values: np.ndarray, ratios: list[float], largest: bool = True) -> np.ndarray:
+    """Mean of the top-K% (or bottom-K%) values for each ratio K; NaN for an empty slice."""
     n = len(values)
     if n == 0:
         return np.full(len(ratios), np.nan)
-    ordered = np.sort(values.astype(np.float64))[::-1]
+    ordered = np.sort(values.astype(np.float64))
+    if largest:
+        ordered = ordered[::-1]
     sums = np.cumsum(ordered)
     counts = np.array([max(1, int(float(k) * n)) for k in ratios])
     return sums[counts - 1] / counts
+
+
+def max_k_means(values: np.ndarray, ratios: list[float]) -> np.ndarray:
+    return k_means(values, ratios, largest=True)
+
+
+def min_k_means(values: np.ndarray, ratios: list[float]) -> np.ndarray:
+    return k_means(values, ratios, largest=False)

@@ -22,11 +22,14 @@ CLAMP_LOG = math.log(1e-10)  # the original clamps probabilities to [1e-10, 1 - 
 
 
 class TokenPair:
-    """Clean and noisy float32 logits [N, V] over the real vocabulary."""
+    """Clean (and, for divergences, noisy) float32 logits [N, V] over the real vocabulary, with the
+    target token of each position (the next token; the clean argmax at image positions)."""
 
-    def __init__(self, clean: torch.Tensor, noisy: torch.Tensor) -> None:
+    def __init__(self, clean: torch.Tensor, noisy: torch.Tensor | None = None,
+                 targets: torch.Tensor | None = None) -> None:
         self.clean = clean.float()
-        self.noisy = noisy.float()
+        self.noisy = noisy.float() if noisy is not None else None
+        self.targets = targets if targets is not None else self.clean.argmax(-1)
         self._normalised: dict[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @cached_property
@@ -36,6 +39,11 @@ class TokenPair:
     @cached_property
     def clean_p(self) -> torch.Tensor:
         return self.clean_logp.exp()
+
+    @cached_property
+    def target_logp(self) -> torch.Tensor:
+        """log p(target) under the clean distribution, [N]."""
+        return self.clean_logp.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
 
     @cached_property
     def centred_delta(self) -> torch.Tensor:

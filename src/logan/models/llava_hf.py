@@ -25,19 +25,20 @@ from logan.models.registry import register_model
 log = logging.getLogger(__name__)
 
 
-def _check_folder(path: str | None) -> Path:
+def _check_folder(path: str | None, model_type: str = "llava", family: str = "LLaVA") -> Path:
     if not path:
-        raise LoganError("target_model.model_path is not set: give the folder of a Hugging Face LLaVA checkpoint.")
+        raise LoganError(
+            f"target_model.model_path is not set: give the folder of a Hugging Face {family} checkpoint.")
     folder = Path(path).expanduser()
     config = folder / "config.json"
     if not config.is_file():
         raise LoganError(
             f"target_model.model_path={folder} is not a Hugging Face model folder (no config.json there)."
         )
-    model_type = json.loads(config.read_text()).get("model_type")
-    if model_type != "llava":
+    found = json.loads(config.read_text()).get("model_type")
+    if found != model_type:
         raise LoganError(
-            f"{folder} holds a '{model_type}' model, not an HF-format LLaVA (model_type 'llava'); "
+            f"{folder} holds a '{found}' model, not an HF-format {family} (model_type '{model_type}'); "
             "pick the target_model that matches the checkpoint."
         )
     return folder
@@ -47,23 +48,28 @@ def _check_folder(path: str | None) -> Path:
 class LlavaHF(VLMAdapter):
     """Adapter for any local HF-format LLaVA folder."""
 
+    # what a subclass for another HF LLaVA family changes: config.json's model_type and the transformers class
+    hf_model_type, family, hf_class = "llava", "LLaVA", "LlavaForConditionalGeneration"
+
     @classmethod
     def check(cls, cfg: ModelConfig) -> None:
-        _check_folder(cfg.model_path)
+        _check_folder(cfg.model_path, cls.hf_model_type, cls.family)
 
     def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
-        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+        import transformers
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        folder = _check_folder(cfg.model_path)
+        folder = _check_folder(cfg.model_path, self.hf_model_type, self.family)
         hf_logging.disable_progress_bar()
-        model, info = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        model_class = getattr(transformers, self.hf_class)
+        model, info = model_class.from_pretrained(folder, dtype=dtype, output_loading_info=True)
         problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             kind, keys = next(iter(problems.items()))
             raise LoganError(
                 f"checkpoint {folder} does not match its config: {kind.replace('_', ' ')} "
-                f"{sorted(map(str, keys))[:3]}; it is not a complete LLaVA checkpoint."
+                f"{sorted(map(str, keys))[:3]}; it is not a complete {self.family} checkpoint."
             )
         self.model = model.to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -96,13 +102,17 @@ class LlavaHF(VLMAdapter):
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "model_path": str(self.path.resolve())}
 
+    def model_inputs(self, pixel_values: torch.Tensor) -> dict:
+        """The HF model's image keyword arguments (on its device) for what `pixel_values()` returned."""
+        return {"pixel_values": self.to_model(pixel_values)}
+
     @torch.inference_mode()
     def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.model.model(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
-            pixel_values=self.to_model(pixel_values),
+            **self.model_inputs(pixel_values),
             use_cache=False,
         ).last_hidden_state
         index = positions.to(self.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
@@ -117,7 +127,7 @@ class LlavaHF(VLMAdapter):
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
-            pixel_values=self.to_model(pixel_values),
+            **self.model_inputs(pixel_values),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,

@@ -8,11 +8,6 @@ from logan.errors import LoganError
 from logan.models.registry import register_model
 
 _HINT = {
-    "llava-v1.5-7b": "convert the checkpoint to Hugging Face format (llava-hf layout) and use "
-    "target_model=llava-hf target_model.model_path=DIR",
-    "llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5": "assemble it into a Hugging Face LLaVA folder and use "
-    "target_model=llava-hf target_model.model_path=DIR",
-    "minigpt-4": "no HF-format MiniGPT-4 exists; wait for the MiniGPT-4 loader",
 }
 
 

@@ -21,9 +21,10 @@ if TYPE_CHECKING:
 # name -> module that registers it (the one line to add for a new family)
 _MODULES: dict[str, str] = {
     "llava-hf": "logan.models.llava_hf",
-    "llava-v1.5-7b": "logan.models.planned",
-    "llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5": "logan.models.planned",
-    "minigpt-4": "logan.models.planned",
+    "llava-next": "logan.models.llava_next",
+    "llava-v1.5-7b": "logan.models.llava_original",
+    "llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5": "logan.models.llava_original",
+    "minigpt-4": "logan.models.minigpt4",
 }
 _REGISTERED: dict[str, Callable[..., VLMAdapter]] = {}
 

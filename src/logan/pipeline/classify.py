@@ -15,9 +15,8 @@ from pathlib import Path
 from logan.config import RunConfig
 from logan.data.sets import SET_FILES, build_target
 from logan.io import write_parquet
-from logan.pipeline.common import open_model, prepare_run, read_std_argument, run_stds, work_items
+from logan.pipeline.common import has_pending, open_model, prepare_run, read_std_argument, run_stds, work_items
 from logan.report.evaluate import evaluate
-from logan.results import is_done
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ def classify(cfg: RunConfig) -> list[dict]:
     target = build_target(cfg.data, cfg.seed)
     prepare_run(cfg, "classify", target)
     write_parquet(out / "datasets" / SET_FILES["target"], target)
-    if any(not is_done(out, s) for s in stds):
+    if has_pending(cfg, out, stds):
         model = open_model(cfg)
         items = work_items(cfg, model, target, out)
         run_stds(cfg, model, items, stds, out, target, desc="classify")

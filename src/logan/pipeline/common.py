@@ -14,7 +14,7 @@ from logan.data.images import check_image, image_size
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
 from logan.errors import LoganError
 from logan.io import check_fingerprint, read_json, remove_stale_temporaries, write_json
-from logan.metrics.registry import all_metrics
+from logan.metrics.registry import all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_device, resolve_dtype
 from logan.models.registry import check_model, load_model
 from logan.results import Selection, StdWriter, first_of_each_class, is_done, std_folder
@@ -135,13 +135,25 @@ def work_items(cfg: RunConfig, model: VLMAdapter, samples: pd.DataFrame, out: Pa
     return items
 
 
+def has_pending(cfg: RunConfig, out: Path, stds: list[float]) -> bool:
+    """Whether any std (or the std-independent baselines) still has to be computed."""
+    fixed = any(get_metric(name).needs != "noise" for name in cfg.img_metrics.metrics_to_use)
+    return any(not is_done(out, s) for s in stds) or (fixed and not is_done(out, None))
+
+
 def run_stds(cfg: RunConfig, model: VLMAdapter, items: list[WorkItem], stds: list[float], out: Path,
              target: pd.DataFrame, desc: str) -> None:
-    """Compute every pending std of one set; each std folder appears only when complete."""
-    pending = [s for s in dict.fromkeys(stds) if not is_done(out, s)]
+    """Compute every pending std of one set (and, once per run, the std-independent baselines); each
+    result folder appears only when complete."""
+    m = cfg.img_metrics
+    specs = {name: get_metric(name) for name in m.metrics_to_use}
+    per_std = {n: s for n, s in specs.items() if s.needs == "noise"}
+    fixed = {n: s for n, s in specs.items() if s.needs != "noise"}
+    pending: list[float | None] = [s for s in dict.fromkeys(stds) if not is_done(out, s)]
+    if fixed and not is_done(out, None):
+        pending.append(None)
     if not pending:
         return
-    m = cfg.img_metrics
     selection = Selection(
         tokens=first_of_each_class(target, m.get_proc_meta_examples),
         losses=first_of_each_class(target, m.get_raw_meta_examples),
@@ -152,18 +164,23 @@ def run_stds(cfg: RunConfig, model: VLMAdapter, items: list[WorkItem], stds: lis
         parts=list(m.parts), metrics=list(m.metrics_to_use), instruction=cfg.prompt.text,
         batch_size=cfg.inference.batch_size, draws=cfg.noise.draws, quantize=cfg.noise.quantize,
         space=cfg.noise.space, seed=cfg.seed))
-    writers = {s: StdWriter(std_folder(out, s), s, m.ratio, selection) for s in pending}
+    writers = {s: StdWriter(std_folder(out, s), s, m.ratio, selection, fixed if s is None else per_std)
+               for s in pending}
+    run = [s for s in pending if s is not None] or [0.0]  # the baselines ride on any std's batches
     started = time.time()
     try:
-        for std, results in engine.run(items, pending, selection.images, desc=desc):
-            writers[std].add(results)
+        for std, results in engine.run(items, run, selection.images, desc=desc):
+            if std in writers:
+                writers[std].add(results)
+            if None in writers and std == run[0]:
+                writers[None].add(results)
     except BaseException:
         for writer in writers.values():
             writer.abort()
         raise
     for writer in writers.values():
         writer.finish()
-    log.info("%s: %d std values x %d samples in %.1f s", desc, len(pending), len(items), time.time() - started)
+    log.info("%s: %d std values x %d samples in %.1f s", desc, len(run), len(items), time.time() - started)
 
 
 def read_std_argument(value: Any) -> list[float]:

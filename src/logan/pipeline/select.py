@@ -37,8 +37,8 @@ def curve_points(values: pd.DataFrame, target: set[str], reference: set[str]) ->
     in_reference = values.sample_id.isin(reference).to_numpy()
     points = []
     for std, rows in values.groupby("std").indices.items():
-        divergence = values.divergence.to_numpy()[rows]
-        t, r = divergence[in_target[rows]], divergence[in_reference[rows]]
+        value = values.value.to_numpy()[rows]
+        t, r = value[in_target[rows]], value[in_reference[rows]]
         labels = np.r_[np.ones(len(t)), np.zeros(len(r))]
         auc = roc_summary(labels, -np.r_[t, r])["auc"] if len(t) and len(r) else float("nan")
         points.append({"std": float(std), "target_mean": float(np.nanmean(t)), "reference_mean": float(np.nanmean(r)),

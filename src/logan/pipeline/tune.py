@@ -15,9 +15,8 @@ from pathlib import Path
 
 from logan.config import RunConfig
 from logan.data.sets import build_sets
-from logan.pipeline.common import open_model, prepare_run, run_stds, work_items
+from logan.pipeline.common import has_pending, open_model, prepare_run, run_stds, work_items
 from logan.pipeline.select import select
-from logan.results import is_done
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ def tune(cfg: RunConfig) -> dict:
              n_members, len(sets.target) - n_members, len(sets.reference),
              " (the target non-members)" if sets.reference_is_target_nonmembers else "",
              sum(len(g) for g in std_sets), len(std_sets))
-    if any(not is_done(out, s) for group in std_sets for s in group):
+    if has_pending(cfg, out, [s for group in std_sets for s in group]):
         model = open_model(cfg)
         items = work_items(cfg, model, samples, out)
         for i, group in enumerate(std_sets):

@@ -1,7 +1,9 @@
-"""Classification results of a run folder: metrics.json, per-sample scores, ROC plot, summary table.
+"""Classification results of a run folder: metrics.json, per-sample scores, plots, report, summary table.
 
-Orientation: every score is "higher = more likely member"; for LOGAN's divergences the score is
-minus the Max-K% divergence (members diverge less under low noise). Nothing is flipped after the fact.
+Orientation: every score is "higher = more likely member". Each metric states its direction once, in
+its registry entry: LOGAN's divergences and the loss / entropy baselines give score = -value (members
+diverge less, are predicted with lower loss); aug-KL gives score = +value (VL-MIA's convention).
+Nothing is flipped after the fact.
 """
 
 from __future__ import annotations
@@ -15,103 +17,110 @@ import pandas as pd
 from logan.config import RunConfig
 from logan.errors import LoganError
 from logan.io import write_json, write_parquet
+from logan.metrics.registry import get_metric
 from logan.report.blind import save_blind_baseline
-from logan.report.plots import roc_curves
+from logan.report.html import write_report
+from logan.report.plots import roc_curves, score_histograms
 from logan.report.scoring import roc_summary
-from logan.results import load_scores, std_folder
+from logan.results import load_baselines, load_scores
 
 log = logging.getLogger(__name__)
 
-ORIENTATION = "higher score = more likely member (score = -divergence)"
-LOSS_BASELINE = "loss_baseline"
 KEYS = ["std", "part", "metric", "k"]
 
 
 def score_table(cfg: RunConfig, target: pd.DataFrame, stds: list[float]) -> pd.DataFrame:
-    """Per-sample scores of the target set at the given stds (one row per sample x std x part x metric x K)."""
-    scores = load_scores(cfg.output_dir, stds)
-    scores = scores[scores.sample_id.isin(set(target.image))].copy()
+    """Per-sample scores of the target set: one row per sample x std x part x metric x K.
+
+    Std-independent baselines are repeated at every std so each std's table is complete.
+    """
+    images = set(target.image)
+    noise = load_scores(cfg.output_dir, stds)
+    fixed = load_baselines(cfg.output_dir)
+    frames = [noise[noise.sample_id.isin(images)]]
+    for std in stds:
+        frames.append(fixed[fixed.sample_id.isin(images)].assign(std=float(std)))
+    scores = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else noise
     if scores.empty:
         raise LoganError(f"{cfg.output_dir} holds no results for std {stds}; run 'logan classify' on it first.")
-    scores["score"] = -scores["divergence"]
-    return scores.rename(columns={"sample_id": "image"})[["image", "label", *KEYS, "divergence", "score"]]
+    sign = scores.metric.map({m: get_metric(m).sign for m in scores.metric.unique()}).to_numpy(dtype=float)
+    scores["score"] = sign * scores.value.to_numpy()
+    return scores.rename(columns={"sample_id": "image"})[["image", "label", *KEYS, "value", "score"]]
 
 
-def loss_scores(cfg: RunConfig, target: pd.DataFrame, stds: list[float]) -> pd.DataFrame:
-    """The LOSS baseline beside LOGAN: minus the clean pass's mean NLL per part (same forward passes)."""
-    frames = []
-    for std in stds:
-        path = std_folder(cfg.output_dir, std) / "losses.parquet"
-        if not path.exists():
-            continue
-        losses = pd.read_parquet(path)
-        losses = losses[losses.sample_id.isin(set(target.image))]
-        if losses.sample_id.nunique() < len(target):
-            continue  # raw losses were saved for a subset only (img_metrics.get_raw_meta_examples)
-        frames.append(pd.DataFrame({"image": losses.sample_id, "label": losses.label, "std": float(std),
-                                    "part": losses.part, "metric": LOSS_BASELINE, "k": 1.0,
-                                    "divergence": losses.clean_loss, "score": -losses.clean_loss}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def metric_rows(scores: pd.DataFrame) -> list[dict[str, Any]]:
-    """One metrics.json row per std x part x metric x K; non-finite scores are dropped and counted."""
+def metric_rows(scores: pd.DataFrame, ci_k: float, seed: int) -> list[dict[str, Any]]:
+    """One metrics.json row per std x part x metric x K (bootstrap interval at K = ci_k); non-finite
+    scores are dropped and counted."""
     rows = []
     for (std, part, metric, k), group in scores.groupby(KEYS, sort=True):
         ok = np.isfinite(group.score.to_numpy())
-        summary = roc_summary(group.label.to_numpy()[ok], group.score.to_numpy()[ok])
-        orientation = ORIENTATION if metric != LOSS_BASELINE else "higher score = more likely member (score = -clean NLL)"
+        spec = get_metric(metric)
+        summary = roc_summary(group.label.to_numpy()[ok], group.score.to_numpy()[ok],
+                              bootstrap_seed=seed if np.isclose(k, ci_k) else None)
         rows.append({"metric": metric, "part": part, "std": float(std), "k": float(k), **summary,
-                     "n_dropped": int((~ok).sum()), "orientation": orientation})
+                     "n_dropped": int((~ok).sum()), "needs": spec.needs,
+                     "orientation": f"higher score = member (score = {'-' if spec.member_when == 'low' else '+'}value)"})
     return rows
 
 
+def _fmt_tpr(row: dict[str, Any], key: str) -> str:
+    value = row.get(f"tpr_at_{key}_fpr", float("nan"))
+    return f"{value:7.3f}" if row.get(f"tpr_at_{key}_fpr_estimable", True) else "    n/e"
+
+
 def summary_table(rows: list[dict[str, Any]], k: float, std: float) -> str:
-    """Text table (part x metric) at one std: AUC and TPR at low FPR at K = k, and the best AUC over K."""
-    at_std = [r for r in rows if r["std"] == std]
-    lines = [f"std = {std:g}; K = {k:g} (best over K shown for reference: it is chosen on the same data)",
-             f"{'part':<10} {'metric':<28} {'AUC':>6} {'TPR@5%':>7} {'TPR@1%':>7} {'bestK AUC':>10}"]
-    for part in dict.fromkeys(r["part"] for r in at_std):
-        for metric in dict.fromkeys(r["metric"] for r in at_std if r["part"] == part):
-            group = [r for r in at_std if r["part"] == part and r["metric"] == metric]
-            fixed = [r for r in group if np.isclose(r["k"], k)]
-            best = max(group, key=lambda r: r["auc"] if np.isfinite(r["auc"]) else -1)
-            if not fixed:
-                continue
-            r = fixed[0]
-            lines.append(f"{part:<10} {metric:<28} {r['auc']:6.3f} {r['tpr_at_5pct_fpr']:7.3f} "
-                         f"{r['tpr_at_1pct_fpr']:7.3f} {best['auc']:6.3f}@{best['k']:<3g}")
+    """Text table (part x metric) at one std and K: AUC [95 % CI], TPR at 5 / 1 / 0.1 % FPR."""
+    at = [r for r in rows if r["std"] == std and np.isclose(r["k"], k)]
+    lines = [f"std = {std:g}; K = {k:g}; n/e = not estimable with this many non-members",
+             f"{'part':<10} {'metric':<28} {'AUC':>6} {'95% CI':>13} {'TPR@5%':>7} {'TPR@1%':>7} {'TPR@.1%':>7}"]
+    for r in at:
+        ci = f"[{r.get('auc_ci_low', np.nan):.2f}, {r.get('auc_ci_high', np.nan):.2f}]"
+        lines.append(f"{r['part']:<10} {r['metric']:<28} {r['auc']:6.3f} {ci:>13} {_fmt_tpr(r, '5pct')} "
+                     f"{_fmt_tpr(r, '1pct')} {_fmt_tpr(r, '0.1pct')}")
     return "\n".join(lines)
 
 
+def best_per_part(rows: list[dict[str, Any]], std: float, k: float, needs: str | None = "noise") -> dict[str, dict]:
+    """The highest-AUC row per part at one std and K (LOGAN's metrics only by default)."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["std"] == std and np.isclose(r["k"], k) and (needs is None or r["needs"] == needs) \
+                and np.isfinite(r["auc"]) and r["auc"] > best.get(r["part"], {"auc": -1})["auc"]:
+            best[r["part"]] = r
+    return best
+
+
+def _order(rows: list[dict[str, Any]], parts: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    def key(r: dict[str, Any]) -> tuple:
+        return (r["std"], parts.index(r["part"]) if r["part"] in parts else len(parts),
+                metrics.index(r["metric"]) if r["metric"] in metrics else len(metrics), r["k"])
+
+    return sorted(rows, key=key)
+
+
 def evaluate(cfg: RunConfig, target: pd.DataFrame, stds: list[float]) -> list[dict[str, Any]]:
-    """Write metrics.json, scores.parquet and roc.png for the target set at `stds`; log the table."""
-    out = cfg.output_dir
+    """Write metrics.json, scores.parquet, plots, the blind baseline and report.html; log the table."""
+    out, k = cfg.output_dir, cfg.selection.k
     scores = score_table(cfg, target, stds)
-    scores = pd.concat([scores, loss_scores(cfg, target, stds)], ignore_index=True)
-    parts, metrics = cfg.img_metrics.parts, [*cfg.img_metrics.metrics_to_use, LOSS_BASELINE]
-    rows = sorted(metric_rows(scores), key=lambda r: (r["std"], parts.index(r["part"]) if r["part"] in parts
-                                                      else len(parts), metrics.index(r["metric"]), r["k"]))
+    rows = _order(metric_rows(scores, k, cfg.seed), cfg.img_metrics.parts, cfg.img_metrics.metrics_to_use)
     write_json(out / "metrics.json", rows)
     write_parquet(out / "scores.parquet", scores)
-    k = cfg.selection.k
+    blind = save_blind_baseline(target, out / "blind_baseline.json", cfg.seed)
+    plots = {}
     for std in stds:
-        curves = {}
-        for part in cfg.img_metrics.parts:
-            candidates = [r for r in rows if r["std"] == std and r["part"] == part and np.isclose(r["k"], k)
-                          and r["metric"] != LOSS_BASELINE]
-            if not candidates:
-                continue
-            best = max(candidates, key=lambda r: r["auc"] if np.isfinite(r["auc"]) else -1)
-            chosen = scores[(scores["std"] == std) & (scores.part == part) & (scores.metric == best["metric"])
-                            & np.isclose(scores.k, k)]
-            chosen = chosen[np.isfinite(chosen.score)]
-            curves[f"{part}: {best['metric']} (AUC {best['auc']:.3f})"] = (chosen.label.to_numpy(),
-                                                                          chosen.score.to_numpy())
         suffix = "" if len(stds) == 1 else f"_std_{std:g}"
-        roc_curves(curves, out / f"roc{suffix}.png", f"LOGAN membership ROC, std = {std:g}, K = {k:g}")
-        log.info("classification results (%s):\n%s", ORIENTATION, summary_table(rows, k, std))
-    save_blind_baseline(target, out / "blind_baseline.json", cfg.seed)
-    log.info("wrote %s, %s, %s and ROC plots", out / "metrics.json", out / "scores.parquet",
-             out / "blind_baseline.json")
+        chosen = {}
+        for part, row in best_per_part(rows, std, k).items():
+            picked = scores[(scores["std"] == std) & (scores.part == part) & (scores.metric == row["metric"])
+                            & np.isclose(scores.k, k)]
+            picked = picked[np.isfinite(picked.score)]
+            chosen[f"{part}: {row['metric']} (AUC {row['auc']:.3f})"] = (picked.label.to_numpy(),
+                                                                        picked.score.to_numpy())
+        roc_curves(chosen, out / f"roc{suffix}.png", f"LOGAN membership ROC, std = {std:g}, K = {k:g}")
+        score_histograms(chosen, out / f"histograms{suffix}.png")
+        plots[std] = [out / f"roc{suffix}.png", out / f"histograms{suffix}.png"]
+        log.info("classification results (higher score = member):\n%s", summary_table(rows, k, std))
+    write_report(cfg, rows, blind, plots, out / "report.html")
+    log.info("wrote %s, %s, %s and %s", out / "metrics.json", out / "scores.parquet", out / "blind_baseline.json",
+             out / "report.html")
     return rows

@@ -60,3 +60,21 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, tit
     lin.legend(fontsize=6, loc="lower right")
     fig.suptitle(title)
     _save(fig, path)
+
+
+def score_histograms(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """Member vs non-member score histograms, one panel per (part: metric)."""
+    n = max(len(curves), 1)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (name, (labels, scores)) in zip(axes.ravel(), curves.items()):
+        bins = np.histogram_bin_edges(scores, bins=30) if len(scores) else 10
+        ax.hist(scores[labels == 0], bins=bins, alpha=0.55, label="non-members", color="tab:blue")
+        ax.hist(scores[labels == 1], bins=bins, alpha=0.55, label="members", color="tab:orange")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("score (higher = member)", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(curves):]:
+        ax.axis("off")
+    _save(fig, path)

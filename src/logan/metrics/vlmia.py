@@ -1,0 +1,95 @@
+"""VL-MIA baselines (Li et al., NeurIPS 2024, arXiv 2411.02902) and Min-K%++ (Zhang et al., 2024), on the
+same forward passes as LOGAN: every one reads the clean pass (and aug-KL its augmented passes).
+
+Per-token values follow VL-MIA's `metric_util.py`: probabilities clamped to [1e-10, 1 - 1e-10] for the
+entropy terms; at image positions the "target" is the clean argmax (so target-based metrics become
+confidence metrics there). Orientation (VL-MIA's own): low loss / entropy / high confidence = member;
+aug-KL: high KL = member.
+
+- `ppl`, `mink`: NLL of the target token (Max-K% = Min-K% Prob; K = 1: the loss, log-perplexity).
+- `mink_plus_plus`: -(log p_y - mu) / sigma with mu, sigma^2 the mean and variance of log p under p.
+- `max_prob_gap`: -(max log p - second-largest log p).
+- `max_k_renyi_{05,1,2,inf}_entro` / `min_k_renyi_*_entro`: Renyi entropy per token, Max-K% / Min-K%
+  (MaxRenyi-K%); `renyi_05`, `renyi_1`, `renyi_2` are the Max-K% ones under the original's short names.
+- `mod_renyi_1_entro` (modified entropy, Song & Mittal), `mod_renyi_05_entro`, `mod_renyi_2_entro` (ModRenyi).
+- `aug_kld`: KL(clean || augmented) averaged over VL-MIA's four augmentations (see `augment.py`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from logan.metrics.pair import TokenPair
+from logan.metrics.registry import register_metric
+
+CLAMP = 1e-10
+
+
+def _clamped(pair: TokenPair) -> torch.Tensor:
+    return pair.clean_p.clamp(CLAMP, 1 - CLAMP)
+
+
+@register_metric("ppl", needs="clean")
+@register_metric("mink", needs="clean")
+def target_nll(pair: TokenPair) -> torch.Tensor:
+    return -pair.target_logp
+
+
+@register_metric("mink_plus_plus", needs="clean")
+def min_k_plus_plus(pair: TokenPair) -> torch.Tensor:
+    logp, p = pair.clean_logp, pair.clean_p
+    mu = (p * logp).sum(-1)
+    var = (p * logp * logp).sum(-1) - mu * mu
+    return -(pair.target_logp - mu) / var.clamp(min=1e-12).sqrt()
+
+
+@register_metric("max_prob_gap", needs="clean")
+def max_prob_gap(pair: TokenPair) -> torch.Tensor:
+    top2 = pair.clean_logp.topk(2, dim=-1).values
+    return -(top2[..., 0] - top2[..., 1])
+
+
+def renyi_entropy(pair: TokenPair, alpha: float) -> torch.Tensor:
+    p = _clamped(pair)
+    if alpha == 1.0:
+        return -(p * p.log()).sum(-1)
+    if alpha == float("inf"):
+        return -pair.clean_logp.max(-1).values
+    return torch.log((p ** alpha).sum(-1)) / (1.0 - alpha)
+
+
+def _entropy(alpha: float):
+    return lambda pair: renyi_entropy(pair, alpha)
+
+
+for _alpha, _tag in ((0.5, "05"), (1.0, "1"), (2.0, "2"), (float("inf"), "inf")):
+    register_metric(f"max_k_renyi_{_tag}_entro", needs="clean")(_entropy(_alpha))
+    register_metric(f"min_k_renyi_{_tag}_entro", needs="clean", aggregate="min_k")(_entropy(_alpha))
+    if _tag != "inf":
+        register_metric(f"renyi_{_tag}", needs="clean")(_entropy(_alpha))
+
+
+def modified_renyi(pair: TokenPair, alpha: float) -> torch.Tensor:
+    """VL-MIA's modified entropy (alpha = 1) and ModRenyi (alpha != 1) of the target token."""
+    p = _clamped(pair)
+    p_y = p.gather(-1, pair.targets.unsqueeze(-1)).squeeze(-1)
+    others = torch.ones_like(p, dtype=torch.bool).scatter_(-1, pair.targets.unsqueeze(-1), False)
+    if alpha == 1.0:
+        rest = torch.where(others, p * torch.log1p(-p), torch.zeros_like(p)).sum(-1)
+        return -(1 - p_y) * p_y.log() - rest
+    a = abs(1.0 - alpha)
+    rest = torch.where(others, p * (1 - p) ** a - p, torch.zeros_like(p)).sum(-1)
+    return -((1 - p_y) * p_y ** a - (1 - p_y) + rest) / a
+
+
+def _modified(alpha: float):
+    return lambda pair: modified_renyi(pair, alpha)
+
+
+for _alpha, _tag in ((0.5, "05"), (1.0, "1"), (2.0, "2")):
+    register_metric(f"mod_renyi_{_tag}_entro", needs="clean")(_modified(_alpha))
+
+
+@register_metric("aug_kld", needs="augment", member_when="high")
+def augmentation_kl(pair: TokenPair) -> torch.Tensor:
+    return pair.kl  # KL(clean || augmented) on the plain softmax; the engine averages it over augmentations
