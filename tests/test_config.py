@@ -188,7 +188,9 @@ def test_composed_default_config_is_accepted(default_raw):
     cfg = RunConfig.from_dict(default_raw)
     assert cfg.img_metrics.parts == ["img"]
     assert cfg.target_model.name == "llava-hf"
-    assert len(cfg.img_metrics.metrics_to_use) == 9
+    assert len([m for m in cfg.img_metrics.metrics_to_use if m.startswith("max_k_renyi_div")
+                or m.endswith("_kl_div")]) == 9  # the nine LOGAN metrics, then the VL-MIA baselines
+    assert {m + "_tkn_vals" for m in cfg.img_metrics.metrics_to_use} == set(cfg.img_metrics.get_proc_meta_metrics)
     assert cfg.noise.quantize == "none" and cfg.noise.space == "pixel"
 
 
@@ -214,20 +216,20 @@ def test_composed_bad_part_is_rejected_by_the_typed_config():
         RunConfig.from_dict(compose(["img_metrics.parts=[caption2]"]))
 
 
-def test_minigpt4_composes_but_is_not_supported_yet():
+def test_minigpt4_composes_and_asks_for_its_checkpoint():
     raw = compose(["target_model=minigpt-4", "img_metrics.parts=[img]"])
     cfg = RunConfig.from_dict(raw)
     assert cfg.target_model.name == "minigpt-4"
     assert cfg.target_model.model["arch"] == "minigpt4"
-    with pytest.raises(LoganError, match="target_model=minigpt-4 is not supported yet"):
+    with pytest.raises(LoganError, match="target_model.ckpt is not set"):
         check_model(cfg.target_model)
 
 
-@pytest.mark.parametrize("name", ["llava-v1.5-7b", "llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5"])
-def test_other_planned_models_compose_and_are_refused(name):
+@pytest.mark.parametrize("name", ["llava-v1.5-7b", "llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5", "llava-next"])
+def test_every_seed_model_name_composes_and_asks_for_its_files(name):
     cfg = RunConfig.from_dict(compose([f"target_model={name}"]))
-    assert cfg.target_model.name == name and cfg.target_model.pad_to_square is True
-    with pytest.raises(LoganError, match="not supported yet.*target_model=llava-hf"):
+    assert cfg.target_model.name == name
+    with pytest.raises(LoganError, match="model_path"):
         check_model(cfg.target_model)
 
 

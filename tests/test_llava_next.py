@@ -15,6 +15,7 @@ from PIL import Image
 from logan.cli import run
 from logan.config import ModelConfig
 from logan.data.synthetic import make_split, vocabulary
+from logan.engine import Engine, EngineSettings, WorkItem
 from logan.errors import LoganError
 from logan.models.base import TEMPLATES, pad_batch
 from logan.models.llava_next import NEXT_TEMPLATES, LlavaNext
@@ -40,7 +41,8 @@ def build_tiny_llava_next(folder: Path, corpus: list[str]) -> Path:
     text = {"model_type": "mistral", "vocab_size": len(tok), "hidden_size": 32, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64,
             "sliding_window": None, "max_position_embeddings": 512, "tie_word_embeddings": False,
-            "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+            "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id}
     vision = {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 8, "hidden_size": 32,
               "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "projection_dim": 32}
     config = LlavaNextConfig(text_config=text, vision_config=vision, image_grid_pinpoints=PINPOINTS,
@@ -162,6 +164,32 @@ def test_an_image_resized_after_encoding_is_one_clear_error(adapter) -> None:
     pixels = adapter.pixel_values([smooth_image(256, 256).astype(np.float32)])  # e.g. an aug_kld crop
     with pytest.raises(LoganError, match="needs 88 LLaVA-NeXT image tokens but its sequence was encoded"):
         adapter.forward_logits(ids, mask, pixels, torch.zeros((1, 1), dtype=torch.long))
+
+
+@pytest.mark.parametrize("space", ["pixel", "normalized"])
+def test_engine_on_mixed_sizes_is_zero_at_zero_and_batch_invariant(adapter, tmp_path: Path, space: str) -> None:
+    items = []
+    for i, (h, w) in enumerate([(24, 56), (40, 40), (56, 24)]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(smooth_image(h, w, i)).save(path)
+        items.append(WorkItem(str(path), i % 2, size=(w, h)))
+
+    def scores(batch_size: int) -> dict:
+        engine = Engine(adapter, EngineSettings(parts=["img", "inst"], metrics=METRICS, instruction=INSTRUCTION,
+                                                batch_size=batch_size, space=space))
+        return {(std, r.sample_id, *key): v for std, results in engine.run(items, [0.0, 8.0])
+                for r in results for key, v in r.tokens.items()}
+
+    together, alone = scores(3), scores(1)
+    assert together.keys() == alone.keys()
+    for key, value in together.items():
+        assert len(value) > 0
+        if key[0] == 0.0:
+            assert np.all(value == 0.0), key
+        np.testing.assert_allclose(value, alone[key], rtol=2e-3, atol=1e-9)
+    for item in items:
+        assert len(together[(0.0, item.sample_id, "img", METRICS[0])]) == adapter.image_tokens(item.size)
+        assert together[(8.0, item.sample_id, "img", METRICS[0])].mean() > 0
 
 
 def test_generate_runs_on_a_mixed_size_batch(adapter) -> None:

@@ -58,22 +58,25 @@ def _linear(prefix: str, out: int, inp: int, scale: float = 0.05) -> dict[str, t
 def eva_state() -> dict[str, torch.Tensor]:
     """eva_vit_g.pth's layout (bare VisionTransformer names, fp16), at tiny size."""
     w = VIT_WIDTH
-    sd = {"cls_token": _randn(1, 1, w, scale=0.5), "pos_embed": _randn(1, 1 + (IMAGE // PATCH) ** 2, w, scale=0.5),
-          "patch_embed.proj.weight": _randn(w, 3, PATCH, PATCH, scale=0.1), "patch_embed.proj.bias": _randn(w)}
+    positions = 1 + (IMAGE // PATCH) ** 2
+    sd = {"cls_token": _randn(1, 1, w, scale=0.5), "pos_embed": _randn(1, positions, w, scale=0.5),
+          "patch_embed.proj.weight": _randn(w, 3, PATCH, PATCH, scale=0.1),
+          "patch_embed.proj.bias": _randn(w)}
     for i in range(VIT_LAYERS):
         b = f"blocks.{i}."
         sd |= _norm(b + "norm1", w) | _norm(b + "norm2", w)
         sd |= {b + "attn.qkv.weight": _randn(3 * w, w, scale=0.05), b + "attn.q_bias": _randn(w, scale=0.1),
                b + "attn.v_bias": _randn(w, scale=0.1)}
-        sd |= _linear(b + "attn.proj", w, w) | _linear(b + "mlp.fc1", VIT_MLP, w) | _linear(b + "mlp.fc2", w, VIT_MLP)
+        sd |= _linear(b + "attn.proj", w, w) | _linear(b + "mlp.fc1", VIT_MLP, w)
+        sd |= _linear(b + "mlp.fc2", w, VIT_MLP)
     return {k: v.half() for k, v in sd.items()}
 
 
 def blip2_state() -> dict[str, torch.Tensor]:
     """blip2_pretrained_flant5xxl.pth's 'model' (LAVIS names), with the parts MiniGPT-4 drops."""
     h, q = QF_WIDTH, "Qformer.bert."
-    sd = {"query_tokens": _randn(1, QUERIES, h, scale=0.5), q + "embeddings.position_ids": torch.arange(8)[None],
-          "t5_proj.weight": _randn(24, h), "t5_proj.bias": _randn(24)}
+    sd = {"query_tokens": _randn(1, QUERIES, h, scale=0.5), "t5_proj.weight": _randn(24, h),
+          "t5_proj.bias": _randn(24), q + "embeddings.position_ids": torch.arange(8)[None]}
     sd |= _norm(q + "embeddings.LayerNorm", h) | _norm("ln_vision", VIT_WIDTH)
     for i in range(QF_LAYERS):
         b = f"{q}encoder.layer.{i}."
@@ -83,7 +86,8 @@ def blip2_state() -> dict[str, torch.Tensor]:
             sd |= _linear(f"{b}{kind}.self.query", h, h) | _linear(f"{b}{kind}.self.key", h, width)
             sd |= _linear(f"{b}{kind}.self.value", h, width) | _linear(f"{b}{kind}.output.dense", h, h)
             sd |= _norm(f"{b}{kind}.output.LayerNorm", h)
-        sd |= _linear(b + "intermediate_query.dense", QF_MLP, h) | _linear(b + "output_query.dense", h, QF_MLP)
+        sd |= _linear(b + "intermediate_query.dense", QF_MLP, h)
+        sd |= _linear(b + "output_query.dense", h, QF_MLP)
         sd |= _norm(b + "output_query.LayerNorm", h)
         sd |= _linear(b + "intermediate.dense", QF_MLP, h)  # text branch: MiniGPT-4 drops it
     return sd
@@ -91,8 +95,10 @@ def blip2_state() -> dict[str, torch.Tensor]:
 
 def checkpoint(features: int) -> dict:
     """pretrained_minigpt4*.pth as LAVIS's runner saves it: only llama_proj is trainable."""
-    model = {"llama_proj.weight": _randn(LLM_HIDDEN, features, scale=0.2), "llama_proj.bias": _randn(LLM_HIDDEN)}
-    optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4}]}
+    model = {"llama_proj.weight": _randn(LLM_HIDDEN, features, scale=0.2),
+             "llama_proj.bias": _randn(LLM_HIDDEN)}
+    optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(3)}},
+                 "param_groups": [{"lr": 1e-4}]}
     return {"model": model, "optimizer": optimizer, "config": {"model": {"arch": "minigpt4"}},
             "scaler": None, "epoch": 4}
 
@@ -105,12 +111,13 @@ def build_llm(folder: Path) -> None:
     from logan.data.synthetic import vocabulary
 
     folder.mkdir(parents=True)
-    lines = [SYSTEM, f"<Img></Img> {INSTRUCTION} [INST] [/INST] ###Human: ###Assistant:", " ".join(vocabulary())] * 20
+    prompts = f"<Img></Img> {INSTRUCTION} [INST] [/INST] ###Human: ###Assistant:"
+    lines = [SYSTEM, prompts, " ".join(vocabulary())] * 20
     (folder / "corpus.txt").write_text("\n".join(lines))
     spm.SentencePieceTrainer.train(
-        input=str(folder / "corpus.txt"), model_prefix=str(folder / "tokenizer"), model_type="bpe", vocab_size=400,
-        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, hard_vocab_limit=False, minloglevel=2)
+        input=str(folder / "corpus.txt"), model_prefix=str(folder / "tokenizer"), model_type="bpe",
+        vocab_size=400, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, hard_vocab_limit=False)
     (folder / "corpus.txt").unlink()
     (folder / "tokenizer.vocab").unlink()
     (folder / "tokenizer_config.json").write_text(json.dumps(
@@ -153,8 +160,7 @@ def _lin(x: torch.Tensor, sd: dict, prefix: str) -> torch.Tensor:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
-    q, k, v = split(q), split(k), split(v)
+    q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
     weights = (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(-1)
     return (weights @ v).transpose(1, 2).reshape(q.shape[0], -1, heads * q.shape[-1])
 
@@ -162,11 +168,13 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> to
 def reference_vit(sd: dict, pixels: torch.Tensor) -> torch.Tensor:
     """eva_vit.py VisionTransformer.forward (no final norm)."""
     x = F.conv2d(pixels, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=PATCH)
-    x = torch.cat([sd["cls_token"].expand(len(pixels), -1, -1), x.flatten(2).transpose(1, 2)], 1) + sd["pos_embed"]
+    x = torch.cat([sd["cls_token"].expand(len(pixels), -1, -1), x.flatten(2).transpose(1, 2)], 1)
+    x = x + sd["pos_embed"]
     for i in range(VIT_LAYERS):
         b = f"blocks.{i}."
         y = _ln(x, sd, b + "norm1", 1e-6)
-        bias = torch.cat([sd[b + "attn.q_bias"], torch.zeros_like(sd[b + "attn.v_bias"]), sd[b + "attn.v_bias"]])
+        q_bias, v_bias = sd[b + "attn.q_bias"], sd[b + "attn.v_bias"]
+        bias = torch.cat([q_bias, torch.zeros_like(v_bias), v_bias])
         q, k, v = F.linear(y, sd[b + "attn.qkv.weight"], bias).chunk(3, dim=-1)
         x = x + _lin(_attend(q, k, v, VIT_WIDTH // 88), sd, b + "attn.proj")
         x = x + _lin(F.gelu(_lin(_ln(x, sd, b + "norm2", 1e-6), sd, b + "mlp.fc1")), sd, b + "mlp.fc2")
@@ -212,7 +220,7 @@ def _images(n: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.uniform(0, 255, (40 + 8 * i, 36, 3)).astype(np.float32) for i in range(n)]
 
 
-# ---- tests ---------------------------------------------------------------------------------------------------
+# ---- tests ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model_type", ["pretrain_llama2", "pretrain_vicuna0"])
@@ -233,7 +241,8 @@ def test_logits_equal_minigpt4_forward_on_the_same_tensors(files, adapters, mode
         image = reference_image_embeds(files, model_type, pixels)
         for row, seq in enumerate(sequences):
             s, n = seq.image_start, seq.n_image
-            text = llm.get_input_embeddings()(torch.tensor([list(seq.input_ids[:s]) + list(seq.input_ids[s + n:])]))
+            text_ids = list(seq.input_ids[:s]) + list(seq.input_ids[s + n:])
+            text = llm.get_input_embeddings()(torch.tensor([text_ids]))
             embeds = torch.cat([text[:, :s], image[row:row + 1], text[:, s:]], 1)
             want = llm(inputs_embeds=embeds).logits[0, :-1]
             length = len(seq.input_ids) - 1
@@ -252,7 +261,8 @@ def test_generate_is_greedy_batch_independent_and_matches_the_logits(adapters):
     for row, prompt in enumerate(prompts):
         one_ids, one_mask = pad_batch([prompt], model.pad_token_id, "left")
         assert model.generate(one_ids, one_mask, pixels[row:row + 1], 5)[0] == batched[row]
-        logits = model.forward_logits(one_ids, one_mask, pixels[row:row + 1], torch.tensor([[len(prompt.input_ids) - 1]]))
+        last = torch.tensor([[len(prompt.input_ids) - 1]])
+        logits = model.forward_logits(one_ids, one_mask, pixels[row:row + 1], last)
         logits = logits.clone()
         logits[..., model.bos_token_id] = -torch.inf  # generation never picks BOS (or padding)
         assert batched[row][0] == int(logits.argmax(-1))
@@ -278,14 +288,13 @@ def test_tiny_variants_have_their_own_counts_and_geometry(adapters):
     ("pretrain_llama2", [SYSTEM, "<s>", "[INST] <Img>"], f"</Img> {INSTRUCTION} [/INST] "),
     ("pretrain_vicuna0", [SYSTEM + "###Human: <Img>"], f"</Img> {INSTRUCTION}###Assistant: "),
 ])
-def test_prompt_is_tokenised_per_segment_like_minigpt4_and_parts_land_right(files, adapters, model_type, before,
-                                                                            after):
+def test_prompt_is_tokenised_per_segment_like_minigpt4(files, adapters, model_type, before, after):
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(files.llm / "tokenizer.model"))
     model = adapters[model_type]
     n = model.n_image_tokens
-    # transformers 4.30's slow LlamaTokenizer: BOS on segment 0 only, every piece between specials encoded alone
+    # transformers 4.30's slow LlamaTokenizer: BOS on segment 0 only, each piece between specials on its own
     head = [1] + [t for piece in before for t in ([1] if piece == "<s>" else sp.encode(piece))]
     inst = sp.encode(after)
     enc = model.encode(INSTRUCTION, [5, 6, 7])
@@ -300,34 +309,34 @@ def test_prompt_is_tokenised_per_segment_like_minigpt4_and_parts_land_right(file
     assert model.decode(sp.encode("a red circle")) == "a red circle"
 
 
-def _edit(files: Files, path: Path, change, tmp_path: Path) -> Path:
-    obj = torch.load(path, weights_only=True)
-    change(obj["model"] if "model" in obj else obj)
-    out = tmp_path / path.name
-    torch.save(obj, out)
-    return out
+QF_LAYER = "Qformer.bert.encoder.layer."
+BROKEN = [  # (variant, component, key, what goes there: None removes the key)
+    ("pretrain_llama2", "vit_model", "blocks.1.attn.v_bias", None),                         # missing
+    ("pretrain_llama2", "vit_model", "blocks.0.attn.gate", torch.ones(2)),                  # unexpected
+    ("pretrain_llama2", "vit_model", "blocks.1.mlp.fc2.weight", torch.ones(VIT_WIDTH, 3)),  # wrong shape
+    ("pretrain_vicuna0", "q_former_model", QF_LAYER + "2.crossattention.self.key.bias", None),
+    ("pretrain_vicuna0", "q_former_model", QF_LAYER + "1.attention.self.gate", torch.ones(2)),
+    ("pretrain_vicuna0", "q_former_model", "ln_vision.weight", None),
+    ("pretrain_vicuna0", "q_former_model", "ln_vision.bias", torch.ones(5)),
+    ("pretrain_llama2", "ckpt", "llama_proj.bias", None),
+    ("pretrain_llama2", "ckpt", "llama_model.lora_A.weight", torch.ones(2)),
+    ("pretrain_llama2", "ckpt", "llama_proj.bias", torch.ones(3)),
+]
 
 
-@pytest.mark.parametrize("model_type,component,change,key", [
-    ("pretrain_llama2", "vit_model", lambda sd: sd.pop("blocks.1.attn.v_bias"), "blocks.1.attn.v_bias"),
-    ("pretrain_llama2", "vit_model", lambda sd: sd.update({"blocks.0.attn.gate": torch.ones(2)}), "blocks.0.attn.gate"),
-    ("pretrain_llama2", "vit_model", lambda sd: sd.update({"blocks.1.mlp.fc2.weight": torch.ones(VIT_WIDTH, 3)}),
-     "blocks.1.mlp.fc2.weight"),
-    ("pretrain_vicuna0", "q_former_model", lambda sd: sd.pop("Qformer.bert.encoder.layer.2.crossattention.self.key.bias"),
-     "Qformer.bert.encoder.layer.2.crossattention.self.key.bias"),
-    ("pretrain_vicuna0", "q_former_model",
-     lambda sd: sd.update({"Qformer.bert.encoder.layer.1.attention.self.gate": torch.ones(2)}),
-     "Qformer.bert.encoder.layer.1.attention.self.gate"),
-    ("pretrain_vicuna0", "q_former_model", lambda sd: sd.pop("ln_vision.weight"), "ln_vision.weight"),
-    ("pretrain_vicuna0", "q_former_model", lambda sd: sd.update({"ln_vision.bias": torch.ones(5)}), "ln_vision.bias"),
-    ("pretrain_llama2", "ckpt", lambda sd: sd.pop("llama_proj.bias"), "llama_proj.bias"),
-    ("pretrain_llama2", "ckpt", lambda sd: sd.update({"llama_model.lora_A.weight": torch.ones(2)}),
-     "llama_model.lora_A.weight"),
-    ("pretrain_llama2", "ckpt", lambda sd: sd.update({"llama_proj.bias": torch.ones(3)}), "llama_proj.bias"),
-])
-def test_broken_files_are_one_clear_error_naming_file_and_key(files, tmp_path, model_type, component, change, key):
+@pytest.mark.parametrize("model_type,component,key,value", BROKEN)
+def test_broken_files_are_one_clear_error_naming_file_and_key(files, tmp_path, model_type, component, key,
+                                                              value):
     cfg = files.cfg(model_type)
-    broken = _edit(files, Path(getattr(cfg, component)), change, tmp_path)
+    path = Path(getattr(cfg, component))
+    obj = torch.load(path, weights_only=True)
+    tensors = obj.get("model", obj)
+    if value is None:
+        tensors.pop(key)
+    else:
+        tensors[key] = value
+    broken = tmp_path / path.name
+    torch.save(obj, broken)
     setattr(cfg, component, str(broken))
     with pytest.raises(LoganError) as error:
         MiniGPT4(cfg, CPU, torch.float32)
@@ -366,7 +375,7 @@ def test_pickled_objects_are_refused_with_the_way_out(files, tmp_path):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"vit_model": "/nowhere/eva_vit_g.pth"}, r"target_model\.vit_model=/nowhere/eva_vit_g\.pth is not a file"),
+    ({"vit_model": "/nowhere/eva.pth"}, r"target_model\.vit_model=/nowhere/eva\.pth is not a file"),
     ({"llama_model": "/nowhere/llama"}, r"target_model\.llama_model=/nowhere/llama is not a folder"),
     ({"ckpt": None}, r"target_model\.ckpt is not set"),
     ({"q_former_model": None}, r"target_model\.q_former_model is not set.*pretrain_vicuna0"),
@@ -388,8 +397,8 @@ def test_check_rejects_a_q_former_for_llama2_and_a_wrong_image_size(files):
 
 
 def test_seed_nested_keys_are_aliases_and_flat_keys_win(files):
-    nested = {"arch": "minigpt4", "model_type": "pretrain_vicuna0", "ckpt": str(files.ckpt["pretrain_vicuna0"]),
-              "image_size": IMAGE}
+    nested = {"arch": "minigpt4", "model_type": "pretrain_vicuna0", "image_size": IMAGE,
+              "ckpt": str(files.ckpt["pretrain_vicuna0"])}
     resolved = _resolve(files.cfg("pretrain_vicuna0", model_type=None, ckpt=None, model=nested))
     assert resolved.model_type == "pretrain_vicuna0" and resolved.conv_mode == "minigpt4_vicuna0"
     assert resolved.ckpt == files.ckpt["pretrain_vicuna0"] and resolved.q_former_model == files.qformer

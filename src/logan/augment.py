@@ -62,6 +62,13 @@ AUGMENTATIONS = (_resized_crop, _rotation, _affine, _colour_jitter)
 
 
 def augment(image: np.ndarray, index: int, *, seed: int, key: int) -> np.ndarray:
-    """The `index`-th VL-MIA augmentation of a uint8 image, as float32 pixels (0-255)."""
-    out = AUGMENTATIONS[index](Image.fromarray(image), _rng(seed, key, index))
-    return np.asarray(out.convert("RGB"), dtype=np.float32)
+    """The `index`-th VL-MIA augmentation of a uint8 image, as float32 pixels (0-255).
+
+    The output keeps the input's size (the 256 px crop is resized back), so families whose number of
+    image tokens depends on the image size see the same sequence layout as for the clean image.
+    """
+    img = Image.fromarray(image)
+    out = AUGMENTATIONS[index](img, _rng(seed, key, index)).convert("RGB")
+    if out.size != img.size:
+        out = out.resize(img.size, Image.Resampling.BICUBIC)
+    return np.asarray(out, dtype=np.float32)

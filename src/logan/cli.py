@@ -29,8 +29,26 @@ USAGE = "usage: logan <command> [key=value ...]\n\ncommands:\n" + "\n".join(
 log = logging.getLogger("logan")
 
 
+def _check_group_choices(overrides: list[str]) -> None:
+    """`group=option` must name a config file of that group: one clear line with a suggestion if not."""
+    from importlib.resources import files
+
+    from logan.errors import unknown
+
+    conf = files("logan.conf")
+    for override in overrides:
+        key, _, value = override.partition("=")
+        group = conf / key.lstrip("+~")
+        if "." in key or not value or not group.is_dir():
+            continue
+        options = [p.name[:-5] for p in group.iterdir() if p.name.endswith(".yaml")]
+        if value not in options:
+            raise unknown(key.lstrip("+~"), value, options)
+
+
 def compose(overrides: list[str]) -> dict[str, Any]:
     """Compose the packaged config with command-line overrides; returns a resolved plain dict."""
+    _check_group_choices(overrides)
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from omegaconf import OmegaConf

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from logan.errors import LoganError
+from logan.faults import fault_point
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 
@@ -43,6 +47,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        fault_point("json")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -103,3 +108,71 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+LOCK_FILE = ".logan.lock"
+HEARTBEAT_SECONDS = 30
+STALE_SECONDS = 300
+
+
+class RunLock:
+    """One run per output folder. The lock holds pid and host and is touched every 30 s; a lock whose
+    process is gone (same host) or that has not been touched for 5 minutes (any host) is stale and is
+    taken over, so a killed run never blocks its rerun."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> RunLock:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._refuse_unless_stale()
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, handle)
+            self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+            self._thread.start()
+            return self
+        raise LoganError(f"could not lock {self.path.parent}; delete {self.path} if no logan run uses the folder.")
+
+    def _refuse_unless_stale(self) -> None:
+        try:
+            owner = json.loads(self.path.read_text() or "{}")
+            age = time.time() - self.path.stat().st_mtime
+        except (OSError, json.JSONDecodeError):
+            owner, age = {}, STALE_SECONDS + 1
+        same_host = owner.get("host") == socket.gethostname()
+        if (same_host and not _alive(owner.get("pid"))) or age > STALE_SECONDS or not owner:
+            self.path.unlink(missing_ok=True)
+            return
+        raise LoganError(
+            f"another logan run (pid {owner.get('pid')} on {owner.get('host')}) is using {self.path.parent}; "
+            f"wait for it to finish or choose another path.output_dir."
+        )
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from logan.engine import SampleResult
+from logan.faults import fault_point
 from logan.io import atomic_dir, read_json, write_json
 from logan.metrics.aggregate import k_means
 from logan.metrics.registry import MetricSpec
@@ -100,6 +101,7 @@ class StdWriter:
             self.tokens.write_table(_table(token_rows, TOKEN_SCHEMA))
         if self.losses is not None and loss_rows:
             self.losses.write_table(_table(loss_rows, LOSS_SCHEMA))
+        fault_point("batch")
 
     def _save_image(self, res: SampleResult) -> None:
         folder = self.tmp / "images"
@@ -113,6 +115,7 @@ class StdWriter:
                 writer.close()
         write_json(self.tmp / "done.json", {"std": self.std, "n_samples": self.n_samples,
                                             "seconds": round(time.time() - self.started, 3)})
+        fault_point("std_finish")
         self.stack.close()
 
     def abort(self) -> None:

@@ -37,6 +37,8 @@ Prompts are MiniGPT-4's conversations (`CONV_VISION_LLama2` / `CONV_VISION_Vicun
 segment around `<ImageHere>` with BOS on the first only, and every special token in the text (the Llama-2
 template's literal `<s>`) split out as MiniGPT-4's slow tokenizer did. Images: a plain 224 x 224 bicubic
 resize, CLIP normalisation. Logits are cut to the real vocabulary (`vocab_size`, 32000) before any softmax.
+Descriptions are greedy and stop at EOS only (as VL-MIA generates them; Vicuna's '###' is no stop). Everything
+runs in the run's dtype (bf16 on a GPU), `ln_vision` in float32 as LAVIS computes it.
 """
 
 from __future__ import annotations
@@ -74,12 +76,12 @@ TEMPLATES = {
 }
 VARIANTS = {"pretrain_llama2": "minigpt4_llama2", "pretrain_vicuna0": "minigpt4_vicuna0"}
 PATH_KEYS = ("ckpt", "llama_model", "vit_model", "q_former_model")
-# keys of the seed's nested `model:` group: aliases, accepted, and MiniGPT-4 eval knobs that change nothing here
+# the seed's nested `model:` keys: aliases, accepted ones, and MiniGPT-4 eval knobs that change nothing here
 NESTED = {*PATH_KEYS, "model_type", "arch", "image_size", "low_resource", "device_8bit", "max_txt_len",
           "end_sym", "prompt_template"}
 # BLIP-2 Q-Former parts that MiniGPT-4 sets to None (text branch) or never reads (a buffer)
-QFORMER_DROPPED = re.compile(r"Qformer\.(cls\.|bert\.embeddings\.(word_embeddings|position_embeddings|position_ids)"
-                             r"|bert\.encoder\.layer\.\d+\.(intermediate|output)\.)")
+QFORMER_DROPPED = re.compile(r"Qformer\.(cls\.|bert\.embeddings\.(word_embeddings|position_embeddings"
+                             r"|position_ids)|bert\.encoder\.layer\.\d+\.(intermediate|output)\.)")
 VIT_FROM_HF = [  # Blip2VisionModel name -> EVA (LAVIS) name, applied in order
     (r"^embeddings\.class_embedding$", "cls_token"),
     (r"^embeddings\.position_embedding$", "pos_embed"),
@@ -131,7 +133,8 @@ def _resolve(cfg: ModelConfig) -> _Files:
         raise LoganError(f"target_model.model.{unknown[0]} is not a MiniGPT-4 setting; "
                          f"valid keys: {', '.join(sorted(NESTED))}.")
     if nested.get("arch", "minigpt4") != "minigpt4":
-        raise LoganError(f"target_model.model.arch={nested['arch']}: only MiniGPT-4 (arch minigpt4) is supported.")
+        raise LoganError(f"target_model.model.arch={nested['arch']}: only MiniGPT-4 (arch minigpt4) is "
+                         "supported.")
     model_type = cfg.model_type or nested.get("model_type") or "pretrain_llama2"
     if model_type not in VARIANTS:
         raise LoganError(f"target_model.model_type={model_type} is not a MiniGPT-4 variant; "
@@ -155,7 +158,7 @@ def _resolve(cfg: ModelConfig) -> _Files:
             paths[key] = None
             continue
         if not given[key]:
-            raise LoganError(f"target_model.{key} is not set: give {hints[key]} ({model_type}).")
+            raise LoganError(f"target_model.{key} is not set: {model_type} needs {hints[key]}.")
         path = Path(str(given[key])).expanduser()
         folder = key == "llama_model"
         if not (path.is_dir() if folder else path.is_file()):
@@ -164,8 +167,8 @@ def _resolve(cfg: ModelConfig) -> _Files:
         paths[key] = path
     config = paths["llama_model"] / "config.json"
     if not config.is_file():
-        raise LoganError(f"target_model.llama_model={paths['llama_model']} is not a Hugging Face model folder "
-                         "(no config.json there).")
+        raise LoganError(f"target_model.llama_model={paths['llama_model']} is not a Hugging Face model "
+                         "folder (no config.json there).")
     found = json.loads(config.read_text()).get("model_type")
     if found != "llama":
         raise LoganError(f"{paths['llama_model']} holds a '{found}' model; MiniGPT-4's LLM is a Llama "
@@ -180,12 +183,14 @@ def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[-1][:200]
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        objects = found.group(1) if found else "not weights"
+        load = f"c = torch.load('{path}', map_location='cpu', weights_only=False)"
+        keep = f"torch.save({{'model': c['model']}}, '{path}.weights.pth')"
         raise LoganError(
-            f"{path} holds pickled Python objects besides tensors ({reason}), which LOGAN does not unpickle. "
-            f"If you trust the file, keep its weights once: python -c \"import torch; c = torch.load('{path}', "
-            f"map_location='cpu', weights_only=False); torch.save({{'model': c['model']}}, '{path}.weights.pth')\""
-            " and pass the new file."
+            f"{path} holds pickled Python objects besides tensors ({objects}), which LOGAN does not "
+            f"unpickle. If you trust the file, keep its weights once: python -c \"import torch; {load}; "
+            f"{keep}\" and pass the new file."
         ) from None
     except Exception as error:  # noqa: BLE001 - any unreadable file is one user-facing error
         raise LoganError(f"{path} is not a readable torch checkpoint ({type(error).__name__}: {error}); "
@@ -203,11 +208,12 @@ def _need(tensors: dict[str, torch.Tensor], key: str, path: Path, what: str) -> 
     return tensors[key]
 
 
-def _renamer(rules: list[tuple[str, str]], prefix: str = "") -> Callable[[str], list[str]]:
+def _renamer(rules: list[tuple[str, str]]) -> Callable[[str], list[str]]:
+    """HF parameter name -> the file key(s) it is loaded from."""
+
     def to_file(name: str) -> list[str]:
         for pattern, replacement in rules:
             name = re.sub(pattern, replacement, name)
-        name = prefix + name
         if name.endswith(".attn.qkv.bias"):  # EVA keeps q and v biases; the k bias is zero
             return [name.replace("qkv.bias", "q_bias"), name.replace("qkv.bias", "v_bias")]
         return [name]
@@ -226,10 +232,12 @@ def _fill(module: nn.Module, tensors: dict[str, torch.Tensor], to_file: Callable
         for source, shape in zip(sources, shapes):
             tensor = _need(tensors, source, path, what)
             if tuple(tensor.shape) != shape:
-                raise LoganError(f"{path}: '{source}' has shape {list(tensor.shape)}, but the model this file "
-                                 f"describes needs {list(shape)}; it is not {what}.")
+                raise LoganError(f"{path}: '{source}' has shape {list(tensor.shape)}, but the model this "
+                                 f"file describes needs {list(shape)}; it is not {what}.")
             parts.append(tensor)
-        state[name] = parts[0] if len(parts) == 1 else torch.cat([parts[0], torch.zeros_like(parts[1]), parts[1]])
+        if len(parts) == 2:  # EVA's q and v biases around a zero k bias
+            parts = [torch.cat([parts[0], torch.zeros_like(parts[1]), parts[1]])]
+        state[name] = parts[0]
         used.update(sources)
     module.load_state_dict(state, strict=True, assign=True)
     return used
@@ -243,15 +251,15 @@ def _reject_unused(keys: set[str], used: set[str], path: Path, what: str) -> Non
 
 
 def _build_vit(path: Path, image_size: int | None) -> nn.Module:
-    """EVA ViT-g (eva_vit_g.pth: bare or `visual_encoder.` names) as a Blip2VisionModel without its final norm."""
+    """EVA ViT-g (eva_vit_g.pth, bare or `visual_encoder.` names) as a Blip2VisionModel without final norm."""
     from transformers import Blip2VisionConfig, Blip2VisionModel
 
     what = "EVA ViT-g weights as MiniGPT-4 loads them (eva_vit_g.pth)"
     raw = _load_tensors(path, what)
     tensors = {k.removeprefix("visual_encoder."): v for k, v in raw.items()}
-    blocks = {int(m.group(1)) for k in tensors if (m := re.match(r"blocks\.(\d+)\.", k))}
-    depth = min(len(blocks), EVA_DEPTH)
-    dropped = {k for k in tensors if (m := re.match(r"blocks\.(\d+)\.", k)) and int(m.group(1)) >= depth}
+    block_of = {k: int(m.group(1)) for k in tensors if (m := re.match(r"blocks\.(\d+)\.", k))}
+    depth = min(len(set(block_of.values())), EVA_DEPTH)
+    dropped = {k for k, block in block_of.items() if block >= depth}
     if dropped:
         log.info("%s: leaving out EVA blocks %d and up, as MiniGPT-4 (depth %d) does", path, depth, EVA_DEPTH)
     weight = _need(tensors, "patch_embed.proj.weight", path, what)
@@ -277,15 +285,15 @@ def _build_vit(path: Path, image_size: int | None) -> nn.Module:
     return vit
 
 
-def _build_qformer(path: Path, vit_width: int) -> tuple[nn.Module, nn.Parameter, nn.LayerNorm]:
+def _build_qformer(path: Path, vit_width: int) -> tuple[nn.Module, torch.Tensor, nn.LayerNorm]:
     """BLIP-2's Q-Former, queries and ln_vision from its LAVIS checkpoint (blip2_pretrained_flant5xxl.pth)."""
     from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
     what = "a BLIP-2 checkpoint with the Q-Former MiniGPT-4 loads (blip2_pretrained_flant5xxl.pth)"
     tensors = _load_tensors(path, what)
     if any(k.startswith("visual_encoder.") for k in tensors):
-        raise LoganError(f"{path} carries its own ViT weights (visual_encoder.*), which MiniGPT-4 would load over "
-                         f"eva_vit_g.pth; use {what}.")
+        raise LoganError(f"{path} carries its own ViT weights (visual_encoder.*), which MiniGPT-4 would load "
+                         f"over eva_vit_g.pth; use {what}.")
     queries = _need(tensors, "query_tokens", path, what)
     if queries.ndim != 3 or queries.shape[0] != 1 or queries.shape[-1] % BERT_HEAD_DIM:
         raise LoganError(f"{path}: 'query_tokens' has shape {list(queries.shape)}, not [1, queries, width]; "
@@ -307,7 +315,7 @@ def _build_qformer(path: Path, vit_width: int) -> tuple[nn.Module, nn.Parameter,
     used |= _fill(ln_vision, tensors, lambda name: [f"ln_vision.{name}"], path, what)
     ours = {k for k in tensors if k.startswith(("Qformer.", "ln_vision.")) and not QFORMER_DROPPED.match(k)}
     _reject_unused(ours, used | {"query_tokens"}, path, what)
-    return qformer, nn.Parameter(queries.clone(), requires_grad=False), ln_vision
+    return qformer, queries, ln_vision
 
 
 def _build_projection(files: _Files, features: int) -> nn.Linear:
@@ -320,10 +328,11 @@ def _build_projection(files: _Files, features: int) -> nn.Linear:
     weight = _need(tensors, "llama_proj.weight", files.ckpt, what)
     if weight.ndim == 2 and weight.shape[1] != features:
         other = "pretrain_vicuna0" if files.model_type == "pretrain_llama2" else "pretrain_llama2"
-        raise LoganError(f"{files.ckpt}: 'llama_proj.weight' has shape {list(weight.shape)}, but {files.model_type} "
-                         f"needs {[proj.out_features, features]}; is it a {other} checkpoint (target_model.model_type)?")
-    _reject_unused(set(tensors), _fill(proj, tensors, lambda name: [f"llama_proj.{name}"], files.ckpt, what),
-                   files.ckpt, what)
+        raise LoganError(f"{files.ckpt}: 'llama_proj.weight' has shape {list(weight.shape)}, but "
+                         f"{files.model_type} needs {[proj.out_features, features]}; is it a {other} "
+                         "checkpoint (target_model.model_type)?")
+    used = _fill(proj, tensors, lambda name: [f"llama_proj.{name}"], files.ckpt, what)
+    _reject_unused(set(tensors), used, files.ckpt, what)
     return proj
 
 
@@ -371,10 +380,10 @@ class MiniGPT4(VLMAdapter):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(files.llama_model)
         except Exception as error:  # noqa: BLE001 - a missing or broken tokenizer is one user-facing error
-            raise LoganError(f"{files.llama_model} has no usable tokenizer ({type(error).__name__}: {error}); "
-                             "it needs tokenizer.model or tokenizer.json.") from None
-        self._specials = {t: self.tokenizer.convert_tokens_to_ids(t) for t in self.tokenizer.all_special_tokens}
-        names = sorted(self._specials, key=len, reverse=True)
+            raise LoganError(f"{files.llama_model} has no usable tokenizer ({type(error).__name__}: "
+                             f"{error}); it needs tokenizer.model or tokenizer.json.") from None
+        names = sorted(self.tokenizer.all_special_tokens, key=len, reverse=True)
+        self._specials = {t: self.tokenizer.convert_tokens_to_ids(t) for t in names}
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self.files, self.device, self.dtype, self.conv_mode = files, device, dtype, files.conv_mode
         size = vit.config.image_size
@@ -433,15 +442,18 @@ class MiniGPT4(VLMAdapter):
         image = ids == IMAGE_SENTINEL
         counts = image.sum(1)
         if not bool((counts == self.n_image_tokens).all()):
-            raise LoganError(f"every sequence needs {self.n_image_tokens} image positions; got {counts.tolist()}.")
+            raise LoganError(f"every sequence needs {self.n_image_tokens} image positions; "
+                             f"got {counts.tolist()}.")
         embeds = self.llm.get_input_embeddings()(ids.masked_fill(image, 0))
-        return embeds.masked_scatter(image.unsqueeze(-1), self.image_embeddings(pixel_values).to(embeds.dtype))
+        images = self.image_embeddings(pixel_values).to(embeds.dtype)
+        return embeds.masked_scatter(image.unsqueeze(-1), images)
 
     @torch.inference_mode()
     def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.llm.model(inputs_embeds=self._inputs_embeds(input_ids, pixel_values),
-                                attention_mask=attention_mask.to(self.device), use_cache=False).last_hidden_state
+        embeds = self._inputs_embeds(input_ids, pixel_values)
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device),
+                                use_cache=False).last_hidden_state
         index = positions.to(self.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return self.llm.lm_head(torch.gather(hidden, 1, index))[..., : self.real_vocab].float()
 
@@ -451,7 +463,8 @@ class MiniGPT4(VLMAdapter):
         from transformers import GenerationConfig
 
         rows = self.llm.lm_head.out_features
-        banned = {*range(self.real_vocab, rows), self.pad_token_id, self.bos_token_id} - {self.eos_token_id, None}
+        banned = {*range(self.real_vocab, rows), self.pad_token_id, self.bos_token_id}
+        banned -= {self.eos_token_id, None}
         settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     suppress_tokens=sorted(banned), pad_token_id=self.pad_token_id,
                                     eos_token_id=self.eos_token_id, bos_token_id=self.bos_token_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 from logan.config import RunConfig
 from logan.data.sets import SET_FILES, build_target
 from logan.io import write_parquet
-from logan.pipeline.common import has_pending, open_model, prepare_run, read_std_argument, run_stds, work_items
+from logan.pipeline.common import has_pending, open_model, read_std_argument, run_folder, run_stds, work_items
 from logan.report.evaluate import evaluate
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,13 @@ def classify(cfg: RunConfig) -> list[dict]:
     out = cfg.output_dir
     stds = read_std_argument(cfg.noise.std)
     target = build_target(cfg.data, cfg.seed)
-    prepare_run(cfg, "classify", target)
-    write_parquet(out / "datasets" / SET_FILES["target"], target)
-    if has_pending(cfg, out, stds):
-        model = open_model(cfg)
-        items = work_items(cfg, model, target, out)
-        run_stds(cfg, model, items, stds, out, target, desc="classify")
-    return evaluate(cfg, target, stds)
+    with run_folder(cfg, "classify", target):
+        write_parquet(out / "datasets" / SET_FILES["target"], target)
+        if has_pending(cfg, out, stds):
+            model = open_model(cfg)
+            items = work_items(cfg, model, target, out)
+            run_stds(cfg, model, items, stds, out, target, desc="classify")
+        return evaluate(cfg, target, stds)
 
 
 def main(cfg: RunConfig) -> Path:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +16,12 @@ from logan.config import RunConfig
 from logan.data.images import check_image, image_size
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
 from logan.errors import LoganError
-from logan.io import check_fingerprint, read_json, remove_stale_temporaries, write_json
+from logan.faults import fault_point
+from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
 from logan.metrics.registry import all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_device, resolve_dtype
 from logan.models.registry import check_model, load_model
-from logan.results import Selection, StdWriter, first_of_each_class, is_done, std_folder
+from logan.results import PER_STD, Selection, StdWriter, first_of_each_class, is_done, std_folder
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +73,11 @@ def check_samples(frame: pd.DataFrame, cfg: RunConfig) -> None:
 def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     """The settings a run folder's per-std results depend on."""
     m, n = cfg.target_model, cfg.noise
+    components = {key: _resolved(getattr(m, key)) for key in
+                  ("model_base", "ckpt", "vision_tower", "llama_model", "vit_model", "q_former_model")}
     return {
-        "target_model": m.name, "model_path": str(Path(m.model_path).resolve()) if m.model_path else None,
+        "target_model": m.name, "model_path": _resolved(m.model_path), **components, "model_type": m.model_type,
+        "model": m.model,
         "conv_mode": m.conv_mode, "pad_to_square": m.pad_to_square, "vocab_size": m.vocab_size,
         "seed": cfg.seed, "quantize": n.quantize, "space": n.space, "draws": n.draws,
         "prompt": cfg.prompt.text, "num_gen_tokens": cfg.generation.num_gen_tokens,
@@ -79,23 +86,52 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
+def _resolved(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
 def open_model(cfg: RunConfig) -> VLMAdapter:
     device = resolve_device(cfg.device)
-    return load_model(cfg.target_model, device, resolve_dtype(cfg.dtype, device))
+    model = load_model(cfg.target_model, device, resolve_dtype(cfg.dtype, device))
+    fault_point("model_loaded")
+    return model
 
 
-def prepare_run(cfg: RunConfig, command: str, data: Any = None) -> None:
-    """Checks that need no model, then claim the run folder (nothing is written before they pass)."""
+@contextmanager
+def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None) -> Iterator[Path]:
+    """Check everything that needs no model, then claim the run folder (lock + fingerprint) for the run.
+
+    Nothing is written before the checks pass. If the run stops on a LoganError before it finished any
+    result in a folder it created, the folder is removed again: bad input leaves nothing behind.
+    """
     check_metrics(cfg)
     check_model(cfg.target_model)
     resolve_device(cfg.device)
     if data is not None:
         check_samples(data, cfg)
     out = cfg.output_dir
+    created = not out.exists() or not any(out.iterdir())
     out.mkdir(parents=True, exist_ok=True)
-    check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command)
-    remove_stale_temporaries(out)
-    add_log_file(out / "logan.log")
+    handler = None
+    try:
+        with RunLock(out):
+            check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command)
+            remove_stale_temporaries(out)
+            handler = add_log_file(out / "logan.log")
+            yield out
+    except LoganError:
+        if created and not any((out / PER_STD).glob("*/done.json")):
+            _detach(handler)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        _detach(handler)
+
+
+def _detach(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def _data_key(cfg: RunConfig) -> dict[str, Any]:
@@ -106,13 +142,12 @@ def _data_key(cfg: RunConfig) -> dict[str, Any]:
             "reference_set_size": d.reference_set_size}
 
 
-def add_log_file(path: Path) -> None:
-    root = logging.getLogger()
-    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
-        return
+def add_log_file(path: Path) -> logging.Handler:
+    """Also log to the run folder's logan.log (for the duration of the run)."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
+    logging.getLogger().addHandler(handler)
+    return handler
 
 
 def work_items(cfg: RunConfig, model: VLMAdapter, samples: pd.DataFrame, out: Path) -> list[WorkItem]:
@@ -174,9 +209,14 @@ def run_stds(cfg: RunConfig, model: VLMAdapter, items: list[WorkItem], stds: lis
                 writers[std].add(results)
             if None in writers and std == run[0]:
                 writers[None].add(results)
-    except BaseException:
+    except BaseException as exc:
         for writer in writers.values():
             writer.abort()
+        if type(exc).__name__ == "OutOfMemoryError":
+            size = cfg.inference.batch_size
+            raise LoganError(
+                f"out of GPU memory at inference.batch_size={size}; rerun the same command with "
+                f"inference.batch_size={max(1, size // 2)} (finished std values are kept).") from exc
         raise
     for writer in writers.values():
         writer.finish()

@@ -14,13 +14,15 @@ from tqdm.auto import tqdm
 
 from logan.config import RunConfig
 from logan.data.images import load_image
+from logan.faults import fault_point
 from logan.io import read_json, write_json
 from logan.models.base import VLMAdapter, pad_batch
 
 log = logging.getLogger(__name__)
 
 
-GENERATION_KEYS = ("target_model", "model_path", "conv_mode", "pad_to_square", "vocab_size", "prompt",
+GENERATION_KEYS = ("target_model", "model_path", "model_base", "ckpt", "vision_tower", "llama_model", "vit_model",
+                   "q_former_model", "model_type", "model", "conv_mode", "pad_to_square", "vocab_size", "prompt",
                    "num_gen_tokens", "dtype")
 
 
@@ -56,4 +58,5 @@ def describe(cfg: RunConfig, model: VLMAdapter, images: list[str], cache: Path,
         for img, new in zip(batch, model.generate(ids, mask, pixels, cfg.generation.num_gen_tokens)):
             stored[img] = {"ids": new, "text": model.decode(new)}
         write_json(cache, stored)
+        fault_point("describe")
     return {img: stored[img]["ids"] for img in images}

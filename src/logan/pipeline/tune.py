@@ -15,7 +15,7 @@ from pathlib import Path
 
 from logan.config import RunConfig
 from logan.data.sets import build_sets
-from logan.pipeline.common import has_pending, open_model, prepare_run, run_stds, work_items
+from logan.pipeline.common import has_pending, open_model, run_folder, run_stds, work_items
 from logan.pipeline.select import select
 
 log = logging.getLogger(__name__)
@@ -25,23 +25,23 @@ def tune(cfg: RunConfig) -> dict:
     out = cfg.output_dir
     sets, reloaded = build_sets(cfg.data, cfg.seed, out / "datasets")
     samples = sets.all_samples()
-    prepare_run(cfg, "tune", samples)
-    if not reloaded:
-        sets.save(out / "datasets")
-    std_sets = cfg.std_sets()
-    n_members = int((sets.target.label == 1).sum())
-    log.info("target set: %d members + %d non-members; reference set: %d%s; %d std values in %d sets",
-             n_members, len(sets.target) - n_members, len(sets.reference),
-             " (the target non-members)" if sets.reference_is_target_nonmembers else "",
-             sum(len(g) for g in std_sets), len(std_sets))
-    if has_pending(cfg, out, [s for group in std_sets for s in group]):
-        model = open_model(cfg)
-        items = work_items(cfg, model, samples, out)
-        for i, group in enumerate(std_sets):
-            run_stds(cfg, model, items, group, out, sets.target, desc=f"std set {i + 1}/{len(std_sets)}")
-    else:
-        log.info("every std is already complete in %s", out)
-    return select(cfg)
+    with run_folder(cfg, "tune", samples):
+        if not reloaded:
+            sets.save(out / "datasets")
+        std_sets = cfg.std_sets()
+        n_members = int((sets.target.label == 1).sum())
+        log.info("target set: %d members + %d non-members; reference set: %d%s; %d std values in %d sets",
+                 n_members, len(sets.target) - n_members, len(sets.reference),
+                 " (the target non-members)" if sets.reference_is_target_nonmembers else "",
+                 sum(len(g) for g in std_sets), len(std_sets))
+        if has_pending(cfg, out, [s for group in std_sets for s in group]):
+            model = open_model(cfg)
+            items = work_items(cfg, model, samples, out)
+            for i, group in enumerate(std_sets):
+                run_stds(cfg, model, items, group, out, sets.target, desc=f"std set {i + 1}/{len(std_sets)}")
+        else:
+            log.info("every std is already complete in %s", out)
+        return select(cfg)
 
 
 def main(cfg: RunConfig) -> Path:
