@@ -17,6 +17,8 @@ COMMANDS = {
     "select": ("logan.pipeline.select", "optimal std of a tuning folder (path.output_dir)"),
     "classify": ("logan.pipeline.classify", "membership classification at noise.std"),
     "demo": ("logan.pipeline.demo", "train a tiny LLaVA on known members and attack it, end to end"),
+    "prepare": ("logan.pipeline.prepare", "vlmia / llava-instruct / sharegpt4o download -> JSON lists"),
+    "merge": ("logan.pipeline.merge", "merge the shards of a data-parallel run, then select / evaluate"),
 }
 JOB_TYPES = {"hyperparam_tuning": "tune", "evaluation": "classify", "tune_and_eval": "tune"}
 
@@ -79,6 +81,10 @@ def run(command: str, overrides: list[str]) -> Any:
     """Compose, build the typed config and run one command (raises LoganError on bad input)."""
     from logan.config import RunConfig
 
+    if command == "prepare":  # `logan prepare vlmia source=DIR ...`: the name and bare keys are prepare.*
+        from logan.pipeline.prepare import prepare_overrides
+
+        overrides = prepare_overrides(overrides)
     raw = compose(overrides)
     cfg = RunConfig.from_dict(raw)
     module = importlib.import_module(COMMANDS[command][0])

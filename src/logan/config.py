@@ -36,6 +36,7 @@ class ModelConfig:
     conv_mode: str = "llava_v1"
     pad_to_square: bool | None = None
     vocab_size: int | None = None
+    device_map: str | None = None        # "auto": spread a model too large for one GPU over the node's GPUs
     vision_tower: str | None = None      # a local CLIP folder when a checkpoint does not embed its tower
     model_type: str | None = None        # family variant, e.g. MiniGPT-4's pretrain_vicuna0 / pretrain_llama2
     llama_model: str | None = None       # MiniGPT-4: the LLM folder (Vicuna v0 or Llama-2-chat)
@@ -67,6 +68,8 @@ class DataConfig:
     reference_set_sample_distribution: list[float] | None = None
     reference_set_size: int | None = None
     save_datasets: bool = True
+    shard_id: int = 0
+    num_shards: int = 1
     augmentations: AugmentationsConfig = field(default_factory=AugmentationsConfig)
 
 
@@ -137,6 +140,16 @@ class DemoConfig:
 
 
 @dataclass
+class PrepareConfig:
+    name: str | None = None          # vlmia | llava-instruct | sharegpt4o (or: logan prepare <name> ...)
+    source: str | None = None        # the downloaded dataset folder (or annotation file)
+    images: str | None = None        # image folder (or zip): COCO train2017/ for llava-instruct
+    subset: str | None = None        # vlmia: img_Flickr (default), ...; others: the annotation file
+    copy_images: bool = False        # copy image files into OUT/images (bytes are always written)
+    limit: int | None = None         # at most this many images per list
+
+
+@dataclass
 class RunConfig:
     path: PathConfig = field(default_factory=PathConfig)
     target_model: ModelConfig = field(default_factory=ModelConfig)
@@ -149,6 +162,7 @@ class RunConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     job_meta_params: JobConfig = field(default_factory=JobConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"

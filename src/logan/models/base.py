@@ -161,8 +161,14 @@ def pad_batch(sequences: list[Encoded], pad_id: int, side: str = "right") -> tup
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto`: the GPU of this process (cuda:LOCAL_RANK under torchrun / accelerate), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        from logan.distributed import local_device_index
+
+        index = local_device_index()
+        return torch.device("cuda", index) if index is not None else torch.device("cuda")
     try:
         device = torch.device(name)
     except RuntimeError:

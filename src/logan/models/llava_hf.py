@@ -63,7 +63,8 @@ class LlavaHF(VLMAdapter):
         folder = _check_folder(cfg.model_path, self.hf_model_type, self.family)
         hf_logging.disable_progress_bar()
         model_class = getattr(transformers, self.hf_class)
-        model, info = model_class.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        placement = {"device_map": cfg.device_map} if cfg.device_map else {}
+        model, info = model_class.from_pretrained(folder, dtype=dtype, output_loading_info=True, **placement)
         problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             kind, keys = next(iter(problems.items()))
@@ -71,7 +72,9 @@ class LlavaHF(VLMAdapter):
                 f"checkpoint {folder} does not match its config: {kind.replace('_', ' ')} "
                 f"{sorted(map(str, keys))[:3]}; it is not a complete {self.family} checkpoint."
             )
-        self.model = model.to(device).eval()
+        self.model = (model if cfg.device_map else model.to(device)).eval()
+        if cfg.device_map:  # spread over the node's GPUs: inputs go where the embeddings live
+            device = self.model.get_input_embeddings().weight.device
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.device, self.dtype, self.conv_mode = device, dtype, cfg.conv_mode
         config = self.model.config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import asdict
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ import pandas as pd
 from logan.config import RunConfig
 from logan.data.images import check_image, image_size
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
+from logan.distributed import ShardInfo
 from logan.errors import LoganError
 from logan.faults import fault_point
 from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
@@ -98,8 +100,10 @@ def open_model(cfg: RunConfig) -> VLMAdapter:
 
 
 @contextmanager
-def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None) -> Iterator[Path]:
-    """Check everything that needs no model, then claim the run folder (lock + fingerprint) for the run.
+def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None,
+               shard: ShardInfo = ShardInfo()) -> Iterator[Path]:
+    """Check everything that needs no model, then claim the run folder (lock + fingerprint) for the run;
+    yields the folder this process writes its results to (its shard's folder when sharded).
 
     Nothing is written before the checks pass. If the run stops on a LoganError before it finished any
     result in a folder it created, the folder is removed again: bad input leaves nothing behind.
@@ -109,20 +113,21 @@ def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None) -
     resolve_device(cfg.device)
     if data is not None:
         check_samples(data, cfg)
-    out = cfg.output_dir
-    created = not out.exists() or not any(out.iterdir())
-    out.mkdir(parents=True, exist_ok=True)
+    out, work = cfg.output_dir, shard.folder(cfg.output_dir)
+    created = not work.exists() or not any(work.iterdir())
+    work.mkdir(parents=True, exist_ok=True)
     handler = None
     try:
-        with RunLock(out):
+        with RunLock(work):
             check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command)
-            remove_stale_temporaries(out)
-            handler = add_log_file(out / "logan.log")
-            yield out
+            write_json(out / "config.json", asdict(cfg))
+            remove_stale_temporaries(work)
+            handler = add_log_file(work / "logan.log")
+            yield work
     except LoganError:
-        if created and not any((out / PER_STD).glob("*/done.json")):
+        if created and not any((work / PER_STD).glob("*/done.json")):
             _detach(handler)
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(out if not shard.sharded else work, ignore_errors=True)
         raise
     finally:
         _detach(handler)
@@ -249,5 +254,3 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def save_resolved_config(cfg_dict: dict[str, Any], out: Path) -> None:
-    write_json(out / "config.json", cfg_dict)

@@ -16,32 +16,39 @@ from pathlib import Path
 from logan.config import RunConfig
 from logan.data.sets import build_sets
 from logan.pipeline.common import has_pending, open_model, run_folder, run_stds, work_items
-from logan.pipeline.select import select
+from logan.distributed import init_process_group, quiet_other_ranks, shard_info
+from logan.pipeline.merge import finish
 
 log = logging.getLogger(__name__)
 
 
-def tune(cfg: RunConfig) -> dict:
+def tune(cfg: RunConfig) -> dict | None:
+    """Returns optimal_std.json's content (None for a shard that leaves the merge to another)."""
     out = cfg.output_dir
+    shard = shard_info(cfg.data)
+    init_process_group(shard)
+    quiet_other_ranks(shard)
     sets, reloaded = build_sets(cfg.data, cfg.seed, out / "datasets")
     samples = sets.all_samples()
-    with run_folder(cfg, "tune", samples):
+    with run_folder(cfg, "tune", samples, shard) as work:
         if not reloaded:
             sets.save(out / "datasets")
         std_sets = cfg.std_sets()
         n_members = int((sets.target.label == 1).sum())
-        log.info("target set: %d members + %d non-members; reference set: %d%s; %d std values in %d sets",
+        log.info("target set: %d members + %d non-members; reference set: %d%s; %d std values in %d sets%s",
                  n_members, len(sets.target) - n_members, len(sets.reference),
                  " (the target non-members)" if sets.reference_is_target_nonmembers else "",
-                 sum(len(g) for g in std_sets), len(std_sets))
-        if has_pending(cfg, out, [s for group in std_sets for s in group]):
+                 sum(len(g) for g in std_sets), len(std_sets),
+                 f"; shard {shard.shard_id + 1} of {shard.num_shards}" if shard.sharded else "")
+        mine = samples[[shard.owns(img) for img in samples.image]] if shard.sharded else samples
+        if has_pending(cfg, work, [s for group in std_sets for s in group]):
             model = open_model(cfg)
-            items = work_items(cfg, model, samples, out)
+            items = work_items(cfg, model, mine, work)
             for i, group in enumerate(std_sets):
-                run_stds(cfg, model, items, group, out, sets.target, desc=f"std set {i + 1}/{len(std_sets)}")
+                run_stds(cfg, model, items, group, work, sets.target, desc=f"std set {i + 1}/{len(std_sets)}")
         else:
-            log.info("every std is already complete in %s", out)
-        return select(cfg)
+            log.info("every std is already complete in %s", work)
+    return finish(cfg, "tune", shard)
 
 
 def main(cfg: RunConfig) -> Path:
