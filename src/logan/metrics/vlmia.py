@@ -17,6 +17,8 @@ aug-KL: high KL = member.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from logan.metrics.pair import TokenPair
@@ -70,16 +72,27 @@ for _alpha, _tag in ((0.5, "05"), (1.0, "1"), (2.0, "2"), (float("inf"), "inf"))
 
 
 def modified_renyi(pair: TokenPair, alpha: float) -> torch.Tensor:
-    """VL-MIA's modified entropy (alpha = 1) and ModRenyi (alpha != 1) of the target token."""
-    p = _clamped(pair)
-    p_y = p.gather(-1, pair.targets.unsqueeze(-1)).squeeze(-1)
-    others = torch.ones_like(p, dtype=torch.bool).scatter_(-1, pair.targets.unsqueeze(-1), False)
+    """VL-MIA's modified entropy (alpha = 1) and ModRenyi (alpha != 1) of the target token.
+
+    log(1 - p) is computed without forming 1 - p (float32 cannot hold 1 - 1e-10): -expm1(log p) for
+    p <= 1/2 and, for the top token, the log-sum-exp of the other logits minus the log-partition.
+    """
+    logp = pair.clean_logp.clamp(math.log(CLAMP), math.log1p(-CLAMP))
+    p, log_q = logp.exp(), torch.log(-torch.expm1(logp))
+    top = pair.clean.argmax(-1, keepdim=True)
+    rest_of_top = torch.logsumexp(pair.clean.scatter(-1, top, float("-inf")), -1, keepdim=True)
+    exact_top = rest_of_top - torch.logsumexp(pair.clean, -1, keepdim=True)
+    log_q = log_q.scatter(-1, top, exact_top.clamp(min=math.log(CLAMP)))
+    index = pair.targets.unsqueeze(-1)
+    p_y, logp_y, log_q_y = p.gather(-1, index), logp.gather(-1, index), log_q.gather(-1, index)
+    others = torch.ones_like(p, dtype=torch.bool).scatter_(-1, index, False)
     if alpha == 1.0:
-        rest = torch.where(others, p * torch.log1p(-p), torch.zeros_like(p)).sum(-1)
-        return -(1 - p_y) * p_y.log() - rest
+        rest = torch.where(others, p * log_q, torch.zeros_like(p)).sum(-1)
+        return (-(log_q_y.exp() * logp_y)).squeeze(-1) - rest
     a = abs(1.0 - alpha)
-    rest = torch.where(others, p * (1 - p) ** a - p, torch.zeros_like(p)).sum(-1)
-    return -((1 - p_y) * p_y ** a - (1 - p_y) + rest) / a
+    rest = torch.where(others, p * torch.exp(a * log_q) - p, torch.zeros_like(p)).sum(-1)
+    head = (log_q_y.exp() * torch.exp(a * logp_y) - log_q_y.exp()).squeeze(-1)
+    return -(head + rest) / a
 
 
 def _modified(alpha: float):
