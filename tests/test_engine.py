@@ -137,7 +137,7 @@ def test_resume_after_interrupted_run_matches_uninterrupted(world, tmp_path: Pat
     with pytest.raises(KeyboardInterrupt):
         run("tune", world.overrides(broken, "img_metrics.parts=[img,desp]"))
     done = sorted(p.name for p in (broken / "per_std").iterdir())
-    assert done == ["std_0.0", "std_2.0"]  # the interrupted set left nothing behind
+    assert done == ["baselines", "std_0.0", "std_2.0"]  # the interrupted set left nothing behind
     assert not list(broken.rglob(".*.tmp"))
     monkeypatch.setattr(common.StdWriter, "add", real)
     generated = []

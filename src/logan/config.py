@@ -108,7 +108,12 @@ class GenerationConfig:
 
 @dataclass
 class InferenceConfig:
-    batch_size: int = 8
+    batch_size: int | str = 8                # samples per forward, or "auto" (largest that fits)
+    max_batch_size: int = 64                 # upper bound for batch_size=auto
+    compile: bool = False                    # torch.compile the transformer blocks and the metric reduction
+    attn_implementation: str | None = None   # sdpa | flash_attention_2 | eager (None: the loader's default)
+    workers: int = 0                         # host threads for image decoding / noise (0: up to 8)
+    prefetch: int = 2                        # host steps prepared ahead of the device (0: no thread)
 
 
 @dataclass
@@ -206,8 +211,18 @@ class RunConfig:
             raise LoganError(f"noise.space={self.noise.space} is not one of {', '.join(SPACES)}.")
         if self.noise.draws < 1:
             raise LoganError(f"noise.draws={self.noise.draws} must be at least 1.")
-        if self.inference.batch_size < 1 or self.generation.batch_size < 1:
-            raise LoganError("inference.batch_size and generation.batch_size must be at least 1.")
+        size = self.inference.batch_size
+        if isinstance(size, str) and size != "auto":
+            try:
+                size = self.inference.batch_size = int(size)
+            except ValueError:
+                raise LoganError(f"inference.batch_size={size} is neither a positive integer nor auto.")
+        if (size != "auto" and size < 1) or self.generation.batch_size < 1:
+            raise LoganError("inference.batch_size and generation.batch_size must be at least 1 "
+                             "(inference.batch_size=auto picks the largest that fits).")
+        if self.inference.max_batch_size < 1 or self.inference.workers < 0 or self.inference.prefetch < 0:
+            raise LoganError("inference.max_batch_size must be at least 1, inference.workers and "
+                             "inference.prefetch at least 0.")
         for k in self.img_metrics.ratio:
             if not 0.0 <= float(k) <= 1.0:
                 raise LoganError(f"img_metrics.ratio holds {k}: every Max-K% ratio must lie in [0, 1].")

@@ -8,28 +8,56 @@ A sample may need two token sequences ("variants"): the generated description (`
 and the data's own caption (`caption`). `img` and `inst` are read from whichever variant runs (the
 text after them cannot change them in a causal model); an `img`-only run stops the sequence after
 the image tokens and generates nothing.
+
+Keeping the device busy:
+
+- host work (decoding, noise, preprocessing, pinning) runs in a background thread (`logan.prefetch`)
+  that uses a pool of `workers` threads and stays at most `prefetch` steps ahead (memory stays flat
+  in the number of images);
+- a batch's token layout goes to the device once; every step's per-token values come back with a
+  non-blocking copy, and a step's results are handed out only after the next step's passes are
+  queued, so the device does not wait for the host's Max-K% and Parquet work;
+- metrics are reduced in float32 on row chunks of a fixed size (`row_chunk`), optionally through
+  `torch.compile` (a fixed shape: it compiles once per metric group);
+- `batch_size="auto"` takes the largest power of two up to `max_batch_size` whose clean + noisy
+  passes and metrics fit in device memory (probed on the longest samples), 16 on the CPU.
+
+Numerics: the clean and the noisy pass of a sample run in the same batch position of the same batch
+shape, so they see identical kernels, whatever the dtype. Clean and noisy copies of one sample are
+never packed into one forward: in another batch position or batch shape the same clean input gives
+slightly different logits (`noise_floor` measures that divergence), which in bf16 / fp16 can exceed
+the divergence of the smallest std values. Filling batches with distinct samples gives the same
+throughput for any run with more images than one batch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import os
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from logan.data.images import load_image
 from logan.augment import N_AUGMENTATIONS, augment
+from logan.data.images import load_image
+from logan.errors import LoganError
 from logan.metrics.pair import TokenPair
 from logan.metrics.registry import TokenMetric, get_metric
 from logan.models.base import Encoded, VLMAdapter, pad_batch
 from logan.perturb import normalized_noise, perturb_pixels
+from logan.prefetch import Prefetch
 
 log = logging.getLogger(__name__)
 
 TEXT_PARTS = {"desp": "gen", "inst_desp": "gen", "caption": "cap"}
+AUTO_CPU_BATCH = 16       # batch_size="auto" on the CPU
+MEMORY_HEADROOM = 0.90    # batch_size="auto": the probe's peak must stay under this share of device memory
 
 
 @dataclass(frozen=True)
@@ -48,12 +76,16 @@ class EngineSettings:
     parts: list[str]
     metrics: list[str]
     instruction: str
-    batch_size: int = 8
+    batch_size: int | str = 8        # samples per forward, or "auto"
     draws: int = 1
     quantize: str = "none"
     space: str = "pixel"
     seed: int = 0
-    row_chunk: int = 2048
+    row_chunk: int = 2048            # token rows per metric reduction
+    compile: bool = False            # torch.compile the metric reduction
+    max_batch_size: int = 64         # upper bound for batch_size="auto"
+    workers: int = 0                 # host threads for decoding / noise / preprocessing (0: up to 8)
+    prefetch: int = 2                # host steps prepared ahead of the model (0: inline, no thread)
 
 
 @dataclass
@@ -77,6 +109,27 @@ def variants_for(parts: list[str]) -> dict[str, list[str]]:
     return plan
 
 
+def auto_batch_size(trial: Callable[[int], None], start: int) -> int:
+    """The first of start, start/2, ..., 1 for which `trial(size)` runs without exhausting device memory."""
+    size = max(1, int(start))
+    while True:
+        try:
+            trial(size)
+            return size
+        except torch.OutOfMemoryError:
+            pass  # handled below, once the failed attempt's tensors are released
+        if size == 1:
+            raise LoganError("out of GPU memory even at inference.batch_size=1; use a smaller dtype "
+                             "(dtype=bfloat16) or a GPU with more memory.")
+        log.info("batch size %d does not fit in device memory; trying %d", size, size // 2)
+        size //= 2
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+_AUTO_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {work signature: size}
+
+
 class Engine:
     """Runs clean + noisy passes over batches of samples and yields per-sample per-token results."""
 
@@ -87,6 +140,13 @@ class Engine:
         self.by_need: dict[str, dict[str, TokenMetric]] = {
             need: {m.name: m.fn for m in specs if m.needs == need} for need in ("noise", "clean", "augment")}
         self.plan = variants_for(settings.parts)
+        groups = {"noise": {**self.by_need["noise"], _NLL: _noisy_nll},
+                  "clean": {**self.by_need["clean"], f"{_NLL}_clean": _clean_nll},
+                  "augment": self.by_need["augment"]}
+        self._reducers = {group: (list(fns), _reducer(list(fns.values()), settings.compile))
+                          for group, fns in groups.items() if fns}
+        self.workers = settings.workers or max(1, min(8, os.cpu_count() or 1))
+        self.resolved_batch_size: int | None = settings.batch_size if isinstance(settings.batch_size, int) else None
 
     def encode(self, item: WorkItem, variant: str) -> Encoded:
         parts = self.plan[variant]
@@ -100,90 +160,201 @@ class Engine:
     def run(self, items: list[WorkItem], stds: list[float], save_images: set[str] | None = None,
             desc: str = "forward") -> Iterator[tuple[float, list[SampleResult]]]:
         """Yield (std, results of one batch) for every batch and std; samples run longest first."""
+        if not items:
+            return
         order = sorted(items, key=lambda it: -max(len(self.encode(it, v).input_ids) for v in self.plan))
-        batches = [order[i:i + self.settings.batch_size] for i in range(0, len(order), self.settings.batch_size)]
-        for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
-            yield from self._run_batch(batch, stds, save_images or set())
+        size = self.batch_size(order)
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
+        host = self._host_steps(batches, stds, save_images or set())
+        pending: _Step | None = None
+        with Prefetch(host, self.settings.prefetch) as steps:
+            for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
+                for step in self._run_batch(batch, stds, steps):
+                    if pending is not None:  # the next step is queued on the device: finish this one
+                        yield pending.result()
+                    pending = step
+        if pending is not None:
+            yield pending.result()
 
-    def _run_batch(self, batch: list[WorkItem], stds: list[float],
-                   save_images: set[str]) -> Iterator[tuple[float, list[SampleResult]]]:
-        loaded = [load_image(item.sample_id) for item in batch]
-        images = [image for image, _ in loaded]
-        keys = [key for _, key in loaded]
-        layouts = {v: _Layout.build([self.encode(it, v) for it in batch], self.plan[v], self.model.pad_token_id)
-                   for v in self.plan}
-        clean_pixels = self.model.pixel_values([img.astype(np.float32) for img in images])
-        clean = {v: layout.logits(self.model, clean_pixels) for v, layout in layouts.items()}
-        fixed = self._std_independent(images, keys, layouts, clean)
+    def batch_size(self, order: list[WorkItem]) -> int:
+        """The batch size to run with (`auto`: probed once per model and work shape)."""
+        if self.resolved_batch_size is not None:
+            return self.resolved_batch_size
+        s = self.settings
+        if s.batch_size != "auto":
+            raise LoganError(f"inference.batch_size={s.batch_size} is neither a positive integer nor auto.")
+        start = min(s.max_batch_size, len(order))
+        if self.model.device.type != "cuda":
+            self.resolved_batch_size = min(AUTO_CPU_BATCH, start)
+            return self.resolved_batch_size
+        key = (tuple(sorted(self._reducers)), tuple(sorted(self.plan)), start,
+               max(len(self.encode(order[0], v).input_ids) for v in self.plan))
+        sizes = _AUTO_SIZES.setdefault(self.model, {})
+        if key not in sizes:
+            sizes[key] = auto_batch_size(lambda b: self._probe(order[:b]), start)
+            log.info("inference.batch_size=auto: %d samples per forward", sizes[key])
+        self.resolved_batch_size = sizes[key]
+        return sizes[key]
+
+    def _probe(self, batch: list[WorkItem]) -> None:
+        """One batch's clean pass, a noisy pass and every metric, as a run holds them at its peak."""
+        device = self.model.device
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        images = [load_image(it.sample_id)[0].astype(np.float32) for it in batch]
+        pixels = _pinned(self.model.pixel_values(images))
+        layouts = {v: self._layout(batch, v) for v in self.plan}
+        clean = {v: layout.logits(self.model, pixels) for v, layout in layouts.items()}
+        for variant, layout in layouts.items():
+            self._token_values("clean", clean[variant], None, layout)
+            self._token_values("noise", clean[variant], layout.logits(self.model, pixels), layout)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        total = torch.cuda.get_device_properties(device).total_memory
+        if peak > MEMORY_HEADROOM * total:
+            raise torch.OutOfMemoryError(f"peak {peak / 2**30:.1f} GiB of {total / 2**30:.1f} GiB")
+
+    def _layout(self, batch: list[WorkItem], variant: str) -> _Layout:
+        sequences = [self.encode(it, variant) for it in batch]
+        return _Layout.build(sequences, self.plan[variant], self.model.pad_token_id).to(self.model.device)
+
+    def _run_batch(self, batch: list[WorkItem], stds: list[float], steps: Prefetch) -> Iterator[_Step]:
+        host: _BatchInput = next(steps)
+        layouts = {v: self._layout(batch, v) for v in self.plan}
+        clean = {v: layout.logits(self.model, host.pixels) for v, layout in layouts.items()}
+        fixed = self._std_independent(host, layouts, clean)
+        draws = self.settings.draws
         for std in stds:
             results = [SampleResult(it.sample_id, it.label) for it in batch]
             sums: dict[str, dict[str, torch.Tensor]] = {v: {} for v in layouts}
-            for draw in range(self.settings.draws):
-                pixels, noisy_images = self._noisy_pixels(images, keys, clean_pixels, std, draw)
+            for draw in range(draws):
+                noisy: _NoisyInput = next(steps)
                 if draw == 0:
-                    for res, img in zip(results, noisy_images):
-                        if res.sample_id in save_images and img is not None:
-                            res.image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+                    for res, image in zip(results, noisy.saved):
+                        res.image = image
                 for variant, layout in layouts.items():
-                    values = self._token_values(clean[variant], layout.logits(self.model, pixels), layout,
-                                                {**self.by_need["noise"], _NLL: _noisy_nll})
+                    values = self._token_values("noise", clean[variant], layout.logits(self.model, noisy.pixels),
+                                                layout)
                     _accumulate(sums[variant], values)
-            for variant, layout in layouts.items():
-                per_metric = {k: (v / self.settings.draws).cpu().numpy() for k, v in sums[variant].items()}
-                per_metric.update(fixed[variant])
-                layout.scatter(results, per_metric)
-            yield std, results
+            mean = {v: {k: t / draws for k, t in values.items()} for v, values in sums.items()}
+            yield _Step(std, results, layouts, _ToHost(mean), fixed)
 
-    def _std_independent(self, images: list[np.ndarray], keys: list[int], layouts: dict[str, _Layout],
-                         clean: dict[str, torch.Tensor]) -> dict[str, dict[str, np.ndarray]]:
+    def _std_independent(self, host: _BatchInput, layouts: dict[str, _Layout],
+                         clean: dict[str, torch.Tensor]) -> _ToHost:
         """Per-token values that do not depend on the std: clean-pass metrics and the augmentation KLs."""
-        fixed: dict[str, dict[str, torch.Tensor]] = {
-            v: self._token_values(clean[v], None, layout, {**self.by_need["clean"], f"{_NLL}_clean": _clean_nll})
-            for v, layout in layouts.items()}
-        if self.by_need["augment"]:
+        fixed = {v: self._token_values("clean", clean[v], None, layout) for v, layout in layouts.items()}
+        if "augment" in self._reducers:
             sums: dict[str, dict[str, torch.Tensor]] = {v: {} for v in layouts}
-            for index in range(N_AUGMENTATIONS):
-                pixels = self.model.pixel_values([augment(img, index, seed=self.settings.seed, key=key)
-                                                  for img, key in zip(images, keys)])
+            for pixels in host.augmented:
                 for variant, layout in layouts.items():
-                    values = self._token_values(clean[variant], layout.logits(self.model, pixels), layout,
-                                                self.by_need["augment"])
-                    _accumulate(sums[variant], values)
+                    _accumulate(sums[variant], self._token_values(
+                        "augment", clean[variant], layout.logits(self.model, pixels), layout))
             for variant in layouts:
                 fixed[variant].update({k: v / N_AUGMENTATIONS for k, v in sums[variant].items()})
-        return {v: {k: t.cpu().numpy() for k, t in values.items()} for v, values in fixed.items()}
+        return _ToHost(fixed)
 
-    def _noisy_pixels(self, images: list[np.ndarray], keys: list[int], clean_pixels: torch.Tensor,
-                      std: float, draw: int) -> tuple[torch.Tensor, list[np.ndarray | None]]:
+    def _host_steps(self, batches: list[list[WorkItem]], stds: list[float],
+                    save: set[str]) -> Iterator[_BatchInput | _NoisyInput]:
+        """Everything the device needs from the host, in the order the batches consume it."""
         s = self.settings
-        if s.space == "normalized":
-            channel_std = np.asarray(self.model.transform.image_std)
-            tensor = clean_pixels["pixel_values"] if isinstance(clean_pixels, dict) else clean_pixels
-            noise = torch.from_numpy(np.stack([
-                normalized_noise(tuple(tensor.shape[1:]), std, channel_std, seed=s.seed, key=key, draw=draw)
-                for key in keys]))
-            if isinstance(clean_pixels, dict):
-                return {**clean_pixels, "pixel_values": tensor + noise}, [None] * len(images)
-            return tensor + noise, [None] * len(images)
-        noisy = [perturb_pixels(img, std, seed=s.seed, key=key, draw=draw, quantize=s.quantize)
-                 for img, key in zip(images, keys)]
-        return self.model.pixel_values(noisy), noisy
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="logan-host") as pool:
+            for batch in batches:
+                loaded = list(pool.map(lambda it: load_image(it.sample_id), batch))
+                images, keys = [image for image, _ in loaded], [key for _, key in loaded]
+                kept = [it.sample_id in save for it in batch]
+                clean, _ = self._pixels(pool, images, keys, None, lambda img, key: img.astype(np.float32))
+                augmented = [self._pixels(pool, images, keys, None,
+                                          lambda img, key, i=index: augment(img, i, seed=s.seed, key=key))[0]
+                             for index in range(N_AUGMENTATIONS if "augment" in self._reducers else 0)]
+                yield _BatchInput(clean, augmented)
+                for std in stds:
+                    for draw in range(s.draws):
+                        if s.space == "normalized":
+                            yield _NoisyInput(self._normalized(pool, clean, keys, std, draw), [None] * len(batch))
+                            continue
+                        pixels, saved = self._pixels(
+                            pool, images, keys, kept if draw == 0 else None,
+                            lambda img, key, std=std, draw=draw: perturb_pixels(
+                                img, std, seed=s.seed, key=key, draw=draw, quantize=s.quantize))
+                        yield _NoisyInput(pixels, saved)
 
-    def _token_values(self, clean: torch.Tensor, other: torch.Tensor | None, layout: _Layout,
-                      fns: dict[str, TokenMetric]) -> dict[str, torch.Tensor]:
-        """Per-token values of `fns` on the valid positions (flattened), in row chunks to bound memory."""
-        valid = layout.valid.to(clean.device)
-        clean_rows = clean[valid]
-        other_rows = other[valid] if other is not None else None
-        targets = layout.targets.to(clean.device)[valid]
-        targets = torch.where(targets < 0, clean_rows.argmax(-1), targets)
-        out: dict[str, list[torch.Tensor]] = {name: [] for name in fns}
-        for start in range(0, clean_rows.shape[0], self.settings.row_chunk):
-            rows = slice(start, start + self.settings.row_chunk)
-            pair = TokenPair(clean_rows[rows], other_rows[rows] if other_rows is not None else None, targets[rows])
-            for name, fn in fns.items():
-                out[name].append(fn(pair))
-        return {k: torch.cat(v) for k, v in out.items()}
+    def _pixels(self, pool: ThreadPoolExecutor, images: list[np.ndarray], keys: list[int], kept: list[bool] | None,
+                make: Callable[[np.ndarray, int], np.ndarray]) -> tuple[Any, list[np.ndarray | None]]:
+        """The model's (pinned) pixel tensor of make(image, key) for each image, made in the pool (with the
+        model's per-image transform when it uses the plain one), and the uint8 copies of the `kept` ones."""
+        per_image = type(self.model).pixel_values is VLMAdapter.pixel_values
+
+        def one(args: tuple[np.ndarray, int, bool]) -> tuple[np.ndarray, np.ndarray | None]:
+            image, key, keep = args
+            floats = make(image, key)
+            saved = np.clip(np.rint(floats), 0, 255).astype(np.uint8) if keep else None
+            return (self.model.transform(floats) if per_image else floats), saved
+
+        done = list(pool.map(one, zip(images, keys, kept or [False] * len(images))))
+        arrays = [array for array, _ in done]
+        pixels = torch.from_numpy(np.stack(arrays)) if per_image else self.model.pixel_values(arrays)
+        return _pinned(pixels), [saved for _, saved in done]
+
+    def _normalized(self, pool: ThreadPoolExecutor, clean: Any, keys: list[int], std: float, draw: int) -> Any:
+        channel_std = np.asarray(self.model.transform.image_std)
+        tensor = clean["pixel_values"] if isinstance(clean, dict) else clean
+        noise = torch.from_numpy(np.stack(list(pool.map(
+            lambda key: normalized_noise(tuple(tensor.shape[1:]), std, channel_std, seed=self.settings.seed,
+                                         key=key, draw=draw), keys))))
+        noisy = _pinned(tensor + noise)
+        return {**clean, "pixel_values": noisy} if isinstance(clean, dict) else noisy
+
+    def _token_values(self, group: str, clean: torch.Tensor, other: torch.Tensor | None,
+                      layout: _Layout) -> dict[str, torch.Tensor]:
+        """Per-token values of a metric group on the valid positions (flattened), in row chunks."""
+        names, reduce = self._reducers[group]
+        vocab = clean.shape[-1]
+        clean_rows = clean.reshape(-1, vocab)
+        other_rows = other.reshape(-1, vocab) if other is not None else None
+        chunk, out = self.settings.row_chunk, []
+        if layout.n_valid == 0:
+            return {name: torch.zeros(0, device=clean.device) for name in names}
+        dense = layout.n_valid == clean_rows.shape[0]  # every row is scored (img-only): slices, no gather
+        # (a model spread over several GPUs returns its logits on the last one)
+        index, all_targets = (t.to(clean.device, non_blocking=True) for t in (layout.index, layout.flat_targets))
+        for start in range(0, layout.n_valid, chunk):
+            targets = all_targets[start:start + chunk]
+            n = targets.shape[0]
+            if dense and (n == chunk or not self.settings.compile):
+                rows: slice | torch.Tensor = slice(start, start + n)
+            else:
+                rows = index[start:start + chunk]
+                if self.settings.compile and n < chunk:  # one fixed shape: the compiled reduction compiles once
+                    rows = torch.nn.functional.pad(rows, (0, chunk - n))
+                    targets = torch.nn.functional.pad(targets, (0, chunk - n), value=-1)
+            values = reduce(clean_rows[rows], other_rows[rows] if other_rows is not None else None, targets)
+            out.append(values[:, :n])
+        stacked = torch.cat(out, 1) if len(out) != 1 else out[0]
+        return dict(zip(names, stacked))
+
+    def noise_floor(self, items: list[WorkItem], metric: str = "max_k_no_norn_kl_div") -> dict[str, np.ndarray]:
+        """Per-token `metric` between clean passes of the same samples in other batch layouts.
+
+        "position": the batch in reverse order (same shape, other rows); "batch_size": each sample
+        alone. Zero where the kernels give identical rows. The engine never compares across layouts;
+        this is the error it would make if it did (e.g. packing clean and noisy copies in one forward).
+        """
+        fn = get_metric(metric).fn
+        images = [load_image(it.sample_id)[0].astype(np.float32) for it in items]
+        pixels = _pinned(self.model.pixel_values(images))
+        reverse = list(range(len(items)))[::-1]
+        out: dict[str, list[np.ndarray]] = {"position": [], "batch_size": []}
+        for variant in self.plan:
+            base = self._layout(items, variant)
+            reference = _rows(base, base.logits(self.model, pixels))
+            flipped = self._layout([items[i] for i in reverse], variant)
+            turned = _rows(flipped, flipped.logits(self.model, _take(pixels, reverse)))[::-1]
+            alone = [_rows(layout, layout.logits(self.model, _take(pixels, [i])))[0]
+                     for i, layout in enumerate(self._layout([it], variant) for it in items)]
+            for name, others in (("position", turned), ("batch_size", alone)):
+                for ref, other in zip(reference, others):
+                    out[name].append(fn(TokenPair(ref, other)).cpu().numpy())
+        return {name: np.concatenate(values) for name, values in out.items()}
 
 
 _NLL = "_nll"  # internal: per-token NLL of the targets, reported as the raw meta metric `losses`
@@ -197,9 +368,90 @@ def _noisy_nll(pair: TokenPair) -> torch.Tensor:
     return -torch.log_softmax(pair.noisy, -1).gather(-1, pair.targets.unsqueeze(-1)).squeeze(-1)
 
 
+def _reducer(fns: list[TokenMetric], compile: bool) -> Callable[..., torch.Tensor]:
+    """(clean rows, other rows or None, targets; -1 = the clean argmax) -> [len(fns), rows] float32."""
+
+    def reduce(clean: torch.Tensor, other: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+        targets = torch.where(targets < 0, clean.argmax(-1), targets)
+        pair = TokenPair(clean, other, targets)
+        return torch.stack([fn(pair).float() for fn in fns])
+
+    return torch.compile(reduce, dynamic=False) if compile else reduce
+
+
 def _accumulate(sums: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
     for name, value in values.items():
         sums[name] = sums[name] + value if name in sums else value
+
+
+def _pinned(pixels: Any) -> Any:
+    """Page-locked copies for CUDA (their copies to the device do not wait for the device)."""
+    if not torch.cuda.is_available():
+        return pixels
+    if isinstance(pixels, dict):
+        return {k: v.pin_memory() for k, v in pixels.items()}
+    return pixels.pin_memory()
+
+
+def _take(pixels: Any, rows: list[int]) -> Any:
+    index = torch.tensor(rows, dtype=torch.long)
+    if isinstance(pixels, dict):
+        return {k: v[index] for k, v in pixels.items()}
+    return pixels[index]
+
+
+def _rows(layout: _Layout, logits: torch.Tensor) -> list[torch.Tensor]:
+    """Each row's logits at its valid positions."""
+    return [logits[row, :count] for row, count in enumerate(layout.valid.sum(1).tolist())]
+
+
+@dataclass
+class _BatchInput:
+    pixels: Any                 # clean pixel tensor (or the family's dict)
+    augmented: list[Any]        # the VL-MIA augmentations' pixel tensors (aug_kld only)
+
+
+@dataclass
+class _NoisyInput:
+    pixels: Any
+    saved: list[np.ndarray | None]  # uint8 noisy images of the samples whose images are saved
+
+
+class _ToHost:
+    """Per-token values on their way to the host: the copy is queued now and waited for in `get()`."""
+
+    def __init__(self, values: dict[str, dict[str, torch.Tensor]]) -> None:
+        self._values = {v: {k: t.to("cpu", non_blocking=True) for k, t in d.items()} for v, d in values.items()}
+        self._events = []
+        for device in {t.device for d in values.values() for t in d.values() if t.is_cuda}:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            self._events.append(event)
+        self._numpy: dict[str, dict[str, np.ndarray]] | None = None
+
+    def get(self) -> dict[str, dict[str, np.ndarray]]:
+        if self._numpy is None:
+            for event in self._events:
+                event.synchronize()
+            self._numpy = {v: {k: t.numpy() for k, t in d.items()} for v, d in self._values.items()}
+        return self._numpy
+
+
+@dataclass
+class _Step:
+    """One (batch, std) whose passes are queued; `result()` waits for its values and splits them up."""
+
+    std: float
+    results: list[SampleResult]
+    layouts: dict[str, _Layout]
+    values: _ToHost
+    fixed: _ToHost
+
+    def result(self) -> tuple[float, list[SampleResult]]:
+        values, fixed = self.values.get(), self.fixed.get()
+        for variant, layout in self.layouts.items():
+            layout.scatter(self.results, {**values[variant], **fixed[variant]})
+        return self.std, self.results
 
 
 @dataclass
@@ -209,11 +461,17 @@ class _Layout:
     sequences: list[Encoded]
     parts: list[str]
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor       # stays on the host: forward_logits reads the padding from it
     positions: torch.Tensor            # [B, S] logit positions gathered (span per sample, padded)
     valid: torch.Tensor                # [B, S] bool
     targets: torch.Tensor              # [B, S] next-token ids (-1 = argmax of the clean logits)
     part_slices: list[dict[str, slice]]
+    index: torch.Tensor                # [n_valid] flat indices of the valid rows of [B * S]
+    flat_targets: torch.Tensor         # [n_valid]
+
+    @property
+    def n_valid(self) -> int:
+        return int(self.index.shape[0])
 
     @classmethod
     def build(cls, sequences: list[Encoded], parts: list[str], pad_id: int) -> _Layout:
@@ -241,9 +499,18 @@ class _Layout:
             positions[row, : len(span)] = torch.from_numpy(span)
             valid[row, : len(span)] = True
             targets[row, : len(span)] = torch.from_numpy(target)
-        return cls(sequences, parts, ids, mask, positions, valid, targets, slices)
+        index = valid.flatten().nonzero().squeeze(1)
+        return cls(sequences, parts, ids, mask, positions, valid, targets, slices, index, targets.flatten()[index])
 
-    def logits(self, model: VLMAdapter, pixels: torch.Tensor) -> torch.Tensor:
+    def to(self, device: torch.device) -> _Layout:
+        """The tensors the device reads, moved there once per batch (the mask and bookkeeping stay)."""
+        if device.type == "cpu":
+            return self
+        move = {name: _pinned(getattr(self, name)).to(device, non_blocking=True)
+                for name in ("input_ids", "positions", "index", "flat_targets")}
+        return replace(self, attention_mask=_pinned(self.attention_mask), **move)
+
+    def logits(self, model: VLMAdapter, pixels: Any) -> torch.Tensor:
         return model.forward_logits(self.input_ids, self.attention_mask, pixels, self.positions)
 
     def scatter(self, results: list[SampleResult], per_metric: dict[str, np.ndarray]) -> None:
@@ -260,5 +527,3 @@ class _Layout:
                 n = sl.stop - sl.start
                 res.losses[part] = (float(clean_nll[rows].mean()) if n else float("nan"),
                                     float(noisy_nll[rows].mean()) if n else float("nan"), n)
-
-

@@ -10,6 +10,7 @@ rows are padding) before any softmax.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 from logan.config import ModelConfig
 from logan.errors import LoganError
-from logan.models.base import VLMAdapter
+from logan.models.base import VLMAdapter, compile_repeated_blocks, right_padded
 from logan.models.preprocess import ImageTransform
 from logan.models.registry import register_model
 
@@ -50,6 +51,7 @@ class LlavaHF(VLMAdapter):
 
     # what a subclass for another HF LLaVA family changes: config.json's model_type and the transformers class
     hf_model_type, family, hf_class = "llava", "LLaVA", "LlavaForConditionalGeneration"
+    _compiled = False
 
     @classmethod
     def check(cls, cfg: ModelConfig) -> None:
@@ -109,35 +111,48 @@ class LlavaHF(VLMAdapter):
         """The HF model's image keyword arguments (on its device) for what `pixel_values()` returned."""
         return {"pixel_values": self.to_model(pixel_values)}
 
+    def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None) -> None:
+        if attn_implementation:
+            self.model.set_attn_implementation(attn_implementation)
+        if compile and len(set(getattr(self.model, "hf_device_map", {}).values())) > 1:
+            log.warning("inference.compile is ignored for a model spread over several devices (device_map)")
+        elif compile:  # the vision tower's and the LM's layers; generate() runs them eagerly
+            log.info("torch.compile: %d transformer blocks", compile_repeated_blocks(self.model))
+            self._compiled = True
+
     @torch.inference_mode()
     def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # a right-padded batch needs no mask under causal attention (see right_padded)
+        mask = None if right_padded(attention_mask) else attention_mask.to(self.device)
         hidden = self.model.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
+            input_ids=input_ids.to(self.device, non_blocking=True),
+            attention_mask=mask,
             **self.model_inputs(pixel_values),
             use_cache=False,
         ).last_hidden_state
-        index = positions.to(self.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        picked = torch.gather(hidden, 1, index)
-        return self.model.lm_head(picked)[..., : self.real_vocab].float()
+        index = positions.to(self.device, non_blocking=True).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        picked = torch.gather(hidden, 1, index)  # the LM head runs at the scored positions only
+        return self.model.lm_head(picked)[..., : self.real_vocab]  # model dtype: the engine casts as it reduces
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
                  max_new_tokens: int) -> list[list[int]]:
         rows = self.model.lm_head.out_features
         banned = {*range(self.real_vocab, rows), self.pad_token_id, self.bos_token_id} - {self.eos_token_id, None}
-        out = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            **self.model_inputs(pixel_values),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            suppress_tokens=sorted(banned),
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_id,
-        )
+        # one token at a time over a growing cache: compiled blocks would only recompile, so run eagerly
+        with torch.compiler.set_stance("force_eager") if self._compiled else contextlib.nullcontext():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                **self.model_inputs(pixel_values),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                suppress_tokens=sorted(banned),
+                pad_token_id=self.pad_token_id,
+                eos_token_id=self.eos_token_id,
+            )
         new = out[:, input_ids.shape[1]:].tolist()
         result = []
         for ids in new:

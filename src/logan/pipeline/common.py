@@ -95,6 +95,7 @@ def _resolved(path: str | None) -> str | None:
 def open_model(cfg: RunConfig) -> VLMAdapter:
     device = resolve_device(cfg.device)
     model = load_model(cfg.target_model, device, resolve_dtype(cfg.dtype, device))
+    model.prepare_inference(cfg.inference.compile, cfg.inference.attn_implementation)
     fault_point("model_loaded")
     return model
 
@@ -200,10 +201,12 @@ def run_stds(cfg: RunConfig, model: VLMAdapter, items: list[WorkItem], stds: lis
         images=first_of_each_class(target, m.get_raw_images) or set(),
         save_tokens=bool(m.get_proc_meta_metrics), save_losses="losses" in m.get_raw_meta_metrics,
     )
+    inf = cfg.inference
     engine = Engine(model, EngineSettings(
         parts=list(m.parts), metrics=list(m.metrics_to_use), instruction=cfg.prompt.text,
-        batch_size=cfg.inference.batch_size, draws=cfg.noise.draws, quantize=cfg.noise.quantize,
-        space=cfg.noise.space, seed=cfg.seed))
+        batch_size=inf.batch_size, draws=cfg.noise.draws, quantize=cfg.noise.quantize,
+        space=cfg.noise.space, seed=cfg.seed, compile=inf.compile, max_batch_size=inf.max_batch_size,
+        workers=inf.workers, prefetch=inf.prefetch))
     writers = {s: StdWriter(std_folder(out, s), s, m.ratio, selection, fixed if s is None else per_std)
                for s in pending}
     run = [s for s in pending if s is not None] or [0.0]  # the baselines ride on any std's batches
@@ -218,7 +221,7 @@ def run_stds(cfg: RunConfig, model: VLMAdapter, items: list[WorkItem], stds: lis
         for writer in writers.values():
             writer.abort()
         if type(exc).__name__ == "OutOfMemoryError":
-            size = cfg.inference.batch_size
+            size = engine.resolved_batch_size or 1
             raise LoganError(
                 f"out of GPU memory at inference.batch_size={size}; rerun the same command with "
                 f"inference.batch_size={max(1, size // 2)} (finished std values are kept).") from exc
