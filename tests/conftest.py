@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from logan.data.synthetic import make_split, vocabulary
 from logan.models.tiny import TinySpec, build_tiny_llava
@@ -38,3 +39,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     captions = [e["caption"] for p in lists.values() for e in json.loads(p.read_text())]
     model = build_tiny_llava(root / "tiny", vocabulary() + captions, TinySpec(image_size=32, hidden=32), seed=0)
     return World(root, lists["members"], lists["nonmembers"], lists["reference"], model)
+
+
+@pytest.fixture(scope="module")
+def model(world: World):
+    """The tiny LLaVA behind the llava-hf adapter, on the CPU in float32."""
+    from logan.config import ModelConfig
+    from logan.models.llava_hf import LlavaHF
+
+    return LlavaHF(ModelConfig(model_path=str(world.model)), torch.device("cpu"), torch.float32)

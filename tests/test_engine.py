@@ -11,18 +11,12 @@ import pytest
 import torch
 
 from logan.cli import run
-from logan.config import ModelConfig
 from logan.engine import Engine, EngineSettings, WorkItem
 from logan.metrics import all_metrics
 from logan.models.llava_hf import LlavaHF
 from logan.results import load_scores
 
 METRICS = sorted(n for n, spec in all_metrics().items() if spec.needs == "noise")  # LOGAN's own
-
-
-@pytest.fixture(scope="module")
-def model(world):
-    return LlavaHF(ModelConfig(model_path=str(world.model)), torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="module")

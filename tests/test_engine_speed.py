@@ -24,11 +24,6 @@ SMALLEST_DEFAULT_STD = 0.005  # the first value of conf/noise/default.yaml's gri
 
 
 @pytest.fixture(scope="module")
-def model(world):
-    return LlavaHF(ModelConfig(model_path=str(world.model)), torch.device("cpu"), torch.float32)
-
-
-@pytest.fixture(scope="module")
 def items(world, model) -> list[WorkItem]:
     entries = json.loads(world.members.read_text())[:4] + json.loads(world.nonmembers.read_text())[:4]
     # descriptions of different lengths: batches need padding

@@ -110,6 +110,14 @@ class VLMAdapter(ABC):
         """What identifies this model's outputs (recorded in the run folder)."""
         return {"adapter": type(self).__name__, "conv_mode": self.conv_mode, "real_vocab": self.real_vocab}
 
+    def set_token_ids(self, tokenizer: Any, lm_head_rows: int, vocab_size: int | None) -> None:
+        """BOS / EOS / pad ids from the tokenizer and the real vocabulary (the tokenizer's base vocabulary,
+        or `target_model.vocab_size`, never more than the LM head's rows)."""
+        self.real_vocab = min(vocab_size or tokenizer.vocab_size, lm_head_rows)
+        self.bos_token_id, self.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else (self.eos_token_id or 0)
+
     def template(self) -> tuple[str, str]:
         """(text before the image, text after it with {instruction}) for this model's conv_mode."""
         if self.conv_mode not in TEMPLATES:

@@ -89,11 +89,7 @@ class LlavaHF(VLMAdapter):
         patches = (vision.image_size // vision.patch_size) ** 2
         self.n_image_tokens = patches + (1 if config.vision_feature_select_strategy == "full" else 0)
         rows = self.model.lm_head.out_features
-        self.real_vocab = min(cfg.vocab_size or self.tokenizer.vocab_size, rows)
-        self.bos_token_id = self.tokenizer.bos_token_id
-        self.eos_token_id = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else (self.eos_token_id or 0)
+        self.set_token_ids(self.tokenizer, rows, cfg.vocab_size)
         self.path = folder
         log.info("loaded %s (%s, %s): %d image tokens, vocabulary %d of %d rows",
                  folder, device, str(dtype).replace("torch.", ""), self.n_image_tokens, self.real_vocab, rows)

@@ -393,11 +393,7 @@ class MiniGPT4(VLMAdapter):
         self.n_image_tokens = image_token_count(
             size, vit.config.patch_size, self.query_tokens.shape[1] if files.has_qformer else None)
         rows = self.llm.lm_head.out_features
-        self.real_vocab = min(cfg.vocab_size or self.tokenizer.vocab_size, rows)
-        self.bos_token_id = self.tokenizer.bos_token_id
-        self.eos_token_id = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else (self.eos_token_id or 0)
+        self.set_token_ids(self.tokenizer, rows, cfg.vocab_size)
         log.info("loaded MiniGPT-4 %s (%s, %s): %d image tokens, vocabulary %d of %d rows", files.model_type,
                  device, str(dtype).replace("torch.", ""), self.n_image_tokens, self.real_vocab, rows)
 
