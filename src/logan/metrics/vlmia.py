@@ -84,7 +84,7 @@ def modified_renyi(pair: TokenPair, alpha: float) -> torch.Tensor:
     exact_top = rest_of_top - torch.logsumexp(pair.clean, -1, keepdim=True)
     log_q = log_q.scatter(-1, top, exact_top.clamp(min=math.log(CLAMP)))
     index = pair.targets.unsqueeze(-1)
-    p_y, logp_y, log_q_y = p.gather(-1, index), logp.gather(-1, index), log_q.gather(-1, index)
+    logp_y, log_q_y = logp.gather(-1, index), log_q.gather(-1, index)
     others = torch.ones_like(p, dtype=torch.bool).scatter_(-1, index, False)
     if alpha == 1.0:
         rest = torch.where(others, p * log_q, torch.zeros_like(p)).sum(-1)
