@@ -249,10 +249,11 @@ def plain_forward(adapter: LlavaHF, items: list[WorkItem], batch: int, repeats: 
     return {"forwards": batch * repeats, "seconds": time.perf_counter() - started}
 
 
-def metrics_only(adapter: LlavaHF, compiled: bool, rows: int, repeats: int = 3) -> dict:
-    """LOGAN's nine divergences alone on `rows` random token rows (one img-only step of `rows` / 576 images)."""
+def metrics_only(adapter: LlavaHF, compiled: bool, rows: int, repeats: int = 3, row_chunk: int = 2048) -> dict:
+    """LOGAN's nine divergences alone on `rows` random token rows (one img-only step of `rows` / 576 images),
+    reduced `row_chunk` rows at a time."""
     engine = Engine(adapter, EngineSettings(parts=["img"], metrics=LOGAN_METRICS, instruction=INSTRUCTION,
-                                            compile=compiled))
+                                            compile=compiled, row_chunk=row_chunk))
     generator = torch.Generator(adapter.device).manual_seed(0)
     clean = torch.randn(rows, adapter.real_vocab, generator=generator, device=adapter.device).mul(3).to(adapter.dtype)
     noisy = (clean.float() + 0.05 * torch.randn(clean.shape, generator=generator, device=adapter.device)).to(adapter.dtype)
@@ -345,6 +346,8 @@ def main(argv: list[str]) -> int:
                    "per-std divergence in each")
     p.add_argument("--default-images", type=int, default=64, help="images for --default-config")
     p.add_argument("--rss", default=None, help="comma-separated image counts: peak RSS of `logan tune` on the CPU")
+    p.add_argument("--row-chunks", default=None, help="comma-separated row chunks: time the nine divergences "
+                   "(compiled on CUDA) at each, then stop")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -373,6 +376,13 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     adapter = build_model(args.model, device, dtype, work)
     report["build_seconds"] = time.perf_counter() - started
+    if args.row_chunks:
+        rows_per_step = adapter.n_image_tokens * (64 if device.type == "cuda" else 16)
+        for chunk in (int(c) for c in args.row_chunks.split(",")):
+            r = metrics_only(adapter, device.type == "cuda", rows_per_step, row_chunk=chunk)
+            print(f"row_chunk {chunk:5d}: {r['pairs'] / r['seconds']:8.1f} pairs/s "
+                  f"({1000 * r['seconds'] / r['pairs']:.2f} ms per (image, std) pair)")
+        return 0
     width, height = (int(v) for v in args.image_size.split("x"))
     n_images = args.images or (128 if device.type == "cuda" else 32)
     items = make_images(work / "images", max(n_images, args.original_images), (width, height))

@@ -238,3 +238,37 @@ def test_unknown_model_name_is_a_logan_error():
     with pytest.raises(LoganError, match="unknown target_model 'llava-hff'.*Did you mean 'llava-hf'"):
         check_model(cfg.target_model)
     assert "llava-hf" in available_models() and "minigpt-4" in available_models()
+
+
+# ---------------------------------------------------------------- speed options
+
+
+def test_speed_options_default_to_auto_and_resolve_by_device():
+    import torch
+
+    from logan.models.base import resolve_compile
+    from logan.pipeline.describe import generation_batch_size
+
+    cfg = RunConfig.from_dict({})
+    assert (cfg.inference.batch_size, cfg.inference.compile, cfg.generation.batch_size) == ("auto", "auto", "auto")
+    composed = RunConfig.from_dict(compose([]))
+    assert (composed.inference.batch_size, composed.inference.compile, composed.generation.batch_size) == (
+        "auto", "auto", "auto") and composed.inference.checkpoint_every == 256
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_compile("auto", cpu) is False and resolve_compile(True, cpu) is True
+    assert resolve_compile(False, gpu) is False
+    assert generation_batch_size("auto", cpu) == 8 and generation_batch_size("auto", gpu) == 64
+    assert generation_batch_size(3, gpu) == 3
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("inference.batch_size", 0, "inference.batch_size=0 is neither a positive integer nor auto"),
+    ("inference.batch_size", "many", "inference.batch_size=many is neither"),
+    ("generation.batch_size", 2.5, "generation.batch_size=2.5 is neither"),
+    ("inference.compile", "sometimes", "inference.compile=sometimes is not one of true, false, auto"),
+    ("inference.checkpoint_every", 0, "inference.checkpoint_every=0 must be at least 1"),
+])
+def test_bad_speed_options_are_one_clear_error(key, value, message):
+    group, name = key.split(".")
+    with pytest.raises(LoganError, match=message.replace(".", r"\.")):
+        RunConfig.from_dict({group: {name: value}})

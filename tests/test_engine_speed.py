@@ -180,3 +180,33 @@ def test_compiled_model_and_metrics_match_eager(world, items) -> None:
 
     pixels = compiled.pixel_values([load_image(items[0].sample_id)[0].astype(np.float32)])
     assert compiled.generate(ids, mask, pixels, 4) == eager_model.generate(ids, mask, pixels, 4)
+
+
+def test_generation_batch_auto_halves_on_out_of_memory_and_keeps_every_description(world, model, tmp_path,
+                                                                                   monkeypatch):
+    """generation.batch_size=auto starts wide and halves while generate() runs out of memory; the
+    descriptions are those of a fixed small batch size (greedy decoding of the same inputs)."""
+    from logan.pipeline.describe import describe
+
+    images = [e["image"] for e in json.loads(world.members.read_text())[:5]]
+    real, sizes = model.generate, []
+
+    def tight(ids, mask, pixels, n):
+        sizes.append(ids.shape[0])
+        if ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(ids, mask, pixels, n)
+
+    cfg = RunConfig.from_dict({"generation": {"num_gen_tokens": 4}})
+    monkeypatch.setattr(model, "generate", tight)
+    auto = describe(cfg, model, images, tmp_path / "auto.json")
+    assert sizes[:3] == [5, 4, 2] and set(sizes[3:]) <= {2, 1} and sum(sizes[2:]) == 5
+    monkeypatch.setattr(model, "generate", real)
+    fixed = describe(RunConfig.from_dict({"generation": {"num_gen_tokens": 4, "batch_size": 1}}), model, images,
+                     tmp_path / "fixed.json")
+    assert auto == fixed and all(len(ids) == 4 for ids in auto.values())
+
+    monkeypatch.setattr(model, "generate", tight)
+    with pytest.raises(torch.OutOfMemoryError):  # a fixed batch size is the user's choice: no silent change
+        describe(RunConfig.from_dict({"generation": {"num_gen_tokens": 4, "batch_size": 4}}), model, images,
+                 tmp_path / "four.json")

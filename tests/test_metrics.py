@@ -348,9 +348,10 @@ def test_token_pair_intermediates():
     mean = (pair.clean_p * pair.centred_delta).sum(-1)
     assert torch.all(mean.abs() < 1e-5)
     # normalised(alpha) is cached and its weights are the original's renormalised p^alpha
-    log_w, d, _ = pair.normalised(2.0)
+    log_w, w, d, kl, _ = pair.normalised(2.0)
     assert pair.normalised(2.0)[0] is log_w
-    w = log_w.exp()
+    torch.testing.assert_close(w, log_w.exp(), rtol=0, atol=0)
+    torch.testing.assert_close(kl, kl_from_centred(log_w, d), rtol=0, atol=0)
     np.testing.assert_allclose(w.double().numpy(), ref_renyi_normalised(c, 2.0), rtol=1e-4, atol=1e-12)
     np.testing.assert_allclose((w * d).sum(-1).numpy(), 0.0, atol=1e-5)
 

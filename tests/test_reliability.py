@@ -62,6 +62,30 @@ def test_killed_tune_resumes_to_identical_results(world, reference_run: Path, tm
     assert ours["optimal_std"] == theirs["optimal_std"] and ours["curves"] == theirs["curves"]
 
 
+@pytest.mark.parametrize("rerun_chunk", [4, 8])
+def test_a_killed_tune_resumes_at_its_first_unfinished_chunk(world, reference_run: Path, tmp_path: Path,
+                                                             rerun_chunk: int) -> None:
+    """16 samples in batches of 4, a chunk per batch: killed in the second chunk, the rerun keeps the
+    first chunk of every std (3 stds + the baselines) and gives the uninterrupted run's results; a rerun
+    with another chunk length discards the unfinished chunks and still gives them."""
+    out = tmp_path / "chunks"
+    killed = logan(["tune", *world.overrides(out, *SMALL, "inference.checkpoint_every=4")], fault="batch:6")
+    assert killed.returncode == -9
+    partial = out / "per_std" / ".partial"
+    kept = sorted(p.parent for p in partial.glob("*/chunk_*/done.json"))
+    assert len(kept) == 4 and {p.name for p in kept} == {"chunk_00000"}
+    assert not list((out / "per_std").glob("std_*/done.json"))  # no std is complete yet
+    rerun = logan(["tune", *world.overrides(out, *SMALL, f"inference.checkpoint_every={rerun_chunk}")])
+    assert rerun.returncode == 0, rerun.stderr
+    log = (out / "logan.log").read_text()
+    if rerun_chunk == 4:
+        assert "1 of 4 chunks already done" in log
+    else:
+        assert "discarding the unfinished chunks" in log
+    assert not partial.exists()
+    pd.testing.assert_frame_equal(scores_of(out), scores_of(reference_run))
+
+
 def test_killed_classify_resumes_to_identical_results(world, reference_run: Path, tmp_path: Path) -> None:
     args = [f"target_model.model_path={world.model}", *SMALL,
             f"data.dataset={reference_run / 'datasets' / 'target_dataset.parquet'}", "noise.std=[2.0,20.0]"]

@@ -103,17 +103,21 @@ class PromptConfig:
 @dataclass
 class GenerationConfig:
     num_gen_tokens: int = 32
-    batch_size: int = 8
+    batch_size: int | str = "auto"           # images per generate() call, or "auto" (64 on a GPU, halved
+                                             # while out of memory; 8 on the CPU)
 
 
 @dataclass
 class InferenceConfig:
-    batch_size: int | str = 8                # samples per forward, or "auto" (largest that fits)
+    batch_size: int | str = "auto"           # samples per forward, or "auto" (largest that fits)
     max_batch_size: int = 64                 # upper bound for batch_size=auto
-    compile: bool = False                    # torch.compile the transformer blocks and the metric reduction
+    compile: bool | str = "auto"             # torch.compile the transformer blocks and the metric reduction
+                                             # (auto: on a GPU, falling back to eager if compilation fails)
     attn_implementation: str | None = None   # sdpa | flash_attention_2 | eager (None: the loader's default)
     workers: int = 0                         # host threads for image decoding / noise (0: up to 8)
     prefetch: int = 2                        # host steps prepared ahead of the device (0: no thread)
+    checkpoint_every: int = 256              # samples per saved chunk: a killed run resumes at the first
+                                             # unfinished chunk of its std values
 
 
 @dataclass
@@ -211,15 +215,13 @@ class RunConfig:
             raise LoganError(f"noise.space={self.noise.space} is not one of {', '.join(SPACES)}.")
         if self.noise.draws < 1:
             raise LoganError(f"noise.draws={self.noise.draws} must be at least 1.")
-        size = self.inference.batch_size
-        if isinstance(size, str) and size != "auto":
-            try:
-                size = self.inference.batch_size = int(size)
-            except ValueError:
-                raise LoganError(f"inference.batch_size={size} is neither a positive integer nor auto.")
-        if (size != "auto" and size < 1) or self.generation.batch_size < 1:
-            raise LoganError("inference.batch_size and generation.batch_size must be at least 1 "
-                             "(inference.batch_size=auto picks the largest that fits).")
+        self.inference.batch_size = _batch_size(self.inference.batch_size, "inference.batch_size")
+        self.generation.batch_size = _batch_size(self.generation.batch_size, "generation.batch_size")
+        if self.inference.compile not in (True, False, "auto"):
+            raise LoganError(f"inference.compile={self.inference.compile} is not one of true, false, auto.")
+        if self.inference.checkpoint_every < 1:
+            raise LoganError(f"inference.checkpoint_every={self.inference.checkpoint_every} must be at least 1 "
+                             "(samples per saved chunk).")
         if self.inference.max_batch_size < 1 or self.inference.workers < 0 or self.inference.prefetch < 0:
             raise LoganError("inference.max_batch_size must be at least 1, inference.workers and "
                              "inference.prefetch at least 0.")
@@ -229,6 +231,20 @@ class RunConfig:
         if not 0.0 <= self.selection.k <= 1.0:
             raise LoganError(f"selection.k={self.selection.k} must lie in [0, 1].")
         self.std_sets()
+
+
+def _batch_size(value: Any, key: str) -> int | str:
+    """A positive integer or "auto"."""
+    if value == "auto":
+        return value
+    try:
+        size = int(value)
+        if isinstance(value, bool) or size != float(value) or size < 1:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise LoganError(f"{key}={value} is neither a positive integer nor auto "
+                         "(auto picks the largest that fits).")
+    return size
 
 
 def _std_value(value: Any, key: str) -> float:

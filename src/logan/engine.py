@@ -157,24 +157,41 @@ class Engine:
         continuation = list(item.description or ()) if {"desp", "inst_desp"} & set(parts) else None
         return self.model.encode(instruction, continuation, text_after_image=needs_text, image_size=item.size)
 
+    def batches(self, items: list[WorkItem]) -> list[list[WorkItem]]:
+        """The batches `items` run in: longest samples first, `batch_size` per batch (deterministic)."""
+        if not items:
+            return []
+        order = sorted(items, key=lambda it: -max(len(self.encode(it, v).input_ids) for v in self.plan))
+        size = self.batch_size(order)
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
     def run(self, items: list[WorkItem], stds: list[float], save_images: set[str] | None = None,
             desc: str = "forward") -> Iterator[tuple[float, list[SampleResult]]]:
         """Yield (std, results of one batch) for every batch and std; samples run longest first."""
-        if not items:
+        batches = self.batches(items)
+        with tqdm(total=len(batches) * len(stds), desc=desc, unit="step", leave=False) as bar:
+            yield from self.run_batches(batches, stds, save_images, bar)
+
+    def run_batches(self, batches: list[list[WorkItem]], stds: list[float], save_images: set[str] | None = None,
+                    bar: tqdm | None = None) -> Iterator[tuple[float, list[SampleResult]]]:
+        """`run` over batches made by `batches`: each batch's clean pass once, then every std; `bar` advances
+        by one per (batch, std)."""
+        if not batches:
             return
-        order = sorted(items, key=lambda it: -max(len(self.encode(it, v).input_ids) for v in self.plan))
-        size = self.batch_size(order)
-        batches = [order[i:i + size] for i in range(0, len(order), size)]
         host = self._host_steps(batches, stds, save_images or set())
         pending: _Step | None = None
         with Prefetch(host, self.settings.prefetch) as steps:
-            for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
+            for batch in batches:
                 for step in self._run_batch(batch, stds, steps):
                     if pending is not None:  # the next step is queued on the device: finish this one
                         yield pending.result()
+                        if bar is not None:
+                            bar.update(1)
                     pending = step
         if pending is not None:
             yield pending.result()
+            if bar is not None:
+                bar.update(1)
 
     def batch_size(self, order: list[WorkItem]) -> int:
         """The batch size to run with (`auto`: probed once per model and work shape)."""
@@ -186,6 +203,7 @@ class Engine:
         start = min(s.max_batch_size, len(order))
         if self.model.device.type != "cuda":
             self.resolved_batch_size = min(AUTO_CPU_BATCH, start)
+            log.info("inference.batch_size=auto: %d samples per forward (CPU)", self.resolved_batch_size)
             return self.resolved_batch_size
         key = (tuple(sorted(self._reducers)), tuple(sorted(self.plan)), start,
                max(len(self.encode(order[0], v).input_ids) for v in self.plan))

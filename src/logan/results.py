@@ -10,11 +10,16 @@ Metrics that do not depend on the std (the clean-pass baselines, aug-KL) are wri
 layout, to `<run>/per_std/baselines/`.
 
 A folder is written under a temporary name and renamed when complete, so a killed run never leaves a
-half-written std that a rerun could read.
+half-written std that a rerun could read. While a run is under way, every std's results are kept per
+chunk of samples in `<run>/per_std/.partial/` (`Checkpoints`): a killed run resumes at the first
+unfinished chunk, and the chunks are combined into the std's folder when all are there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -31,7 +36,11 @@ from logan.io import atomic_dir, read_json, write_json
 from logan.metrics.aggregate import k_means
 from logan.metrics.registry import MetricSpec
 
+log = logging.getLogger(__name__)
+
 PER_STD = "per_std"
+PARTIAL = ".partial"
+TABLES = ("scores.parquet", "tokens.parquet", "losses.parquet")
 SCORE_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
                           ("metric", pa.string()), ("k", pa.float64()), ("value", pa.float64())])
 TOKEN_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
@@ -171,3 +180,63 @@ def first_of_each_class(target: pd.DataFrame, n: int | None) -> set[str] | None:
     return set(target[target.label == 1].image.head(n)) | set(target[target.label == 0].image.head(n))
 
 
+
+
+def combine(sources: list[Path], target: Path, std: float | None, **note: object) -> None:
+    """Write the concatenation of finished result folders (chunks, shards) as the finished folder `target`."""
+    with atomic_dir(target) as tmp:
+        for name in TABLES:
+            parts = [p / name for p in sources if (p / name).exists()]
+            if not parts:
+                continue
+            writer = None
+            for part in parts:
+                table = pq.read_table(part)
+                writer = writer or pq.ParquetWriter(tmp / name, table.schema)
+                writer.write_table(table)
+            writer.close()
+        for source in sources:
+            if (source / "images").is_dir():
+                shutil.copytree(source / "images", tmp / "images", dirs_exist_ok=True)
+        n_samples = sum(read_json(p / "done.json")["n_samples"] for p in sources)
+        write_json(tmp / "done.json", {"std": std, "n_samples": n_samples, **note})
+
+
+class Checkpoints:
+    """Per-chunk results of the std values a run is computing: `<run>/per_std/.partial/<std>/chunk_<i>/`,
+    each a finished `StdWriter` folder. Chunks are valid only for the batch plan they were computed with
+    (`plan.json`: batch size, chunk length, sample order); another plan discards them."""
+
+    def __init__(self, run: Path, batch_size: int, per_chunk: int, samples: list[str]) -> None:
+        self.run, self.root = Path(run), Path(run) / PER_STD / PARTIAL
+        digest = hashlib.sha256("\n".join(samples).encode()).hexdigest()
+        self.plan = {"batch_size": batch_size, "batches_per_chunk": per_chunk, "samples": digest}
+        plan_file = self.root / "plan.json"
+        if plan_file.exists() and read_json(plan_file) != self.plan:
+            log.warning("discarding the unfinished chunks in %s: they were computed with another batch plan "
+                        "(%s)", self.root, read_json(plan_file))
+            shutil.rmtree(self.root)
+        if not plan_file.exists():
+            write_json(plan_file, self.plan)
+
+    def folder(self, std: float | None, chunk: int) -> Path:
+        return self.root / std_folder(self.run, std).name / f"chunk_{chunk:05d}"
+
+    def has(self, std: float | None, chunk: int) -> bool:
+        return (self.folder(std, chunk) / "done.json").exists()
+
+    def finish(self, std: float | None, n_chunks: int, seconds: float) -> None:
+        """Combine a std's chunks into its result folder and drop them."""
+        combine([self.folder(std, i) for i in range(n_chunks)], std_folder(self.run, std), std,
+                seconds=round(seconds, 3))
+        shutil.rmtree(self.root / std_folder(self.run, std).name, ignore_errors=True)
+
+    def clean(self) -> None:
+        """Remove what finished std values left here (a run killed between combining and dropping)."""
+        if not self.root.exists():
+            return
+        for folder in self.root.iterdir():
+            if folder.is_dir() and (self.run / PER_STD / folder.name / "done.json").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+        if not any(p.is_dir() for p in self.root.iterdir()):
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -28,9 +28,11 @@ def expm1_minus_x(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x.abs() < _TAYLOR, series, direct)
 
 
-def log_mean_exp_centred(log_weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log sum_v w_v exp(x_v) over the last axis, for x centred under w (sum_v w_v x_v = 0)."""
-    weights = log_weights.exp()
+def log_mean_exp_centred(log_weights: torch.Tensor, x: torch.Tensor,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:
+    """log sum_v w_v exp(x_v) over the last axis, for x centred under w (sum_v w_v x_v = 0); `weights`
+    = exp(log_weights) when the caller already has it."""
+    weights = log_weights.exp() if weights is None else weights
     near = torch.log1p((weights * expm1_minus_x(x)).sum(-1))
     far = torch.logsumexp(log_weights + x, dim=-1)
     return torch.where(x.max(dim=-1).values <= _LARGE, near, far)
@@ -41,14 +43,16 @@ def centred(weights: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return delta - (weights * delta).sum(-1, keepdim=True)
 
 
-def kl_from_centred(log_weights: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+def kl_from_centred(log_weights: torch.Tensor, d: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """KL(P||Q) per row; log P = log_weights, d = log P - log Q centred under P."""
-    return log_mean_exp_centred(log_weights, -d).clamp(min=0.0)
+    return log_mean_exp_centred(log_weights, -d, weights).clamp(min=0.0)
 
 
-def renyi_from_centred(log_weights: torch.Tensor, d: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Renyi divergence D_alpha(P||Q) per row, alpha != 1."""
-    value = kl_from_centred(log_weights, d) + log_mean_exp_centred(log_weights, (alpha - 1.0) * d) / (alpha - 1.0)
+def renyi_from_centred(log_weights: torch.Tensor, d: torch.Tensor, alpha: float, kl: torch.Tensor | None = None,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Renyi divergence D_alpha(P||Q) per row, alpha != 1 (`kl`: KL(P||Q) when already computed)."""
+    kl = kl_from_centred(log_weights, d, weights) if kl is None else kl
+    value = kl + log_mean_exp_centred(log_weights, (alpha - 1.0) * d, weights) / (alpha - 1.0)
     return value.clamp(min=0.0)
 
 

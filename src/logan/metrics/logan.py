@@ -50,7 +50,7 @@ def kl_argmax(pair: TokenPair) -> torch.Tensor:
 
 def _renyi(alpha: float):
     def metric(pair: TokenPair) -> torch.Tensor:
-        return renyi_from_centred(pair.clean_logp, pair.centred_delta, alpha)
+        return renyi_from_centred(pair.clean_logp, pair.centred_delta, alpha, pair.kl, pair.clean_p)
 
     return metric
 

@@ -30,7 +30,7 @@ class TokenPair:
         self.clean = clean.float()
         self.noisy = noisy.float() if noisy is not None else None
         self.targets = targets if targets is not None else self.clean.argmax(-1)
-        self._normalised: dict[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._normalised: dict[float, tuple[torch.Tensor, ...]] = {}
 
     @cached_property
     def clean_logp(self) -> torch.Tensor:
@@ -53,7 +53,7 @@ class TokenPair:
     @cached_property
     def kl(self) -> torch.Tensor:
         """KL(clean || noisy) on the plain softmax, exact (no clamping)."""
-        return kl_from_centred(self.clean_logp, self.centred_delta)
+        return kl_from_centred(self.clean_logp, self.centred_delta, self.clean_p)
 
     @cached_property
     def logp_diff(self) -> torch.Tensor:
@@ -74,8 +74,9 @@ class TokenPair:
         extra = torch.where(floored, p_c * (lp_c - lq_c) - self.clean_p * self.logp_diff, torch.zeros_like(lp))
         return (self.kl + extra.sum(-1) + epsilon_term(p_c, lp_c, lq_c)).clamp(min=0.0)
 
-    def normalised(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log-weights, centred log-ratio, noisy log-weights) of the original's p^a / sum p^a.
+    def normalised(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-weights, weights, centred log-ratio, their KL, noisy log-weights) of the original's
+        p^a / sum p^a, computed once per alpha.
 
         Probabilities are clamped at 1e-10 first, as the original does (it matters for alpha < 1).
         """
@@ -84,12 +85,13 @@ class TokenPair:
             both = (lp >= CLAMP_LOG) & (lq >= CLAMP_LOG)
             diff = torch.where(both, self.logp_diff, lp.clamp(min=CLAMP_LOG) - lq.clamp(min=CLAMP_LOG))
             log_w = torch.log_softmax(alpha * lp.clamp(min=CLAMP_LOG), dim=-1)
-            d = centred(log_w.exp(), alpha * diff)
-            log_w_noisy = log_w - (d + kl_from_centred(log_w, d).unsqueeze(-1))
-            self._normalised[alpha] = (log_w, d, log_w_noisy)
+            w = log_w.exp()
+            d = centred(w, alpha * diff)
+            kl = kl_from_centred(log_w, d, w)
+            self._normalised[alpha] = (log_w, w, d, kl, log_w - (d + kl.unsqueeze(-1)))
         return self._normalised[alpha]
 
     def kl_normalised(self, alpha: float) -> torch.Tensor:
         """The original's KL between Renyi-alpha normalisations, eps inside the logs included."""
-        log_w, d, log_w_noisy = self.normalised(alpha)
-        return (kl_from_centred(log_w, d) + epsilon_term(log_w.exp(), log_w, log_w_noisy)).clamp(min=0.0)
+        log_w, w, _, kl, log_w_noisy = self.normalised(alpha)
+        return (kl + epsilon_term(w, log_w, log_w_noisy)).clamp(min=0.0)

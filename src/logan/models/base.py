@@ -220,6 +220,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_compile(setting: bool | str, device: torch.device) -> bool:
+    """`inference.compile`: true / false, or auto = on a GPU, where a compilation that fails (no working
+    Triton, an unsupported operator) falls back to eager execution with a warning instead of stopping."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type != "cuda":
+        return False
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return True
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         if device.type == "cuda":

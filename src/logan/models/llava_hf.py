@@ -65,7 +65,8 @@ class LlavaHF(VLMAdapter):
         folder = _check_folder(cfg.model_path, self.hf_model_type, self.family)
         hf_logging.disable_progress_bar()
         model_class = getattr(transformers, self.hf_class)
-        placement = {"device_map": cfg.device_map} if cfg.device_map else {}
+        # straight to the device (no copy through host memory), or spread by accelerate's device_map
+        placement = {"device_map": cfg.device_map or str(device)}
         model, info = model_class.from_pretrained(folder, dtype=dtype, output_loading_info=True, **placement)
         problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:

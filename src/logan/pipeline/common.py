@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from logan.config import RunConfig
 from logan.data.images import check_image, image_size
-from logan.engine import Engine, EngineSettings, WorkItem, variants_for
 from logan.distributed import ShardInfo
+from logan.engine import Engine, EngineSettings, WorkItem, variants_for
 from logan.errors import LoganError
 from logan.faults import fault_point
 from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
 from logan.metrics.registry import all_metrics, get_metric
-from logan.models.base import VLMAdapter, resolve_device, resolve_dtype
+from logan.models.base import VLMAdapter, resolve_compile, resolve_device, resolve_dtype
 from logan.models.registry import check_model, load_model
-from logan.results import PER_STD, Selection, StdWriter, first_of_each_class, is_done, std_folder
+from logan.results import PER_STD, Checkpoints, Selection, StdWriter, first_of_each_class, is_done
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _resolved(path: str | None) -> str | None:
 def open_model(cfg: RunConfig) -> VLMAdapter:
     device = resolve_device(cfg.device)
     model = load_model(cfg.target_model, device, resolve_dtype(cfg.dtype, device))
-    model.prepare_inference(cfg.inference.compile, cfg.inference.attn_implementation)
+    model.prepare_inference(resolve_compile(cfg.inference.compile, device), cfg.inference.attn_implementation)
     fault_point("model_loaded")
     return model
 
@@ -184,51 +185,87 @@ def has_pending(cfg: RunConfig, out: Path, stds: list[float]) -> bool:
 
 def run_stds(cfg: RunConfig, model: VLMAdapter, items: list[WorkItem], stds: list[float], out: Path,
              target: pd.DataFrame, desc: str) -> None:
-    """Compute every pending std of one set (and, once per run, the std-independent baselines); each
-    result folder appears only when complete."""
+    """Compute every pending std (and, once per run, the std-independent baselines) in one pass over the
+    samples: each batch's clean pass serves all of them. Results are kept per chunk of
+    `inference.checkpoint_every` samples as they finish; a std's folder appears when all its chunks are."""
+    m = cfg.img_metrics
+    pending: list[float | None] = [s for s in dict.fromkeys(stds) if not is_done(out, s)]
+    if any(get_metric(name).needs != "noise" for name in m.metrics_to_use) and not is_done(out, None):
+        pending.append(None)
+    if not pending:
+        return
+    engine = _engine(cfg, model)
+    started = time.time()
+    try:
+        batches = engine.batches(items)
+        per_chunk = max(1, cfg.inference.checkpoint_every // max(1, len(batches[0]) if batches else 1))
+        chunks = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)] or [[]]
+        store = Checkpoints(out, len(batches[0]) if batches else 0, per_chunk,
+                            [it.sample_id for batch in batches for it in batch])
+        todo = [(i, [s for s in pending if not store.has(s, i)]) for i in range(len(chunks))]
+        runs = {i: [s for s in wanted if s is not None] or [_any_std(pending)] for i, wanted in todo if wanted}
+        if len(todo) > 1 and len(runs) < len(todo):
+            log.info("%s: %d of %d chunks already done", desc, len(todo) - len(runs), len(todo))
+        with tqdm(total=sum(len(chunks[i]) * len(r) for i, r in runs.items()), desc=desc, unit="step",
+                  leave=False) as bar:
+            for i, wanted in todo:
+                if wanted:
+                    _run_chunk(cfg, engine, chunks[i], runs[i], {s: store.folder(s, i) for s in wanted}, target, bar)
+    except BaseException as exc:
+        if type(exc).__name__ == "OutOfMemoryError":
+            size = engine.resolved_batch_size or 1
+            raise LoganError(
+                f"out of GPU memory at inference.batch_size={size}; rerun the same command with "
+                f"inference.batch_size={max(1, size // 2)} (finished chunks and std values are kept).") from exc
+        raise
+    for std in pending:
+        store.finish(std, len(chunks), time.time() - started)
+    store.clean()
+    log.info("%s: %d std values x %d samples in %.1f s", desc, len([s for s in pending if s is not None]),
+             len(items), time.time() - started)
+
+
+def _any_std(pending: list[float | None]) -> float:
+    """A std to run a chunk at when only the std-independent baselines are missing there."""
+    return next((s for s in pending if s is not None), 0.0)
+
+
+def _engine(cfg: RunConfig, model: VLMAdapter) -> Engine:
+    inf, m = cfg.inference, cfg.img_metrics
+    return Engine(model, EngineSettings(
+        parts=list(m.parts), metrics=list(m.metrics_to_use), instruction=cfg.prompt.text,
+        batch_size=inf.batch_size, draws=cfg.noise.draws, quantize=cfg.noise.quantize,
+        space=cfg.noise.space, seed=cfg.seed, compile=resolve_compile(inf.compile, model.device),
+        max_batch_size=inf.max_batch_size, workers=inf.workers, prefetch=inf.prefetch))
+
+
+def _run_chunk(cfg: RunConfig, engine: Engine, batches: list[list[WorkItem]], run: list[float],
+               folders: dict[float | None, Path], target: pd.DataFrame, bar: tqdm) -> None:
+    """One chunk of batches at the std values `run`; writes a finished folder per entry of `folders`."""
     m = cfg.img_metrics
     specs = {name: get_metric(name) for name in m.metrics_to_use}
     per_std = {n: s for n, s in specs.items() if s.needs == "noise"}
     fixed = {n: s for n, s in specs.items() if s.needs != "noise"}
-    pending: list[float | None] = [s for s in dict.fromkeys(stds) if not is_done(out, s)]
-    if fixed and not is_done(out, None):
-        pending.append(None)
-    if not pending:
-        return
     selection = Selection(
         tokens=first_of_each_class(target, m.get_proc_meta_examples),
         losses=first_of_each_class(target, m.get_raw_meta_examples),
         images=first_of_each_class(target, m.get_raw_images) or set(),
         save_tokens=bool(m.get_proc_meta_metrics), save_losses="losses" in m.get_raw_meta_metrics,
     )
-    inf = cfg.inference
-    engine = Engine(model, EngineSettings(
-        parts=list(m.parts), metrics=list(m.metrics_to_use), instruction=cfg.prompt.text,
-        batch_size=inf.batch_size, draws=cfg.noise.draws, quantize=cfg.noise.quantize,
-        space=cfg.noise.space, seed=cfg.seed, compile=inf.compile, max_batch_size=inf.max_batch_size,
-        workers=inf.workers, prefetch=inf.prefetch))
-    writers = {s: StdWriter(std_folder(out, s), s, m.ratio, selection, fixed if s is None else per_std)
-               for s in pending}
-    run = [s for s in pending if s is not None] or [0.0]  # the baselines ride on any std's batches
-    started = time.time()
+    writers = {s: StdWriter(folder, s, m.ratio, selection, fixed if s is None else per_std)
+               for s, folder in folders.items()}
     try:
-        for std, results in engine.run(items, run, selection.images, desc=desc):
+        for std, results in engine.run_batches(batches, run, selection.images, bar):
             if std in writers:
                 writers[std].add(results)
             if None in writers and std == run[0]:
                 writers[None].add(results)
-    except BaseException as exc:
+    except BaseException:
         for writer in writers.values():
             writer.abort()
-        if type(exc).__name__ == "OutOfMemoryError":
-            size = engine.resolved_batch_size or 1
-            raise LoganError(
-                f"out of GPU memory at inference.batch_size={size}; rerun the same command with "
-                f"inference.batch_size={max(1, size // 2)} (finished std values are kept).") from exc
         raise
     for writer in writers.values():
         writer.finish()
-    log.info("%s: %d std values x %d samples in %.1f s", desc, len(run), len(items), time.time() - started)
 
 
 def read_std_argument(value: Any) -> list[float]:

@@ -7,9 +7,11 @@ every batch, so an interrupted run keeps what it generated and every std reuses 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from logan.config import RunConfig
@@ -19,6 +21,9 @@ from logan.io import read_json, write_json
 from logan.models.base import VLMAdapter, pad_batch
 
 log = logging.getLogger(__name__)
+
+AUTO_GPU_BATCH = 64   # generation.batch_size=auto on a GPU (decoding is memory-bound: wide batches are cheap)
+AUTO_CPU_BATCH = 8
 
 
 GENERATION_KEYS = ("target_model", "model_path", "model_base", "ckpt", "vision_tower", "llama_model", "vit_model",
@@ -46,17 +51,45 @@ def describe(cfg: RunConfig, model: VLMAdapter, images: list[str], cache: Path,
     for donor in donors or []:
         stored.update({img: donor[img] for img in images if img in donor and img not in stored})
     todo = [img for img in images if img not in stored]
-    size = cfg.generation.batch_size
     if todo:
         log.info("generating descriptions for %d images (%d cached)", len(todo), len(images) - len(todo))
-    for start in tqdm(range(0, len(todo), size), desc="describe", unit="batch", leave=False):
-        batch = todo[start:start + size]
-        arrays = [load_image(img)[0] for img in batch]
-        prompts = [model.encode(cfg.prompt.text, None, image_size=(a.shape[1], a.shape[0])) for a in arrays]
-        ids, mask = pad_batch(prompts, model.pad_token_id, side="left")
-        pixels = model.pixel_values([a.astype(np.float32) for a in arrays])
-        for img, new in zip(batch, model.generate(ids, mask, pixels, cfg.generation.num_gen_tokens)):
-            stored[img] = {"ids": new, "text": model.decode(new)}
-        write_json(cache, stored)
-        fault_point("describe")
+    size = generation_batch_size(cfg.generation.batch_size, model.device)
+    started = time.time()
+    with tqdm(total=len(todo), desc="describe", unit="image", leave=False) as bar:
+        start = 0
+        while start < len(todo):
+            batch = todo[start:start + size]
+            try:
+                texts = _generate(cfg, model, batch)
+            except torch.OutOfMemoryError:
+                if cfg.generation.batch_size != "auto" or size == 1:
+                    raise
+                size //= 2
+                log.info("generation.batch_size=auto: out of memory; trying %d", size)
+                torch.cuda.empty_cache()
+                continue
+            stored.update(texts)
+            write_json(cache, stored)
+            fault_point("describe")
+            start += len(batch)
+            bar.update(len(batch))
+    if todo:
+        log.info("generated %d descriptions in %.1f s (generation.batch_size=%d)", len(todo), time.time() - started,
+                 size)
     return {img: stored[img]["ids"] for img in images}
+
+
+def generation_batch_size(setting: int | str, device: torch.device) -> int:
+    """`generation.batch_size`; auto = AUTO_GPU_BATCH on a GPU (halved while out of memory), 8 elsewhere."""
+    if setting != "auto":
+        return int(setting)
+    return AUTO_GPU_BATCH if device.type == "cuda" else AUTO_CPU_BATCH
+
+
+def _generate(cfg: RunConfig, model: VLMAdapter, batch: list[str]) -> dict[str, dict]:
+    arrays = [load_image(img)[0] for img in batch]
+    prompts = [model.encode(cfg.prompt.text, None, image_size=(a.shape[1], a.shape[0])) for a in arrays]
+    ids, mask = pad_batch(prompts, model.pad_token_id, side="left")
+    pixels = model.pixel_values([a.astype(np.float32) for a in arrays])
+    new = model.generate(ids, mask, pixels, cfg.generation.num_gen_tokens)
+    return {img: {"ids": tokens, "text": model.decode(tokens)} for img, tokens in zip(batch, new)}

@@ -11,48 +11,23 @@ The last shard of a SLURM job array does this by itself; `logan merge` is for do
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
-
-import pyarrow.parquet as pq
 
 from logan.config import RunConfig
 from logan.data.sets import SET_FILES, read_list
 from logan.distributed import SHARDS, ShardInfo, barrier
 from logan.errors import LoganError
-from logan.io import RunLock, atomic_dir, read_json, write_json
+from logan.io import RunLock, read_json, write_json
 from logan.metrics.registry import get_metric
 from logan.pipeline.select import select
 from logan.report.evaluate import evaluate
-from logan.results import PER_STD, is_done, std_folder
+from logan.results import PER_STD, combine, is_done, std_folder
 
 log = logging.getLogger(__name__)
 
-TABLES = ("scores.parquet", "tokens.parquet", "losses.parquet")
-
-
 def shard_folders(out: Path, num_shards: int) -> list[Path]:
     return [ShardInfo(i, num_shards, "array").folder(out) for i in range(num_shards)]
-
-
-def _merge_one(sources: list[Path], target: Path, std: float | None) -> None:
-    with atomic_dir(target) as tmp:
-        for name in TABLES:
-            parts = [p / name for p in sources if (p / name).exists()]
-            if not parts:
-                continue
-            writer = None
-            for part in parts:
-                table = pq.read_table(part)
-                writer = writer or pq.ParquetWriter(tmp / name, table.schema)
-                writer.write_table(table)
-            writer.close()
-        for source in sources:
-            if (source / "images").is_dir():
-                shutil.copytree(source / "images", tmp / "images", dirs_exist_ok=True)
-        write_json(tmp / "done.json", {"std": std, "n_samples": sum(read_json(p / "done.json")["n_samples"]
-                                                                    for p in sources), "merged_from": len(sources)})
 
 
 def merge_shards(out: Path, num_shards: int, stds: list[float], baselines: bool) -> bool:
@@ -66,7 +41,7 @@ def merge_shards(out: Path, num_shards: int, stds: list[float], baselines: bool)
         if not all(is_done(shard, std) for shard in shards):
             complete = False
             continue
-        _merge_one([std_folder(shard, std) for shard in shards], std_folder(out, std), std)
+        combine([std_folder(shard, std) for shard in shards], std_folder(out, std), std, merged_from=len(shards))
     descriptions = {}
     for shard in shards:
         if (shard / "descriptions.json").exists():

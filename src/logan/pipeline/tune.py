@@ -5,7 +5,8 @@
         noise.std_sets=[[0.5,2.0],[8.0,32.0]] img_metrics.parts=[img] path.output_dir=OUT
 
 Samples the target and reference sets (saved under OUT/datasets), computes every std of every set
-(skipping those already complete in OUT), then runs `logan select` on the results.
+(skipping those already complete in OUT) in one pass over the images, so each image's clean pass and
+description serve all std values, then runs `logan select` on the results.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def tune(cfg: RunConfig) -> dict | None:
         if has_pending(cfg, work, [s for group in std_sets for s in group]):
             model = open_model(cfg)
             items = work_items(cfg, model, mine, work)
-            for i, group in enumerate(std_sets):
-                run_stds(cfg, model, items, group, work, sets.target, desc=f"std set {i + 1}/{len(std_sets)}")
+            every = list(dict.fromkeys(s for group in std_sets for s in group))
+            run_stds(cfg, model, items, every, work, sets.target, desc=f"tune {len(every)} std values")
         else:
             log.info("every std is already complete in %s", work)
     return finish(cfg, "tune", shard)
