@@ -45,7 +45,8 @@ def reference_run(world, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("fault", ["model_loaded:1", "describe:1", "batch:3", "std_finish:2", "json:4"])
+@pytest.mark.parametrize("fault", ["model_loaded:1", "describe:1", "batch:3", "std_finish:2", "combine:2",
+                                   "json:4"])
 def test_killed_tune_resumes_to_identical_results(world, reference_run: Path, tmp_path: Path, fault: str) -> None:
     out = tmp_path / "killed"
     killed = logan(["tune", *world.overrides(out, *SMALL)], fault=fault)

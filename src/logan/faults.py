@@ -1,5 +1,5 @@
 """Fault injection for crash-safety tests: `LOGAN_FAULT=<point>:<n>` SIGKILLs the process at the n-th
-time it reaches `<point>` (e.g. `batch:3`, `std_finish:1`, `json:2`, `model_loaded:1`, `describe:1`).
+time it reaches `<point>` (e.g. `batch:3`, `std_finish:1`, `combine:1`, `json:2`, `model_loaded:1`, `describe:1`).
 
 Unset (always, outside the tests), every call is a dictionary lookup and nothing else.
 """

@@ -229,6 +229,7 @@ class Checkpoints:
         """Combine a std's chunks into its result folder and drop them."""
         combine([self.folder(std, i) for i in range(n_chunks)], std_folder(self.run, std), std,
                 seconds=round(seconds, 3))
+        fault_point("combine")
         shutil.rmtree(self.root / std_folder(self.run, std).name, ignore_errors=True)
 
     def clean(self) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,12 +57,17 @@ def describe(cfg: RunConfig, model: VLMAdapter, images: list[str], cache: Path,
         log.info("generating descriptions for %d images (%d cached)", len(todo), len(images) - len(todo))
     size = generation_batch_size(cfg.generation.batch_size, model.device)
     started = time.time()
-    with tqdm(total=len(todo), desc="describe", unit="image", leave=False) as bar:
-        start = 0
+    # the next batch's images are decoded and preprocessed in a thread while this one generates
+    with tqdm(total=len(todo), desc="describe", unit="image", leave=False) as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="logan-describe") as pool:
+        start, ahead = 0, None
         while start < len(todo):
             batch = todo[start:start + size]
+            pixels = ahead[1] if ahead is not None and ahead[0] == batch else pool.submit(_pixels, model, batch)
+            following = todo[start + size:start + 2 * size]
+            ahead = (following, pool.submit(_pixels, model, following)) if following else None
             try:
-                texts = _generate(cfg, model, batch)
+                texts = _generate(cfg, model, batch, *pixels.result())
             except torch.OutOfMemoryError:
                 if cfg.generation.batch_size != "auto" or size == 1:
                     raise
@@ -86,10 +93,16 @@ def generation_batch_size(setting: int | str, device: torch.device) -> int:
     return AUTO_GPU_BATCH if device.type == "cuda" else AUTO_CPU_BATCH
 
 
-def _generate(cfg: RunConfig, model: VLMAdapter, batch: list[str]) -> dict[str, dict]:
+def _pixels(model: VLMAdapter, batch: list[str]) -> tuple[Any, list[tuple[int, int]]]:
+    """The model's pixel input for a batch of images, and each image's (width, height)."""
     arrays = [load_image(img)[0] for img in batch]
-    prompts = [model.encode(cfg.prompt.text, None, image_size=(a.shape[1], a.shape[0])) for a in arrays]
+    return model.pixel_values([a.astype(np.float32) for a in arrays]), [(a.shape[1], a.shape[0]) for a in arrays]
+
+
+def _generate(cfg: RunConfig, model: VLMAdapter, batch: list[str], pixels: Any,
+              sizes: list[tuple[int, int]]) -> dict[str, dict]:
+    """Greedy descriptions of one batch (tokenising stays on this thread: the tokenizer is not shared)."""
+    prompts = [model.encode(cfg.prompt.text, None, image_size=size) for size in sizes]
     ids, mask = pad_batch(prompts, model.pad_token_id, side="left")
-    pixels = model.pixel_values([a.astype(np.float32) for a in arrays])
     new = model.generate(ids, mask, pixels, cfg.generation.num_gen_tokens)
     return {img: {"ids": tokens, "text": model.decode(tokens)} for img, tokens in zip(batch, new)}
