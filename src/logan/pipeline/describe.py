@@ -53,8 +53,9 @@ def describe(cfg: RunConfig, model: VLMAdapter, images: list[str], cache: Path,
     for donor in donors or []:
         stored.update({img: donor[img] for img in images if img in donor and img not in stored})
     todo = [img for img in images if img not in stored]
-    if todo:
-        log.info("generating descriptions for %d images (%d cached)", len(todo), len(images) - len(todo))
+    if not todo:
+        return {img: stored[img]["ids"] for img in images}
+    log.info("generating descriptions for %d images (%d cached)", len(todo), len(images) - len(todo))
     size = generation_batch_size(cfg.generation.batch_size, model.device)
     started = time.time()
     # the next batch's images are decoded and preprocessed in a thread while this one generates
@@ -80,9 +81,7 @@ def describe(cfg: RunConfig, model: VLMAdapter, images: list[str], cache: Path,
             fault_point("describe")
             start += len(batch)
             bar.update(len(batch))
-    if todo:
-        log.info("generated %d descriptions in %.1f s (generation.batch_size=%d)", len(todo), time.time() - started,
-                 size)
+    log.info("generated %d descriptions in %.1f s (generation.batch_size=%d)", len(todo), time.time() - started, size)
     return {img: stored[img]["ids"] for img in images}
 
 
