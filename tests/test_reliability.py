@@ -46,7 +46,7 @@ def reference_run(world, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("fault", ["model_loaded:1", "describe:1", "batch:3", "std_finish:2", "combine:2",
-                                   "json:4"])
+                                   "combine:4", "json:4"])  # combine:4 = after the run's last std
 def test_killed_tune_resumes_to_identical_results(world, reference_run: Path, tmp_path: Path, fault: str) -> None:
     out = tmp_path / "killed"
     killed = logan(["tune", *world.overrides(out, *SMALL)], fault=fault)

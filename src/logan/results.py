@@ -180,8 +180,6 @@ def first_of_each_class(target: pd.DataFrame, n: int | None) -> set[str] | None:
     return set(target[target.label == 1].image.head(n)) | set(target[target.label == 0].image.head(n))
 
 
-
-
 def combine(sources: list[Path], target: Path, std: float | None, **note: object) -> None:
     """Write the concatenation of finished result folders (chunks, shards) as the finished folder `target`."""
     with atomic_dir(target) as tmp:
@@ -232,12 +230,16 @@ class Checkpoints:
         fault_point("combine")
         shutil.rmtree(self.root / std_folder(self.run, std).name, ignore_errors=True)
 
-    def clean(self) -> None:
-        """Remove what finished std values left here (a run killed between combining and dropping)."""
-        if not self.root.exists():
-            return
-        for folder in self.root.iterdir():
-            if folder.is_dir() and (self.run / PER_STD / folder.name / "done.json").exists():
-                shutil.rmtree(folder, ignore_errors=True)
-        if not any(p.is_dir() for p in self.root.iterdir()):
-            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def drop_finished_chunks(run: Path) -> None:
+    """Remove the chunks of std values that are complete (a run killed between assembling a std's folder
+    and dropping its chunks), and the chunk folder itself once nothing unfinished is left in it."""
+    root = Path(run) / PER_STD / PARTIAL
+    if not root.exists():
+        return
+    for folder in root.iterdir():
+        if folder.is_dir() and (Path(run) / PER_STD / folder.name / "done.json").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+    if not any(p.is_dir() for p in root.iterdir()):
+        shutil.rmtree(root, ignore_errors=True)

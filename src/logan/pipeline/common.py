@@ -7,7 +7,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,15 @@ from logan.io import RunLock, check_fingerprint, read_json, remove_stale_tempora
 from logan.metrics.registry import all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_compile, resolve_device, resolve_dtype
 from logan.models.registry import check_model, load_model
-from logan.results import PER_STD, Checkpoints, Selection, StdWriter, first_of_each_class, is_done
+from logan.results import (
+    PER_STD,
+    Checkpoints,
+    Selection,
+    StdWriter,
+    drop_finished_chunks,
+    first_of_each_class,
+    is_done,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +132,7 @@ def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None,
             check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command)
             write_json(out / "config.json", asdict(cfg))
             remove_stale_temporaries(work)
+            drop_finished_chunks(work)
             handler = add_log_file(work / "logan.log")
             yield work
     except LoganError:
@@ -198,19 +207,20 @@ def run_stds(cfg: RunConfig, model: VLMAdapter, items: list[WorkItem], stds: lis
     started = time.time()
     try:
         batches = engine.batches(items)
-        per_chunk = max(1, cfg.inference.checkpoint_every // max(1, len(batches[0]) if batches else 1))
+        size = len(batches[0]) if batches else 1
+        per_chunk = max(1, cfg.inference.checkpoint_every // size)
         chunks = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)] or [[]]
-        store = Checkpoints(out, len(batches[0]) if batches else 0, per_chunk,
-                            [it.sample_id for batch in batches for it in batch])
+        store = Checkpoints(out, size, per_chunk, [it.sample_id for batch in batches for it in batch])
         todo = [(i, [s for s in pending if not store.has(s, i)]) for i in range(len(chunks))]
         runs = {i: [s for s in wanted if s is not None] or [_any_std(pending)] for i, wanted in todo if wanted}
         if len(todo) > 1 and len(runs) < len(todo):
             log.info("%s: %d of %d chunks already done", desc, len(todo) - len(runs), len(todo))
+        writing = _Writing.of(cfg, target)
         with tqdm(total=sum(len(chunks[i]) * len(r) for i, r in runs.items()), desc=desc, unit="step",
                   leave=False) as bar:
             for i, wanted in todo:
                 if wanted:
-                    _run_chunk(cfg, engine, chunks[i], runs[i], {s: store.folder(s, i) for s in wanted}, target, bar)
+                    _run_chunk(engine, chunks[i], runs[i], {s: store.folder(s, i) for s in wanted}, writing, bar)
     except BaseException as exc:
         if type(exc).__name__ == "OutOfMemoryError":
             size = engine.resolved_batch_size or 1
@@ -220,7 +230,7 @@ def run_stds(cfg: RunConfig, model: VLMAdapter, items: list[WorkItem], stds: lis
         raise
     for std in pending:
         store.finish(std, len(chunks), time.time() - started)
-    store.clean()
+    drop_finished_chunks(out)
     log.info("%s: %d std values x %d samples in %.1f s", desc, len([s for s in pending if s is not None]),
              len(items), time.time() - started)
 
@@ -239,23 +249,37 @@ def _engine(cfg: RunConfig, model: VLMAdapter) -> Engine:
         max_batch_size=inf.max_batch_size, workers=inf.workers, prefetch=inf.prefetch))
 
 
-def _run_chunk(cfg: RunConfig, engine: Engine, batches: list[list[WorkItem]], run: list[float],
-               folders: dict[float | None, Path], target: pd.DataFrame, bar: tqdm) -> None:
+@dataclass(frozen=True)
+class _Writing:
+    """What every chunk's writers need, worked out once per run."""
+
+    ratios: list[float]
+    selection: Selection
+    per_std: dict[str, Any]   # metric specs written per std
+    fixed: dict[str, Any]     # std-independent metric specs (the baselines folder)
+
+    @classmethod
+    def of(cls, cfg: RunConfig, target: pd.DataFrame) -> _Writing:
+        m = cfg.img_metrics
+        specs = {name: get_metric(name) for name in m.metrics_to_use}
+        selection = Selection(
+            tokens=first_of_each_class(target, m.get_proc_meta_examples),
+            losses=first_of_each_class(target, m.get_raw_meta_examples),
+            images=first_of_each_class(target, m.get_raw_images) or set(),
+            save_tokens=bool(m.get_proc_meta_metrics), save_losses="losses" in m.get_raw_meta_metrics,
+        )
+        return cls(list(m.ratio), selection, {n: s for n, s in specs.items() if s.needs == "noise"},
+                   {n: s for n, s in specs.items() if s.needs != "noise"})
+
+
+def _run_chunk(engine: Engine, batches: list[list[WorkItem]], run: list[float],
+               folders: dict[float | None, Path], writing: _Writing, bar: tqdm) -> None:
     """One chunk of batches at the std values `run`; writes a finished folder per entry of `folders`."""
-    m = cfg.img_metrics
-    specs = {name: get_metric(name) for name in m.metrics_to_use}
-    per_std = {n: s for n, s in specs.items() if s.needs == "noise"}
-    fixed = {n: s for n, s in specs.items() if s.needs != "noise"}
-    selection = Selection(
-        tokens=first_of_each_class(target, m.get_proc_meta_examples),
-        losses=first_of_each_class(target, m.get_raw_meta_examples),
-        images=first_of_each_class(target, m.get_raw_images) or set(),
-        save_tokens=bool(m.get_proc_meta_metrics), save_losses="losses" in m.get_raw_meta_metrics,
-    )
-    writers = {s: StdWriter(folder, s, m.ratio, selection, fixed if s is None else per_std)
+    w = writing
+    writers = {s: StdWriter(folder, s, w.ratios, w.selection, w.fixed if s is None else w.per_std)
                for s, folder in folders.items()}
     try:
-        for std, results in engine.run_batches(batches, run, selection.images, bar):
+        for std, results in engine.run_batches(batches, run, w.selection.images, bar):
             if std in writers:
                 writers[std].add(results)
             if None in writers and std == run[0]:

@@ -26,6 +26,7 @@ from logan.results import PER_STD, combine, is_done, std_folder
 
 log = logging.getLogger(__name__)
 
+
 def shard_folders(out: Path, num_shards: int) -> list[Path]:
     return [ShardInfo(i, num_shards, "array").folder(out) for i in range(num_shards)]
 
