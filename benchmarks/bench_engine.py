@@ -42,6 +42,7 @@ from PIL import Image
 from logan.config import ModelConfig, RunConfig
 from logan.data.images import load_image
 from logan.engine import Engine, EngineSettings, WorkItem
+from logan.metrics import fused
 from logan.metrics.registry import all_metrics
 from logan.models.base import pad_batch
 from logan.models.llava_hf import LlavaHF
@@ -213,7 +214,8 @@ def original_loop(adapter: LlavaHF, items: list[WorkItem], stds: list[float], ge
 
 # ------------------------------------------------------------------------------------------ (b)
 
-def run_config(out: Path, parts: list[str], metrics: list[str], batch_size, compile: bool, workers: int) -> RunConfig:
+def run_config(out: Path, parts: list[str], metrics: list[str], batch_size, compile: bool, workers: int,
+               metric_kernel: str = "auto") -> RunConfig:
     return RunConfig.from_dict({
         "path": {"output_dir": str(out)},
         "img_metrics": {"parts": parts, "metrics_to_use": metrics,
@@ -221,7 +223,7 @@ def run_config(out: Path, parts: list[str], metrics: list[str], batch_size, comp
                         "get_raw_meta_metrics": ["losses"], "get_proc_meta_examples": None,
                         "get_raw_meta_examples": None, "get_raw_images": 0},
         "prompt": {"text": INSTRUCTION},
-        "inference": {"batch_size": batch_size, "compile": compile, "workers": workers},
+        "inference": {"batch_size": batch_size, "compile": compile, "workers": workers, "metric_kernel": metric_kernel},
     })
 
 
@@ -249,11 +251,12 @@ def plain_forward(adapter: LlavaHF, items: list[WorkItem], batch: int, repeats: 
     return {"forwards": batch * repeats, "seconds": time.perf_counter() - started}
 
 
-def metrics_only(adapter: LlavaHF, compiled: bool, rows: int, repeats: int = 3, row_chunk: int = 2048) -> dict:
-    """LOGAN's nine divergences alone on `rows` random token rows (one img-only step of `rows` / 576 images),
-    reduced `row_chunk` rows at a time."""
+def metrics_only(adapter: LlavaHF, compiled: bool, rows: int, repeats: int = 3, row_chunk: int = 2048,
+                 metric_kernel: str = "torch") -> dict:
+    """LOGAN's nine divergences alone on `rows` random token rows (one img-only step of `rows` / 576 images):
+    the fused Triton kernel, or PyTorch `row_chunk` rows at a time."""
     engine = Engine(adapter, EngineSettings(parts=["img"], metrics=LOGAN_METRICS, instruction=INSTRUCTION,
-                                            compile=compiled, row_chunk=row_chunk))
+                                            compile=compiled, row_chunk=row_chunk, metric_kernel=metric_kernel))
     generator = torch.Generator(adapter.device).manual_seed(0)
     clean = torch.randn(rows, adapter.real_vocab, generator=generator, device=adapter.device).mul(3).to(adapter.dtype)
     noisy = (clean.float() + 0.05 * torch.randn(clean.shape, generator=generator, device=adapter.device)).to(adapter.dtype)
@@ -271,6 +274,29 @@ def metrics_only(adapter: LlavaHF, compiled: bool, rows: int, repeats: int = 3, 
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / repeats
     return {"pairs": rows // per, "seconds": seconds}
+
+
+def kernel_agreement(adapter: LlavaHF, rows: int = 4096) -> dict[float, dict[str, float]]:
+    """Largest relative difference of the fused kernel's values from PyTorch's (eager, float32) per metric,
+    on random rows at three noise scales."""
+    out = {}
+    per = adapter.n_image_tokens
+    for scale in (0.01, 0.3, 5.0):
+        generator = torch.Generator(adapter.device).manual_seed(1)
+        clean = torch.randn(rows, adapter.real_vocab, generator=generator, device=adapter.device).mul(3)
+        noisy = clean + scale * torch.randn(clean.shape, generator=generator, device=adapter.device)
+        values = {}
+        for kernel in ("torch", "triton"):
+            engine = Engine(adapter, EngineSettings(parts=["img"], metrics=LOGAN_METRICS, instruction=INSTRUCTION,
+                                                    metric_kernel=kernel))
+            layout = engine._layout([WorkItem("x", 0)] * (rows // per), "gen")
+            shape = (rows // per, per, -1)
+            values[kernel] = engine._token_values("noise", clean[: layout.n_valid].view(shape).to(adapter.dtype),
+                                                  noisy[: layout.n_valid].view(shape).to(adapter.dtype), layout)
+        floor = {"_nll": 1e-4}  # an NLL near 0 is a cancellation in either float32 implementation
+        out[scale] = {name: float(((values["triton"][name] - ref).abs() / ref.abs().clamp(min=floor.get(name, 1e-30)))
+                                  .max()) for name, ref in values["torch"].items()}
+    return out
 
 
 # ------------------------------------------------------------------------------------- numerics
@@ -380,8 +406,15 @@ def main(argv: list[str]) -> int:
         rows_per_step = adapter.n_image_tokens * (64 if device.type == "cuda" else 16)
         for chunk in (int(c) for c in args.row_chunks.split(",")):
             r = metrics_only(adapter, device.type == "cuda", rows_per_step, row_chunk=chunk)
-            print(f"row_chunk {chunk:5d}: {r['pairs'] / r['seconds']:8.1f} pairs/s "
+            print(f"PyTorch, row_chunk {chunk:5d}: {r['pairs'] / r['seconds']:8.1f} pairs/s "
                   f"({1000 * r['seconds'] / r['pairs']:.2f} ms per (image, std) pair)")
+        if fused.available(device):
+            r = metrics_only(adapter, False, rows_per_step, metric_kernel="triton")
+            print(f"fused Triton kernel:      {r['pairs'] / r['seconds']:8.1f} pairs/s "
+                  f"({1000 * r['seconds'] / r['pairs']:.2f} ms per (image, std) pair)")
+            for scale, worst in kernel_agreement(adapter).items():
+                print(f"noise {scale:g}: largest relative difference, fused vs PyTorch: "
+                      + ", ".join(f"{name.replace('max_k_', '')} {value:.1e}" for name, value in worst.items()))
         return 0
     width, height = (int(v) for v in args.image_size.split("x"))
     n_images = args.images or (128 if device.type == "cuda" else 32)
@@ -412,14 +445,18 @@ def main(argv: list[str]) -> int:
             logan_run(adapter, items[:n_images], stds[:1],
                       run_config(first, ["img"], LOGAN_METRICS, batch_size, compiled, args.workers), first)
         report[f"warmup_{mode}_seconds"] = warm["seconds"]
-        with meter.measure(rows.setdefault(f"(b) LOGAN engine, img, 9 metrics, {mode}", {})) as r:
+        name = f"(b) LOGAN engine, img, 9 metrics, {mode}, {fused.resolve('auto', device)} metrics"
+        with meter.measure(rows.setdefault(name, {})) as r:
             r.update(logan_run(adapter, items[:n_images], stds,
                                run_config(timed, ["img"], LOGAN_METRICS, batch_size, compiled, args.workers), timed))
-        rows[f"(b) LOGAN engine, img, 9 metrics, {mode}"]["batch_size"] = _resolved_batch(adapter, batch_size)
+        rows[name]["batch_size"] = _resolved_batch(adapter, batch_size)
         plain = plain_forward(adapter, items, 64 if device.type == "cuda" else 16, 4 if device.type == "cuda" else 2)
         rows[f"plain forward_logits, img, {mode}"] = plain
-        rows[f"9 metrics alone (one step), {mode}"] = metrics_only(
+        rows[f"9 metrics alone (one step), PyTorch {mode}"] = metrics_only(
             adapter, compiled, adapter.n_image_tokens * (64 if device.type == "cuda" else 16))
+        if fused.available(device):
+            rows["9 metrics alone (one step), fused Triton kernel"] = metrics_only(
+                adapter, False, adapter.n_image_tokens * 64, metric_kernel="triton")
         save()
     if args.numerics:  # blocks run eagerly here: changing the dtype recompiles nothing
         report["numerics"] = {}

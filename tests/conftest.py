@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
+import os
 
-import pytest
-import torch
+# the fused metric kernel's tests run it under triton's CPU interpreter, which must be chosen before
+# triton is first imported (LOGAN_TEST_DEVICE=cuda runs them on a GPU instead)
+if os.environ.get("LOGAN_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from logan.data.synthetic import make_split, vocabulary
-from logan.models.tiny import TinySpec, build_tiny_llava
+import json  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from logan.data.synthetic import make_split, vocabulary  # noqa: E402
+from logan.models.tiny import TinySpec, build_tiny_llava  # noqa: E402
 
 
 @dataclass

@@ -111,8 +111,9 @@ class GenerationConfig:
 class InferenceConfig:
     batch_size: int | str = "auto"           # samples per forward, or "auto" (largest that fits)
     max_batch_size: int = 64                 # upper bound for batch_size=auto
-    compile: bool | str = "auto"             # torch.compile the transformer blocks and the metric reduction
+    compile: bool | str = "auto"             # torch.compile the transformer blocks and PyTorch's metric reduction
                                              # (auto: on a GPU, falling back to eager if compilation fails)
+    metric_kernel: str = "auto"              # triton (LOGAN's divergences fused, GPU) | torch | auto
     attn_implementation: str | None = None   # sdpa | flash_attention_2 | eager (None: the loader's default)
     workers: int = 0                         # host threads for image decoding / noise (0: up to 8)
     prefetch: int = 2                        # host steps prepared ahead of the device (0: no thread)
@@ -219,6 +220,9 @@ class RunConfig:
         self.generation.batch_size = _batch_size(self.generation.batch_size, "generation.batch_size")
         if self.inference.compile not in (True, False, "auto"):
             raise LoganError(f"inference.compile={self.inference.compile} is not one of true, false, auto.")
+        if self.inference.metric_kernel not in ("auto", "triton", "torch"):
+            raise LoganError(f"inference.metric_kernel={self.inference.metric_kernel} is not one of auto, triton, "
+                             "torch.")
         if self.inference.checkpoint_every < 1:
             raise LoganError(f"inference.checkpoint_every={self.inference.checkpoint_every} must be at least 1 "
                              "(samples per saved chunk).")

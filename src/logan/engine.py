@@ -17,8 +17,10 @@ Keeping the device busy:
 - a batch's token layout goes to the device once; every step's per-token values come back with a
   non-blocking copy, and a step's results are handed out only after the next step's passes are
   queued, so the device does not wait for the host's Max-K% and Parquet work;
-- metrics are reduced in float32 on row chunks of a fixed size (`row_chunk`), optionally through
-  `torch.compile` (a fixed shape: it compiles once per metric group);
+- metrics are reduced in float32 on the device: LOGAN's divergences in one fused Triton kernel
+  (`metric_kernel="triton"`, `metrics/fused.py`), any other per-std metric on row chunks of a fixed
+  size (`row_chunk`), optionally through `torch.compile` (a fixed shape: it compiles once); the
+  metrics computed once per batch (clean pass, augmentations) run eagerly;
 - `batch_size="auto"` takes the largest power of two up to `max_batch_size` whose clean + noisy
   passes and metrics fit in device memory (probed on the longest samples), 16 on the CPU.
 
@@ -47,6 +49,7 @@ from tqdm.auto import tqdm
 from logan.augment import N_AUGMENTATIONS, augment
 from logan.data.images import load_image
 from logan.errors import LoganError
+from logan.metrics import fused
 from logan.metrics.pair import TokenPair
 from logan.metrics.registry import TokenMetric, get_metric
 from logan.models.base import Encoded, VLMAdapter, pad_batch
@@ -82,7 +85,8 @@ class EngineSettings:
     space: str = "pixel"
     seed: int = 0
     row_chunk: int = 2048            # token rows per metric reduction
-    compile: bool = False            # torch.compile the metric reduction
+    compile: bool = False            # torch.compile the per-std metric reduction (PyTorch kernel)
+    metric_kernel: str = "torch"     # "triton": LOGAN's divergences in one fused kernel (`metrics.fused`)
     max_batch_size: int = 64         # upper bound for batch_size="auto"
     workers: int = 0                 # host threads for decoding / noise / preprocessing (0: up to 8)
     prefetch: int = 2                # host steps prepared ahead of the model (0: inline, no thread)
@@ -143,7 +147,11 @@ class Engine:
         groups = {"noise": {**self.by_need["noise"], _NLL: _noisy_nll},
                   "clean": {**self.by_need["clean"], f"{_NLL}_clean": _clean_nll},
                   "augment": self.by_need["augment"]}
-        self._reducers = {group: (list(fns), _reducer(list(fns.values()), settings.compile))
+        # the per-std metrics the fused kernel computes; the rest (and the once-per-batch groups) in PyTorch
+        self._fused = [name for name in groups["noise"] if name in fused.OUTPUTS] if (
+            settings.metric_kernel == "triton") else []
+        groups["noise"] = {name: fn for name, fn in groups["noise"].items() if name not in self._fused}
+        self._reducers = {group: (list(fns), _reducer(list(fns.values()), settings.compile and group == "noise"))
                           for group, fns in groups.items() if fns}
         self.workers = settings.workers or max(1, min(8, os.cpu_count() or 1))
         self.resolved_batch_size: int | None = settings.batch_size if isinstance(settings.batch_size, int) else None
@@ -205,7 +213,7 @@ class Engine:
             self.resolved_batch_size = min(AUTO_CPU_BATCH, start)
             log.info("inference.batch_size=auto: %d samples per forward (CPU)", self.resolved_batch_size)
             return self.resolved_batch_size
-        key = (tuple(sorted(self._reducers)), tuple(sorted(self.plan)), start,
+        key = (tuple(sorted(self._reducers)), tuple(self._fused), tuple(sorted(self.plan)), start,
                max(len(self.encode(order[0], v).input_ids) for v in self.plan))
         sizes = _AUTO_SIZES.setdefault(self.model, {})
         if key not in sizes:
@@ -324,25 +332,37 @@ class Engine:
 
     def _token_values(self, group: str, clean: torch.Tensor, other: torch.Tensor | None,
                       layout: _Layout) -> dict[str, torch.Tensor]:
-        """Per-token values of a metric group on the valid positions (flattened), in row chunks."""
-        names, reduce = self._reducers[group]
+        """Per-token values of a metric group on the valid positions (flattened)."""
         vocab = clean.shape[-1]
         clean_rows = clean.reshape(-1, vocab)
         other_rows = other.reshape(-1, vocab) if other is not None else None
-        chunk, out = self.settings.row_chunk, []
-        if layout.n_valid == 0:
-            return {name: torch.zeros(0, device=clean.device) for name in names}
-        dense = layout.n_valid == clean_rows.shape[0]  # every row is scored (img-only): slices, no gather
         # (a model spread over several GPUs returns its logits on the last one)
         index, all_targets = (t.to(clean.device, non_blocking=True) for t in (layout.index, layout.flat_targets))
+        values: dict[str, torch.Tensor] = {}
+        if group == "noise" and self._fused:
+            out = fused.fused_values(clean_rows, other_rows, index, all_targets)
+            values = {name: out[fused.OUTPUTS.index(name)] for name in self._fused}
+        if group in self._reducers:
+            values.update(self._reduced(group, clean_rows, other_rows, layout, index, all_targets))
+        return values
+
+    def _reduced(self, group: str, clean_rows: torch.Tensor, other_rows: torch.Tensor | None, layout: _Layout,
+                 index: torch.Tensor, all_targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A group's PyTorch metrics on the valid rows, `row_chunk` rows at a time."""
+        names, reduce = self._reducers[group]
+        chunk, out = self.settings.row_chunk, []
+        if layout.n_valid == 0:
+            return {name: torch.zeros(0, device=clean_rows.device) for name in names}
+        dense = layout.n_valid == clean_rows.shape[0]  # every row is scored (img-only): slices, no gather
+        compiled = self.settings.compile and group == "noise"
         for start in range(0, layout.n_valid, chunk):
             targets = all_targets[start:start + chunk]
             n = targets.shape[0]
-            if dense and (n == chunk or not self.settings.compile):
+            if dense and (n == chunk or not compiled):
                 rows: slice | torch.Tensor = slice(start, start + n)
             else:
                 rows = index[start:start + chunk]
-                if self.settings.compile and n < chunk:  # one fixed shape: the compiled reduction compiles once
+                if compiled and n < chunk:  # one fixed shape: the compiled reduction compiles once
                     rows = torch.nn.functional.pad(rows, (0, chunk - n))
                     targets = torch.nn.functional.pad(targets, (0, chunk - n), value=-1)
             values = reduce(clean_rows[rows], other_rows[rows] if other_rows is not None else None, targets)
@@ -375,7 +395,7 @@ class Engine:
         return {name: np.concatenate(values) for name, values in out.items()}
 
 
-_NLL = "_nll"  # internal: per-token NLL of the targets, reported as the raw meta metric `losses`
+_NLL = fused.NOISY_NLL  # internal: per-token NLL of the targets, reported as the raw meta metric `losses`
 
 
 def _clean_nll(pair: TokenPair) -> torch.Tensor:

@@ -21,6 +21,7 @@ from logan.engine import Engine, EngineSettings, WorkItem, variants_for
 from logan.errors import LoganError
 from logan.faults import fault_point
 from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
+from logan.metrics import fused
 from logan.metrics.registry import all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_compile, resolve_device, resolve_dtype
 from logan.models.registry import check_model, load_model
@@ -246,7 +247,7 @@ def _engine(cfg: RunConfig, model: VLMAdapter) -> Engine:
         parts=list(m.parts), metrics=list(m.metrics_to_use), instruction=cfg.prompt.text,
         batch_size=inf.batch_size, draws=cfg.noise.draws, quantize=cfg.noise.quantize,
         space=cfg.noise.space, seed=cfg.seed, compile=resolve_compile(inf.compile, model.device),
-        max_batch_size=inf.max_batch_size, workers=inf.workers, prefetch=inf.prefetch))
+        metric_kernel=fused.resolve(inf.metric_kernel, model.device), max_batch_size=inf.max_batch_size, workers=inf.workers, prefetch=inf.prefetch))
 
 
 @dataclass(frozen=True)
