@@ -276,6 +276,24 @@ def metrics_only(adapter: LlavaHF, compiled: bool, rows: int, repeats: int = 3, 
     return {"pairs": rows // per, "seconds": seconds}
 
 
+def kernel_configs(adapter: LlavaHF, rows: int, repeats: int = 3) -> dict[tuple[int, int], float]:
+    """Seconds per call of the fused kernel on `rows` random rows, per (BLOCK, warps)."""
+    generator = torch.Generator(adapter.device).manual_seed(0)
+    clean = torch.randn(rows, adapter.real_vocab, generator=generator, device=adapter.device).mul(3).to(adapter.dtype)
+    noisy = (clean.float() + 0.05 * torch.randn(clean.shape, generator=generator, device=adapter.device)).to(adapter.dtype)
+    index, targets = torch.arange(rows, device=adapter.device), torch.full((rows,), -1, device=adapter.device)
+    out = {}
+    for block, warps in ((256, 2), (512, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8)):
+        fused.fused_values(clean, noisy, index, targets, block, warps)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            fused.fused_values(clean, noisy, index, targets, block, warps)
+        torch.cuda.synchronize()
+        out[(block, warps)] = (time.perf_counter() - started) / repeats
+    return out
+
+
 def kernel_agreement(adapter: LlavaHF, rows: int = 4096) -> dict[float, dict[str, float]]:
     """Largest relative difference of the fused kernel's values from PyTorch's (eager, float32) per metric,
     on random rows at three noise scales."""
@@ -412,6 +430,9 @@ def main(argv: list[str]) -> int:
             r = metrics_only(adapter, False, rows_per_step, metric_kernel="triton")
             print(f"fused Triton kernel:      {r['pairs'] / r['seconds']:8.1f} pairs/s "
                   f"({1000 * r['seconds'] / r['pairs']:.2f} ms per (image, std) pair)")
+            for (block, warps), seconds in kernel_configs(adapter, rows_per_step).items():
+                print(f"  BLOCK {block:5d}, {warps} warps: {1000 * seconds / (rows_per_step // adapter.n_image_tokens):.3f} "
+                      "ms per pair")
             for scale, worst in kernel_agreement(adapter).items():
                 print(f"noise {scale:g}: largest relative difference, fused vs PyTorch: "
                       + ", ".join(f"{name.replace('max_k_', '')} {value:.1e}" for name, value in worst.items()))

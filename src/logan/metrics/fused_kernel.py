@@ -1,7 +1,8 @@
 """The Triton kernel behind `logan.metrics.fused` (imported on first use: it needs triton).
 
 One program per token row; six sweeps over the vocabulary, each reading the row's clean and noisy
-logits in blocks of BLOCK entries (see `fused.py` for what each sweep computes).
+logits in blocks of BLOCK entries (see `fused.py` for what each sweep computes). Sums, maxima and
+log-sum-exps accumulate per lane (vectors of BLOCK) and are reduced across lanes once per sweep.
 
 The work per vocabulary entry is transcendental functions, so they are kept few and fast: the GPU's
 approximate exp / log / sqrt (relative error ~1e-7) per entry; exp(x) - 1 - x and log1p from their
@@ -37,6 +38,7 @@ else:
 
     _log, _log1p = libdevice.log, libdevice.log1p
 
+# (constants stand right of tensors in expressions: triton's interpreter cannot put them on the left)
 LARGE = tl.constexpr(_LARGE)   # above this max(x), log E_w[e^x] comes from the log-sum-exp (divergence.py)
 SERIES = tl.constexpr(0.5)     # below this |x|, exp(x) - 1 - x comes from its series
 CLAMP = tl.constexpr(CLAMP_LOG)
@@ -62,34 +64,51 @@ def _softplus(x):
 
 
 @triton.jit
-def _lse(m, s, x, mask):
-    """Online log-sum-exp: running max m and sum s of exp(x - m), updated with a block of x."""
-    x = tl.where(mask, x, float("-inf"))
-    new = tl.maximum(m, tl.max(x, 0))
-    return new, s * tl.exp(m - new) + tl.sum(tl.exp(x - new), 0)
+def _lse(m, s, x):
+    """Per-lane online log-sum-exp: running max m and sum s of exp(x - m) (x = -inf adds nothing)."""
+    new = tl.maximum(m, x)
+    empty = new == float("-inf")
+    return new, tl.where(empty, 0.0, s * tl.exp(m - new) + tl.exp(x - new))
+
+
+@triton.jit
+def _lse_total(m, s):
+    """log-sum-exp of per-lane (m, s)."""
+    top = tl.max(m, 0)
+    return top + _log(tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - top)), 0))
 
 
 @triton.jit
 def _log_mean_exp(top, near, m, s):
     """log E_w[e^x] for centred x: log1p(sum w (e^x - 1 - x)) unless max x > 20, then logsumexp(log w + x)."""
-    return tl.where(top <= LARGE, _log1p(near), m + _log(s))
+    return tl.where(top <= LARGE, _log1p(tl.sum(near, 0)), _lse_total(m, s))
 
 
 @triton.jit
-def _argmax(best, at, x, mask, offs):
-    """Running max and the index of its first occurrence (torch.argmax's tie rule)."""
-    x = tl.where(mask, x, float("-inf"))
-    block_best = tl.max(x, 0)
-    block_at = tl.min(tl.where(x == block_best, offs, NEVER), 0)
-    better = block_best > best
-    return tl.where(better, block_best, best), tl.where(better, block_at, at)
+def _argmax(best, at, x, offs):
+    """Per-lane running max and the index of its first occurrence."""
+    better = x > best
+    return tl.where(better, x, best), tl.where(better, offs, at)
+
+
+@triton.jit
+def _argmax_total(best, at):
+    """The max over lanes and its first index (torch.argmax's tie rule)."""
+    top = tl.max(best, 0)
+    return top, tl.min(tl.where(best == top, at, NEVER), 0)
+
+
+@triton.jit
+def _load(c_row, n_row, offs, mask):
+    c = tl.load(c_row + offs, mask=mask, other=0.0).to(tl.float32)
+    n = tl.load(n_row + offs, mask=mask, other=0.0).to(tl.float32)
+    return c, n
 
 
 @triton.jit
 def _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl):
     """A block's clean log-probs, noisy log-probs and log p - log q (with the row's KL: exact partitions)."""
-    c = tl.load(c_row + offs, mask=mask, other=0.0).to(tl.float32)
-    n = tl.load(n_row + offs, mask=mask, other=0.0).to(tl.float32)
+    c, n = _load(c_row, n_row, offs, mask)
     lp = (c - mc) - log_sc  # as log_softmax: exact for the likeliest tokens
     logp_diff = ((c - n) - shift) + kl
     return lp, lp - logp_diff, logp_diff
@@ -97,7 +116,7 @@ def _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl):
 
 @triton.jit
 def _floored(lp, p_floor):
-    """exp(max(lp, log 1e-10)) from p = exp(lp): the original's clamped probability."""
+    """p = exp(lp) and exp(max(lp, log 1e-10)): the original's clamped probability."""
     p = tl.exp(lp)
     return p, tl.where(lp < CLAMP, p_floor, p)
 
@@ -109,22 +128,23 @@ def _normalised(lp, lq, logp_diff, r_a, alpha, lse_a, inv_s_a):
     lp_c = tl.maximum(lp, CLAMP)
     lq_c = tl.maximum(lq, CLAMP)
     diff = tl.where((lp >= CLAMP) & (lq >= CLAMP), logp_diff, lp_c - lq_c)
-    return alpha * lp_c - lse_a, r_a * inv_s_a, alpha * diff
+    return lp_c * alpha - lse_a, r_a * inv_s_a, diff * alpha
 
 
 @triton.jit
 def _eps_term(log_w, w, ad, shift, kl, mask):
-    """A block's epsilon term of a normalisation's KL: sum w [sp(eps - log w) - sp(eps - log w_noisy)]."""
+    """Per-lane epsilon term of a normalisation's KL: w [sp(eps - log w) - sp(eps - log w_noisy)]."""
     log_wq = log_w - ((ad - shift) + kl)
-    return tl.sum(tl.where(mask, w * (_softplus(EPS - log_w) - _softplus(EPS - log_wq)), 0.0), 0)
+    return tl.where(mask, w * (_softplus(-(log_w - EPS)) - _softplus(-(log_wq - EPS))), 0.0)
 
 
 @triton.jit
 def _centred(near, m, s, x, log_w, w, far, mask):
-    """Accumulate log E_w[e^x] of a centred x: sum w (e^x - 1 - x), and the log-sum-exp of log w + x if `far`."""
-    near += tl.sum(tl.where(mask, w * _expm1_minus_x(x), 0.0), 0)
+    """Accumulate log E_w[e^x] of a centred x per lane: w (e^x - 1 - x), and the log-sum-exp of log w + x
+    if `far`."""
+    near += tl.where(mask, w * _expm1_minus_x(x), 0.0)
     if far:
-        m, s = _lse(m, s, log_w + x, mask)
+        m, s = _lse(m, s, tl.where(mask, log_w + x, float("-inf")))
     return near, m, s
 
 
@@ -136,70 +156,72 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
     c_row = clean_ptr + row * stride_c
     n_row = noisy_ptr + row * stride_n
     lanes = tl.arange(0, BLOCK)
-    ninf = tl.full([], float("-inf"), tl.float32)
-    pinf = tl.full([], float("inf"), tl.float32)
-    zero = tl.zeros([], tl.float32)
-    never = tl.full([], NEVER, tl.int32)
+    ninf = tl.full([BLOCK], float("-inf"), tl.float32)
+    pinf = tl.full([BLOCK], float("inf"), tl.float32)
+    zero = tl.zeros([BLOCK], tl.float32)
+    never = tl.full([BLOCK], NEVER, tl.int32)
 
-    # 1: log-partitions, argmaxes, the extremes of c - n
-    mc, sc, mn, sn, best_n, at_c, at_n = ninf, zero, ninf, zero, ninf, never, never
-    best_c, dmax, dmin = ninf, ninf, pinf
+    # 1: maxima and argmaxes of c and n, extremes of c - n
+    best_c, at_c, best_n, at_n, dmax, dmin = ninf, never, ninf, never, ninf, pinf
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
-        c = tl.load(c_row + offs, mask=mask, other=0.0).to(tl.float32)
-        n = tl.load(n_row + offs, mask=mask, other=0.0).to(tl.float32)
-        mc, sc = _lse(mc, sc, c, mask)
-        mn, sn = _lse(mn, sn, n, mask)
-        best_c, at_c = _argmax(best_c, at_c, c, mask, offs)
-        best_n, at_n = _argmax(best_n, at_n, n, mask, offs)
-        dmax = tl.maximum(dmax, tl.max(tl.where(mask, c - n, float("-inf")), 0))
-        dmin = tl.minimum(dmin, tl.min(tl.where(mask, c - n, float("inf")), 0))
-    log_sc = _log(sc)
-    top_lp = -log_sc                         # log p_max
-    inv_ptop = sc
-    p_floor = tl.exp(zero + CLAMP)
+        c, n = _load(c_row, n_row, offs, mask)
+        best_c, at_c = _argmax(best_c, at_c, tl.where(mask, c, float("-inf")), offs)
+        best_n, at_n = _argmax(best_n, at_n, tl.where(mask, n, float("-inf")), offs)
+        dmax = tl.maximum(dmax, tl.where(mask, c - n, float("-inf")))
+        dmin = tl.minimum(dmin, tl.where(mask, c - n, float("inf")))
+    mc, arg_c = _argmax_total(best_c, at_c)
+    mn, arg_n = _argmax_total(best_n, at_n)
+    dmax_row, dmin_row = tl.max(dmax, 0), tl.min(dmin, 0)
 
-    # 2: the centring shift E_p[c - n]; sum (p_c / p_max)^a of the normalisations
-    shift, s05, s1, s2 = zero, zero, zero, zero
+    # 2: the partitions; the centring shift E_p[c - n]
+    sc, sn, sh = zero, zero, zero
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
-        c = tl.load(c_row + offs, mask=mask, other=0.0).to(tl.float32)
-        n = tl.load(n_row + offs, mask=mask, other=0.0).to(tl.float32)
-        p, p_c = _floored((c - mc) - log_sc, p_floor)
-        shift += tl.sum(tl.where(mask, p * (c - n), 0.0), 0)
-        r = tl.where(mask, p_c * inv_ptop, 0.0)
-        s05 += tl.sum(tl.sqrt(r), 0)
-        s1 += tl.sum(r, 0)
-        s2 += tl.sum(r * r, 0)
-    lse05, lse1, lse2 = 0.5 * top_lp + _log(s05), top_lp + _log(s1), 2.0 * top_lp + _log(s2)
-    inv05, inv1, inv2 = 1.0 / s05, 1.0 / s1, 1.0 / s2
+        c, n = _load(c_row, n_row, offs, mask)
+        e = tl.where(mask, tl.exp(c - mc), 0.0)
+        sc += e
+        sn += tl.where(mask, tl.exp(n - mn), 0.0)
+        sh += e * (c - n)
+    sc_row = tl.sum(sc, 0)
+    log_sc = _log(sc_row)
+    shift = tl.sum(sh, 0) / sc_row
+    p_floor = tl.exp(tl.zeros([], tl.float32) + CLAMP)
 
-    # 3: KL and the Renyi divergences on the exact softmax, x = k d for d = (c - n) - shift
-    top_k, top_a, top_b = -(dmin - shift), -0.75 * (dmin - shift), -0.5 * (dmin - shift)
-    top_c, top_d = dmax - shift, 3.0 * (dmax - shift)
+    # 3: KL and the Renyi divergences on the exact softmax, x = k d for d = (c - n) - shift;
+    #    sum (p_c / p_max)^a of the normalisations
+    top_k, top_a, top_b = -(dmin_row - shift), -0.75 * (dmin_row - shift), -0.5 * (dmin_row - shift)
+    top_c, top_d = dmax_row - shift, 3.0 * (dmax_row - shift)
     nk, mk, sk, na, ma, sa, nb, mb, sb = zero, ninf, zero, zero, ninf, zero, zero, ninf, zero
     nc, mq, sq, nd, md, sd = zero, ninf, zero, zero, ninf, zero
+    s05, s1, s2 = zero, zero, zero
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
         lp, _, d = _row(c_row, n_row, offs, mask, mc, log_sc, shift, 0.0)
-        p = tl.exp(lp)
+        p, p_c = _floored(lp, p_floor)
         nk, mk, sk = _centred(nk, mk, sk, -d, lp, p, top_k > LARGE, mask)
         na, ma, sa = _centred(na, ma, sa, -0.75 * d, lp, p, top_a > LARGE, mask)
         nb, mb, sb = _centred(nb, mb, sb, -0.5 * d, lp, p, top_b > LARGE, mask)
         nc, mq, sq = _centred(nc, mq, sq, d, lp, p, top_c > LARGE, mask)
         nd, md, sd = _centred(nd, md, sd, 3.0 * d, lp, p, top_d > LARGE, mask)
+        r = tl.where(mask, p_c * sc_row, 0.0)
+        s05 += tl.sqrt(r)
+        s1 += r
+        s2 += r * r
     kl = tl.maximum(_log_mean_exp(top_k, nk, mk, sk), 0.0)
     renyi025 = tl.maximum(kl + _log_mean_exp(top_a, na, ma, sa) / -0.75, 0.0)
     renyi05 = tl.maximum(kl + _log_mean_exp(top_b, nb, mb, sb) / -0.5, 0.0)
     renyi2 = tl.maximum(kl + _log_mean_exp(top_c, nc, mq, sq), 0.0)
     renyi4 = tl.maximum(kl + _log_mean_exp(top_d, nd, md, sd) / 3.0, 0.0)
+    s05_row, s1_row, s2_row = tl.sum(s05, 0), tl.sum(s1, 0), tl.sum(s2, 0)
+    lse05, lse1, lse2 = -0.5 * log_sc + _log(s05_row), -log_sc + _log(s1_row), -2.0 * log_sc + _log(s2_row)
+    inv05, inv1, inv2 = 1.0 / s05_row, 1.0 / s1_row, 1.0 / s2_row
 
     # 4: the plain KL's floors; the normalisations' centring shifts and the minima of their log-ratios
-    extra, eps_term, shift05, shift1, shift2 = zero, zero, zero, zero, zero
-    low05, low1, low2 = pinf, pinf, pinf
+    extra, eps_term, sh05, sh1, sh2, low05, low1, low2 = zero, zero, zero, zero, zero, pinf, pinf, pinf
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
@@ -208,29 +230,30 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
         lp_c = tl.maximum(lp, CLAMP)
         lq_c = tl.maximum(lq, CLAMP)
         floored = (lp < CLAMP) | (lq < CLAMP)
-        extra += tl.sum(tl.where(mask & floored, p_c * (lp_c - lq_c) - p * logp_diff, 0.0), 0)
-        eps_term += tl.sum(tl.where(mask, p_c * (_softplus(EPS - lp_c) - _softplus(EPS - lq_c)), 0.0), 0)
-        r = p_c * inv_ptop
+        extra += tl.where(mask & floored, p_c * (lp_c - lq_c) - p * logp_diff, 0.0)
+        eps_term += tl.where(mask, p_c * (_softplus(-(lp_c - EPS)) - _softplus(-(lq_c - EPS))), 0.0)
+        r = p_c * sc_row
         _, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
-        shift05 += tl.sum(tl.where(mask, w * ad, 0.0), 0)
-        low05 = tl.minimum(low05, tl.min(tl.where(mask, ad, float("inf")), 0))
+        sh05 += tl.where(mask, w * ad, 0.0)
+        low05 = tl.minimum(low05, tl.where(mask, ad, float("inf")))
         _, w, ad = _normalised(lp, lq, logp_diff, r, 1.0, lse1, inv1)
-        shift1 += tl.sum(tl.where(mask, w * ad, 0.0), 0)
-        low1 = tl.minimum(low1, tl.min(tl.where(mask, ad, float("inf")), 0))
+        sh1 += tl.where(mask, w * ad, 0.0)
+        low1 = tl.minimum(low1, tl.where(mask, ad, float("inf")))
         _, w, ad = _normalised(lp, lq, logp_diff, r * r, 2.0, lse2, inv2)
-        shift2 += tl.sum(tl.where(mask, w * ad, 0.0), 0)
-        low2 = tl.minimum(low2, tl.min(tl.where(mask, ad, float("inf")), 0))
-    kl_plain = tl.maximum(kl + extra + eps_term, 0.0)
+        sh2 += tl.where(mask, w * ad, 0.0)
+        low2 = tl.minimum(low2, tl.where(mask, ad, float("inf")))
+    kl_plain = tl.maximum(kl + tl.sum(extra, 0) + tl.sum(eps_term, 0), 0.0)
+    shift05, shift1, shift2 = tl.sum(sh05, 0), tl.sum(sh1, 0), tl.sum(sh2, 0)
 
     # 5: the normalisations' KLs, x = shift_a - ad (the negated centred log-ratio)
-    top05, top1, top2 = shift05 - low05, shift1 - low1, shift2 - low2
+    top05, top1, top2 = shift05 - tl.min(low05, 0), shift1 - tl.min(low1, 0), shift2 - tl.min(low2, 0)
     na, ma, sa, nb, mb, sb, nc, mq, sq = zero, ninf, zero, zero, ninf, zero, zero, ninf, zero
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
         lp, lq, logp_diff = _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl)
         _, p_c = _floored(lp, p_floor)
-        r = p_c * inv_ptop
+        r = p_c * sc_row
         log_w, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
         na, ma, sa = _centred(na, ma, sa, shift05 - ad, log_w, w, top05 > LARGE, mask)
         log_w, w, ad = _normalised(lp, lq, logp_diff, r, 1.0, lse1, inv1)
@@ -248,7 +271,7 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
         mask = offs < vocab
         lp, lq, logp_diff = _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl)
         _, p_c = _floored(lp, p_floor)
-        r = p_c * inv_ptop
+        r = p_c * sc_row
         log_w, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
         e05 += _eps_term(log_w, w, ad, shift05, kl05, mask)
         log_w, w, ad = _normalised(lp, lq, logp_diff, r, 1.0, lse1, inv1)
@@ -257,13 +280,13 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
         e2 += _eps_term(log_w, w, ad, shift2, kl2, mask)
 
     target = tl.load(targets_ptr + i)
-    target = tl.where(target < 0, at_c.to(tl.int64), target)
-    nll = (mn - tl.load(n_row + target).to(tl.float32)) + _log(sn)
+    target = tl.where(target < 0, arg_c.to(tl.int64), target)
+    nll = (mn - tl.load(n_row + target).to(tl.float32)) + _log(tl.sum(sn, 0))
     tl.store(out_ptr + 0 * n_rows + i, kl_plain)
-    tl.store(out_ptr + 1 * n_rows + i, tl.maximum(kl05 + e05, 0.0))
-    tl.store(out_ptr + 2 * n_rows + i, tl.maximum(kl1 + e1, 0.0))
-    tl.store(out_ptr + 3 * n_rows + i, tl.maximum(kl2 + e2, 0.0))
-    tl.store(out_ptr + 4 * n_rows + i, tl.where(at_c != at_n, FLIP, 0.0))
+    tl.store(out_ptr + 1 * n_rows + i, tl.maximum(kl05 + tl.sum(e05, 0), 0.0))
+    tl.store(out_ptr + 2 * n_rows + i, tl.maximum(kl1 + tl.sum(e1, 0), 0.0))
+    tl.store(out_ptr + 3 * n_rows + i, tl.maximum(kl2 + tl.sum(e2, 0), 0.0))
+    tl.store(out_ptr + 4 * n_rows + i, tl.where(arg_c != arg_n, FLIP, 0.0))
     tl.store(out_ptr + 5 * n_rows + i, renyi025)
     tl.store(out_ptr + 6 * n_rows + i, renyi05)
     tl.store(out_ptr + 7 * n_rows + i, renyi2)

@@ -121,7 +121,7 @@ def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None,
     """
     check_metrics(cfg)
     check_model(cfg.target_model)
-    resolve_device(cfg.device)
+    fused.resolve(cfg.inference.metric_kernel, resolve_device(cfg.device))
     if data is not None:
         check_samples(data, cfg)
     out, work = cfg.output_dir, shard.folder(cfg.output_dir)
@@ -247,7 +247,8 @@ def _engine(cfg: RunConfig, model: VLMAdapter) -> Engine:
         parts=list(m.parts), metrics=list(m.metrics_to_use), instruction=cfg.prompt.text,
         batch_size=inf.batch_size, draws=cfg.noise.draws, quantize=cfg.noise.quantize,
         space=cfg.noise.space, seed=cfg.seed, compile=resolve_compile(inf.compile, model.device),
-        metric_kernel=fused.resolve(inf.metric_kernel, model.device), max_batch_size=inf.max_batch_size, workers=inf.workers, prefetch=inf.prefetch))
+        metric_kernel=fused.resolve(inf.metric_kernel, model.device), max_batch_size=inf.max_batch_size,
+        workers=inf.workers, prefetch=inf.prefetch))
 
 
 @dataclass(frozen=True)
