@@ -44,7 +44,7 @@ from logan.data.images import load_image
 from logan.engine import Engine, EngineSettings, WorkItem
 from logan.metrics import fused
 from logan.metrics.registry import all_metrics
-from logan.models.base import pad_batch
+from logan.models.base import compile_repeated_blocks, pad_batch
 from logan.models.llava_hf import LlavaHF
 from logan.models.preprocess import ImageTransform
 from logan.models.tiny import TinySpec, _tokenizer, build_tiny_llava
@@ -276,6 +276,43 @@ def metrics_only(adapter: LlavaHF, compiled: bool, rows: int, repeats: int = 3, 
     return {"pairs": rows // per, "seconds": seconds}
 
 
+def compile_shapes(adapter: LlavaHF, items: list[WorkItem], modes: list[str], full: int = 64,
+                   last: int = 24) -> dict[str, dict]:
+    """The compiled blocks with static shapes (a new batch size recompiles them) and/or dynamic ones:
+    first call at `full` samples, forwards/s there, first call at `last` samples (a run's last batch).
+    For compile times without a warm cache, time one mode per process with fresh TORCHINDUCTOR_CACHE_DIR
+    and TRITON_CACHE_DIR."""
+    engine = Engine(adapter, EngineSettings(parts=["img"], metrics=["max_k_no_norn_kl_div"], instruction=INSTRUCTION))
+    pixels = adapter.pixel_values([load_image(it.sample_id)[0].astype(np.float32) for it in items[:1]])
+    out = {}
+
+    def sync() -> None:
+        if adapter.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for name, dynamic in (("static", None), ("dynamic", True)):
+        if name not in modes:
+            continue
+        torch._dynamo.reset()
+        compile_repeated_blocks(adapter.model, dynamic=dynamic)
+        row = {}
+        for size in (full, last):
+            layout = engine._layout([items[0]] * size, "gen")
+            batch = pixels.expand(size, *pixels.shape[1:]).contiguous()
+            sync()
+            started = time.perf_counter()
+            layout.logits(adapter, batch)
+            sync()
+            row[f"first call at {size} (s)"] = time.perf_counter() - started
+            started = time.perf_counter()
+            for _ in range(3):
+                layout.logits(adapter, batch)
+            sync()
+            row[f"fwd/s at {size}"] = 3 * size / (time.perf_counter() - started)
+        out[name] = row
+    return out
+
+
 def kernel_configs(adapter: LlavaHF, rows: int, repeats: int = 3) -> dict[tuple[int, int], float]:
     """Seconds per call of the fused kernel on `rows` random rows, per (BLOCK, warps)."""
     generator = torch.Generator(adapter.device).manual_seed(0)
@@ -392,6 +429,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rss", default=None, help="comma-separated image counts: peak RSS of `logan tune` on the CPU")
     p.add_argument("--row-chunks", default=None, help="comma-separated row chunks: time the nine divergences "
                    "(compiled on CUDA) at each, then stop")
+    p.add_argument("--compile-shapes", default=None, help="static,dynamic: compile time and speed of the "
+                   "blocks with static shapes (a new batch size recompiles) and with dynamic ones")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -420,6 +459,11 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     adapter = build_model(args.model, device, dtype, work)
     report["build_seconds"] = time.perf_counter() - started
+    if args.compile_shapes:
+        items = make_images(work / "images", 1, (640, 480))
+        for name, row in compile_shapes(adapter, items, args.compile_shapes.split(",")).items():
+            print(f"{name:<18} " + ", ".join(f"{key} {value:.1f}" for key, value in row.items()))
+        return 0
     if args.row_chunks:
         rows_per_step = adapter.n_image_tokens * (64 if device.type == "cuda" else 16)
         for chunk in (int(c) for c in args.row_chunks.split(",")):

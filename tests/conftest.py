@@ -9,15 +9,15 @@ import os
 if os.environ.get("LOGAN_TEST_DEVICE", "cpu") == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import json  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from logan.data.synthetic import make_split, vocabulary  # noqa: E402
-from logan.models.tiny import TinySpec, build_tiny_llava  # noqa: E402
+from logan.data.synthetic import make_split, vocabulary
+from logan.models.tiny import TinySpec, build_tiny_llava
 
 
 @dataclass
