@@ -72,4 +72,3 @@ def fused_values(clean: torch.Tensor, noisy: torch.Tensor, rows: torch.Tensor, t
                 clean, noisy, clean.stride(0), noisy.stride(0), rows, targets, out, rows.shape[0], clean.shape[1],
                 BLOCK=block, num_warps=warps)
     return out
-
