@@ -150,3 +150,20 @@ def test_metric_kernel_setting_resolves_per_device() -> None:
         fused.resolve("triton", torch.device("cpu"))
     with pytest.raises(LoganError, match="inference.metric_kernel=fast is not one of auto, triton, torch"):
         RunConfig.from_dict({"inference": {"metric_kernel": "fast"}})
+
+
+def test_a_kernel_that_does_not_run_falls_back_under_auto_and_stops_under_triton(monkeypatch, caplog) -> None:
+    """The trial run on one row: a GPU or triton the kernel does not support is caught before the run."""
+    monkeypatch.setattr(fused, "available", lambda device: True)
+    assert fused.resolve("auto", DEVICE, (torch.float16, 700)) == "triton"  # compiles and runs here
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(fused, "fused_values", broken)
+    with caplog.at_level("WARNING", logger="logan.metrics.fused"):
+        assert fused.resolve("auto", DEVICE, (torch.float16, 700)) == "torch"
+    assert "no kernel image" in caplog.text and "using PyTorch's reduction" in caplog.text
+    with pytest.raises(LoganError, match="metric_kernel=triton: the fused kernel does not run here .*no kernel image"):
+        fused.resolve("triton", DEVICE, (torch.float16, 700))
+    assert fused.resolve("torch", DEVICE, (torch.float16, 700)) == "torch"

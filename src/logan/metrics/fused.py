@@ -23,10 +23,13 @@ is imported on first use.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 
 from logan.errors import LoganError
+
+log = logging.getLogger(__name__)
 
 NOISY_NLL = "_nll"  # the engine's internal name for the noisy pass's per-token NLL of the targets
 OUTPUTS = ("max_k_no_norn_kl_div", "max_k_renyi_05_kl_div", "max_k_renyi_1_kl_div", "max_k_renyi_2_kl_div",
@@ -47,14 +50,32 @@ def available(device: torch.device) -> bool:
     return True
 
 
-def resolve(setting: str, device: torch.device) -> str:
-    """`inference.metric_kernel`: triton / torch, or auto = triton wherever it can run."""
-    if setting == "auto":
-        return "triton" if available(device) else "torch"
-    if setting == "triton" and not available(device):
-        raise LoganError("inference.metric_kernel=triton needs a CUDA GPU and the triton package; "
-                         "use inference.metric_kernel=auto (or torch) here.")
-    return setting
+def resolve(setting: str, device: torch.device, trial: tuple[torch.dtype, int] | None = None) -> str:
+    """`inference.metric_kernel`: triton / torch, or auto = triton wherever it can run.
+
+    `trial` = (dtype, vocabulary size) of the model's logits: the kernel is compiled and run once on one
+    row first (a GPU or triton version it does not support fails here, not mid-run); under `auto` a
+    failure falls back to PyTorch with a warning, under `triton` it is an error.
+    """
+    if setting == "torch":
+        return setting
+    if not available(device):
+        if setting == "triton":
+            raise LoganError("inference.metric_kernel=triton needs a CUDA GPU and the triton package; "
+                             "use inference.metric_kernel=auto (or torch) here.")
+        return "torch"
+    if trial is not None:
+        try:
+            one = torch.zeros((1, trial[1]), dtype=trial[0], device=device)
+            index = torch.zeros(1, dtype=torch.long, device=device)
+            fused_values(one, one, index, index - 1)
+        except Exception as exc:  # triton's compile and launch errors have no common base class
+            if setting == "triton":
+                raise LoganError(f"inference.metric_kernel=triton: the fused kernel does not run here ({exc}); "
+                                 "use inference.metric_kernel=torch.") from exc
+            log.warning("the fused metric kernel does not run here (%s); using PyTorch's reduction", exc)
+            return "torch"
+    return "triton"
 
 
 def fused_values(clean: torch.Tensor, noisy: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,

@@ -247,8 +247,8 @@ def _engine(cfg: RunConfig, model: VLMAdapter) -> Engine:
         parts=list(m.parts), metrics=list(m.metrics_to_use), instruction=cfg.prompt.text,
         batch_size=inf.batch_size, draws=cfg.noise.draws, quantize=cfg.noise.quantize,
         space=cfg.noise.space, seed=cfg.seed, compile=resolve_compile(inf.compile, model.device),
-        metric_kernel=fused.resolve(inf.metric_kernel, model.device), max_batch_size=inf.max_batch_size,
-        workers=inf.workers, prefetch=inf.prefetch))
+        metric_kernel=fused.resolve(inf.metric_kernel, model.device, (model.dtype, model.real_vocab)),
+        max_batch_size=inf.max_batch_size, workers=inf.workers, prefetch=inf.prefetch))
 
 
 @dataclass(frozen=True)
