@@ -150,6 +150,7 @@ class Engine:
         # the per-std metrics the fused kernel computes; the rest (and the once-per-batch groups) in PyTorch
         self._fused = [name for name in groups["noise"] if name in fused.OUTPUTS] if (
             settings.metric_kernel == "triton") else []
+        self._fused_rows = [(name, fused.OUTPUTS.index(name)) for name in self._fused]  # rows of the kernel's output
         groups["noise"] = {name: fn for name, fn in groups["noise"].items() if name not in self._fused}
         self._reducers = {group: (list(fns), _reducer(list(fns.values()), settings.compile and group == "noise"))
                           for group, fns in groups.items() if fns}
@@ -341,7 +342,7 @@ class Engine:
         values: dict[str, torch.Tensor] = {}
         if group == "noise" and self._fused:
             out = fused.fused_values(clean_rows, other_rows, index, all_targets)
-            values = {name: out[fused.OUTPUTS.index(name)] for name in self._fused}
+            values = {name: out[row] for name, row in self._fused_rows}
         if group in self._reducers:
             values.update(self._reduced(group, clean_rows, other_rows, layout, index, all_targets))
         return values

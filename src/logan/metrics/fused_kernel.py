@@ -115,6 +115,14 @@ def _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl):
 
 
 @triton.jit
+def _weighted_row(c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row):
+    """`_row` plus p, the clamped p_c and r = p_c / p_max (the normalisations' weights are powers of r)."""
+    lp, lq, logp_diff = _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl)
+    p, p_c = _floored(lp, p_floor)
+    return lp, lq, logp_diff, p, p_c, p_c * sc_row
+
+
+@triton.jit
 def _floored(lp, p_floor):
     """p = exp(lp) and exp(max(lp, log 1e-10)): the original's clamped probability."""
     p = tl.exp(lp)
@@ -225,14 +233,12 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
-        lp, lq, logp_diff = _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl)
-        p, p_c = _floored(lp, p_floor)
+        lp, lq, logp_diff, p, p_c, r = _weighted_row(c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row)
         lp_c = tl.maximum(lp, CLAMP)
         lq_c = tl.maximum(lq, CLAMP)
         floored = (lp < CLAMP) | (lq < CLAMP)
         extra += tl.where(mask & floored, p_c * (lp_c - lq_c) - p * logp_diff, 0.0)
         eps_term += tl.where(mask, p_c * (_softplus(-(lp_c - EPS)) - _softplus(-(lq_c - EPS))), 0.0)
-        r = p_c * sc_row
         _, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
         sh05 += tl.where(mask, w * ad, 0.0)
         low05 = tl.minimum(low05, tl.where(mask, ad, float("inf")))
@@ -251,9 +257,7 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
-        lp, lq, logp_diff = _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl)
-        _, p_c = _floored(lp, p_floor)
-        r = p_c * sc_row
+        lp, lq, logp_diff, _, _, r = _weighted_row(c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row)
         log_w, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
         na, ma, sa = _centred(na, ma, sa, shift05 - ad, log_w, w, top05 > LARGE, mask)
         log_w, w, ad = _normalised(lp, lq, logp_diff, r, 1.0, lse1, inv1)
@@ -269,9 +273,7 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
-        lp, lq, logp_diff = _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl)
-        _, p_c = _floored(lp, p_floor)
-        r = p_c * sc_row
+        lp, lq, logp_diff, _, _, r = _weighted_row(c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row)
         log_w, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
         e05 += _eps_term(log_w, w, ad, shift05, kl05, mask)
         log_w, w, ad = _normalised(lp, lq, logp_diff, r, 1.0, lse1, inv1)
