@@ -236,10 +236,18 @@ def logan_run(adapter: LlavaHF, items: list[WorkItem], stds: list[float], cfg: R
 
 def plain_forward(adapter: LlavaHF, items: list[WorkItem], batch: int, repeats: int) -> dict:
     """forward_logits alone on one img-only batch (no metrics, no host work): forwards/s."""
+    layout, pixels = _img_batch(adapter, items, batch)
+    return _timed_forwards(adapter, layout, pixels, repeats)
+
+
+def _img_batch(adapter: LlavaHF, items: list[WorkItem], batch: int) -> tuple:
     engine = Engine(adapter, EngineSettings(parts=["img"], metrics=["max_k_no_norn_kl_div"], instruction=INSTRUCTION))
     chosen = (items * (batch // len(items) + 1))[:batch]
-    layout = engine._layout(chosen, "gen")
     pixels = adapter.pixel_values([load_image(it.sample_id)[0].astype(np.float32) for it in chosen])
+    return engine._layout(chosen, "gen"), pixels
+
+
+def _timed_forwards(adapter: LlavaHF, layout, pixels: torch.Tensor, repeats: int) -> dict:
     layout.logits(adapter, pixels)  # warm-up (and compilation)
     if adapter.device.type == "cuda":
         torch.cuda.synchronize()
@@ -248,7 +256,24 @@ def plain_forward(adapter: LlavaHF, items: list[WorkItem], batch: int, repeats: 
         layout.logits(adapter, pixels)
     if adapter.device.type == "cuda":
         torch.cuda.synchronize()
-    return {"forwards": batch * repeats, "seconds": time.perf_counter() - started}
+    return {"forwards": layout.input_ids.shape[0] * repeats, "seconds": time.perf_counter() - started}
+
+
+def prefix_reuse(adapter: LlavaHF, items: list[WorkItem], batch: int, repeats: int) -> dict[str, float]:
+    """Compiled img-only forwards without, then with inference.reuse_prefix: forwards/s, and how far the
+    logits move (the prefix's keys come from a batch-1 eager pass instead of each batch's own)."""
+    layout, pixels = _img_batch(adapter, items, batch)
+    adapter.prepare_inference(compile=True)
+    full = _timed_forwards(adapter, layout, pixels, repeats)
+    want = layout.logits(adapter, pixels).float()
+    adapter.prepare_inference(reuse_prefix=True)
+    kept = _timed_forwards(adapter, layout, pixels, repeats)
+    got = layout.logits(adapter, pixels).float()
+    kl = torch.nn.functional.kl_div(got.log_softmax(-1), want.log_softmax(-1), log_target=True, reduction="none")
+    return {"prefix tokens": len(layout.prefix), "sequence tokens": layout.input_ids.shape[1],
+            "full fwd/s": full["forwards"] / full["seconds"], "kept fwd/s": kept["forwards"] / kept["seconds"],
+            "max |logit change|": float((got - want).abs().max()), "mean KL per token": float(kl.sum(-1).mean()),
+            "max KL per token": float(kl.sum(-1).max())}
 
 
 def metrics_only(adapter: LlavaHF, compiled: bool, rows: int, repeats: int = 3, row_chunk: int = 2048,
@@ -431,6 +456,8 @@ def main(argv: list[str]) -> int:
                    "(compiled on CUDA) at each, then stop")
     p.add_argument("--compile-shapes", default=None, help="static,dynamic: compile time and speed of the "
                    "blocks with static shapes (a new batch size recompiles) and with dynamic ones")
+    p.add_argument("--prefix", action="store_true", help="compiled img-only forwards at batch 64 without and "
+                   "with inference.reuse_prefix: speed and how far the logits move")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -463,6 +490,11 @@ def main(argv: list[str]) -> int:
         items = make_images(work / "images", 1, (640, 480))
         for name, row in compile_shapes(adapter, items, args.compile_shapes.split(",")).items():
             print(f"{name:<18} " + ", ".join(f"{key} {value:.1f}" for key, value in row.items()))
+        return 0
+    if args.prefix:
+        items = make_images(work / "images", 8, (640, 480))
+        result = prefix_reuse(adapter, items, 64 if device.type == "cuda" else 8, 8 if device.type == "cuda" else 2)
+        print("\n".join(f"{name:<20} {value:.4g}" for name, value in result.items()))
         return 0
     if args.row_chunks:
         rows_per_step = adapter.n_image_tokens * (64 if device.type == "cuda" else 16)

@@ -158,6 +158,25 @@ def test_logits_match_hf_forward_on_a_mixed_size_batch(adapter, hf) -> None:
     torch.testing.assert_close(on_float_pixels[2, :last], expected[2, :last], rtol=1e-5, atol=1e-5)
 
 
+def test_the_kept_prompt_gives_the_logits_of_whole_forwards(adapter, folder) -> None:
+    """inference.reuse_prefix on a mixed-size batch (image token counts differ, the prompt before does not)."""
+    kept = LlavaNext(ModelConfig(name="llava-next", model_path=str(folder), conv_mode="mistral_instruct"),
+                     torch.device("cpu"), torch.float32)
+    kept.prepare_inference(reuse_prefix=True)
+    images = [smooth_image(24, 56, 1), smooth_image(56, 40, 2)]
+    encoded = [adapter.encode(INSTRUCTION, image_size=(im.shape[1], im.shape[0])) for im in images]
+    ids, mask = pad_batch(encoded, adapter.pad_token_id)
+    start = encoded[0].image_start
+    positions = torch.arange(start, ids.shape[1]).expand(len(images), -1)
+    pixels = adapter.pixel_values([im.astype(np.float32) for im in images])
+    want = adapter.forward_logits(ids, mask, pixels, positions)
+    got = kept.forward_logits(ids, mask, pixels, positions, encoded[0].input_ids[:start])
+    assert start > 0 and kept._kept.ids == encoded[0].input_ids[:start]
+    for row, seq in enumerate(encoded):
+        n = len(seq.input_ids) - start
+        torch.testing.assert_close(got[row, :n], want[row, :n], rtol=1e-5, atol=1e-5)
+
+
 def test_an_image_resized_after_encoding_is_one_clear_error(adapter) -> None:
     seq = adapter.encode(INSTRUCTION, image_size=(40, 24))
     ids, mask = pad_batch([seq], adapter.pad_token_id)

@@ -250,6 +250,28 @@ def test_logits_equal_minigpt4_forward_on_the_same_tensors(files, adapters, mode
     assert got.dtype == torch.float32 and got.shape[-1] == model.real_vocab == llm.config.vocab_size
 
 
+@pytest.mark.parametrize("model_type", ["pretrain_llama2", "pretrain_vicuna0"])
+def test_the_kept_prompt_gives_the_logits_of_whole_forwards(files, adapters, model_type):
+    """inference.reuse_prefix: the text before the image runs once; right-padded forwards (a 4D padding
+    mask in the LLM, widened by the kept columns) start at the image with the same logits."""
+    from logan.models.base import pad_batch
+
+    kept = MiniGPT4(files.cfg(model_type), CPU, torch.float32)
+    kept.prepare_inference(reuse_prefix=True)
+    sequences = [kept.encode(INSTRUCTION, [7, 8, 9, 10]), kept.encode(INSTRUCTION, [11])]
+    ids, mask = pad_batch(sequences, kept.pad_token_id, "right")
+    start = sequences[0].image_start
+    prefix = sequences[0].input_ids[:start]
+    positions = torch.stack([torch.arange(start, ids.shape[1] - 1)] * 2)
+    pixels = kept.pixel_values(_images(2))
+    want = adapters[model_type].forward_logits(ids, mask, pixels, positions)
+    got = kept.forward_logits(ids, mask, pixels, positions, prefix)
+    assert start > 1 and kept._kept.ids == prefix
+    for row, seq in enumerate(sequences):
+        length = len(seq.input_ids) - 1 - start
+        torch.testing.assert_close(got[row, :length], want[row, :length], atol=1e-5, rtol=1e-5)
+
+
 def test_generate_is_greedy_batch_independent_and_matches_the_logits(adapters):
     from logan.models.base import pad_batch
 

@@ -20,6 +20,7 @@ COMMANDS = {
     "prepare": ("logan.pipeline.prepare", "vlmia / llava-instruct / sharegpt4o download -> JSON lists"),
     "merge": ("logan.pipeline.merge", "merge the shards of a data-parallel run, then select / evaluate"),
 }
+LOADS_WEIGHTS = {"tune", "classify"}
 JOB_TYPES = {"hyperparam_tuning": "tune", "evaluation": "classify", "tune_and_eval": "tune"}
 
 USAGE = "usage: logan <command> [key=value ...]\n\ncommands:\n" + "\n".join(
@@ -87,6 +88,10 @@ def run(command: str, overrides: list[str]) -> Any:
         overrides = prepare_overrides(overrides)
     raw = compose(overrides)
     cfg = RunConfig.from_dict(raw)
+    if command in LOADS_WEIGHTS:  # the checkpoint comes off the disk while torch imports and the data is checked
+        from logan.models.readahead import read_ahead, weight_files
+
+        read_ahead(weight_files(cfg.target_model))
     module = importlib.import_module(COMMANDS[command][0])
     return module.main(cfg)
 

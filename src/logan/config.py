@@ -115,6 +115,7 @@ class InferenceConfig:
                                              # (auto: on a GPU, falling back to eager if compilation fails)
     metric_kernel: str = "auto"              # triton (LOGAN's divergences fused, GPU) | torch | auto
     attn_implementation: str | None = None   # sdpa | flash_attention_2 | eager (None: the loader's default)
+    reuse_prefix: bool = True                # the prompt before the image runs once; forwards start at the image
     workers: int = 0                         # host threads for image decoding / noise (0: up to 8)
     prefetch: int = 2                        # host steps prepared ahead of the device (0: no thread)
     checkpoint_every: int = 256              # samples per saved chunk: a killed run resumes at the first

@@ -507,6 +507,7 @@ class _Layout:
     part_slices: list[dict[str, slice]]
     index: torch.Tensor                # [n_valid] flat indices of the valid rows of [B * S]
     flat_targets: torch.Tensor         # [n_valid]
+    prefix: tuple[int, ...]            # the token ids before the image, when every sequence has the same
 
     @property
     def n_valid(self) -> int:
@@ -539,7 +540,11 @@ class _Layout:
             valid[row, : len(span)] = True
             targets[row, : len(span)] = torch.from_numpy(target)
         index = valid.flatten().nonzero().squeeze(1)
-        return cls(sequences, parts, ids, mask, positions, valid, targets, slices, index, targets.flatten()[index])
+        prefix = sequences[0].input_ids[: sequences[0].image_start]
+        if any(seq.input_ids[: seq.image_start] != prefix for seq in sequences):
+            prefix = ()
+        return cls(sequences, parts, ids, mask, positions, valid, targets, slices, index, targets.flatten()[index],
+                   prefix)
 
     def to(self, device: torch.device) -> _Layout:
         """The tensors the device reads, moved there once per batch (the mask and bookkeeping stay)."""
@@ -550,7 +555,7 @@ class _Layout:
         return replace(self, attention_mask=_pinned(self.attention_mask), **move)
 
     def logits(self, model: VLMAdapter, pixels: Any) -> torch.Tensor:
-        return model.forward_logits(self.input_ids, self.attention_mask, pixels, self.positions)
+        return model.forward_logits(self.input_ids, self.attention_mask, pixels, self.positions, self.prefix)
 
     def scatter(self, results: list[SampleResult], per_metric: dict[str, np.ndarray]) -> None:
         """Split flattened per-token values back into per-sample, per-part arrays (NLLs become losses)."""

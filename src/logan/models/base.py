@@ -97,9 +97,14 @@ class VLMAdapter(ABC):
 
     @abstractmethod
     def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+                       pixel_values: torch.Tensor, positions: torch.Tensor,
+                       prefix: tuple[int, ...] = ()) -> torch.Tensor:
         """Logits [B, P, real_vocab] at `positions` [B, P] of a right-padded batch, in float32 or in the
-        model's dtype (exact either way: the engine's metrics cast to float32 as they read them)."""
+        model's dtype (exact either way: the engine's metrics cast to float32 as they read them).
+
+        `prefix`: the token ids every row starts with, before the image; a family that keeps their keys
+        (`inference.reuse_prefix`, see models/prefix.py) forwards only what follows them, so `positions`
+        then lie after it (padding entries may be 0)."""
 
     @abstractmethod
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
@@ -156,9 +161,10 @@ class VLMAdapter(ABC):
         """Pixels to the model's device (without waiting, from pinned memory) and dtype (there)."""
         return pixels.to(self.device, non_blocking=True).to(self.dtype)
 
-    def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None) -> None:
-        """Speed options (`inference.compile`, `inference.attn_implementation`); a family without them
-        ignores them."""
+    def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None,
+                          reuse_prefix: bool = False) -> None:
+        """Speed options (`inference.compile`, `inference.attn_implementation`, `inference.reuse_prefix`);
+        a family without them ignores them."""
 
 
 def pad_batch(sequences: list[Encoded], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ import torch
 from logan.config import ModelConfig
 from logan.errors import LoganError
 from logan.models.base import VLMAdapter, compile_repeated_blocks, right_padded
+from logan.models.prefix import KeptPrefix, continuation
 from logan.models.preprocess import ImageTransform
 from logan.models.registry import register_model
 
@@ -52,6 +53,7 @@ class LlavaHF(VLMAdapter):
     # what a subclass for another HF LLaVA family changes: config.json's model_type and the transformers class
     hf_model_type, family, hf_class = "llava", "LLaVA", "LlavaForConditionalGeneration"
     _compiled = False
+    _kept: KeptPrefix | None = None  # inference.reuse_prefix (models/prefix.py)
 
     @classmethod
     def check(cls, cfg: ModelConfig) -> None:
@@ -108,9 +110,15 @@ class LlavaHF(VLMAdapter):
         """The HF model's image keyword arguments (on its device) for what `pixel_values()` returned."""
         return {"pixel_values": self.to_model(pixel_values)}
 
-    def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None) -> None:
+    def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None,
+                          reuse_prefix: bool = False) -> None:
         if attn_implementation:
             self.model.set_attn_implementation(attn_implementation)
+        if reuse_prefix and attn_implementation in (None, "sdpa"):  # SDPA underneath (see models/prefix.py)
+            self._kept = KeptPrefix(self.model.model.language_model, self.model.get_input_embeddings())
+        elif reuse_prefix:
+            log.info("inference.reuse_prefix is off under attn_implementation=%s (it runs on SDPA)",
+                     attn_implementation)
         if compile and len(set(getattr(self.model, "hf_device_map", {}).values())) > 1:
             log.warning("inference.compile is ignored for a model spread over several devices (device_map)")
         elif compile:  # the vision tower's and the LM's layers; generate() runs them eagerly
@@ -119,17 +127,21 @@ class LlavaHF(VLMAdapter):
 
     @torch.inference_mode()
     def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+                       pixel_values: torch.Tensor, positions: torch.Tensor,
+                       prefix: tuple[int, ...] = ()) -> torch.Tensor:
+        skip = self._kept.skip(prefix, attention_mask) if self._kept else 0
+        attention_mask = attention_mask[:, skip:]
         # a right-padded batch needs no mask under causal attention (see right_padded)
         mask = None if right_padded(attention_mask) else attention_mask.to(self.device)
         hidden = self.model.model(
-            input_ids=input_ids.to(self.device, non_blocking=True),
+            input_ids=input_ids[:, skip:].to(self.device, non_blocking=True),
             attention_mask=mask,
             **self.model_inputs(pixel_values),
             use_cache=False,
+            **continuation(skip, input_ids.shape[1], self.device),
         ).last_hidden_state
-        index = positions.to(self.device, non_blocking=True).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        picked = torch.gather(hidden, 1, index)  # the LM head runs at the scored positions only
+        index = (positions.to(self.device, non_blocking=True) - skip).clamp_min(0)  # padding rows point at 0
+        picked = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         return self.model.lm_head(picked)[..., : self.real_vocab]  # model dtype: the engine casts as it reduces
 
     @torch.inference_mode()

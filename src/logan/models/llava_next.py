@@ -130,7 +130,8 @@ class LlavaNext(LlavaHF):
         return {"pixel_values": torch.from_numpy(batch), "image_sizes": sizes}
 
     def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       pixel_values: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+                       pixel_values: dict[str, torch.Tensor], positions: torch.Tensor,
+                       prefix: tuple[int, ...] = ()) -> torch.Tensor:
         held = (input_ids == self.image_token_id).sum(1).tolist()
         for have, (height, width) in zip(held, pixel_values["image_sizes"].tolist()):
             need = self.image_tokens((width, height))
@@ -140,7 +141,7 @@ class LlavaNext(LlavaHF):
                     f"encoded with {have}: the image changed size after its prompt was built (aug_kld's "
                     "256 x 256 crops do); leave aug_kld out of img_metrics.metrics_to_use for llava-next."
                 )
-        return super().forward_logits(input_ids, attention_mask, pixel_values, positions)
+        return super().forward_logits(input_ids, attention_mask, pixel_values, positions, prefix)
 
     def model_inputs(self, pixel_values: dict[str, torch.Tensor]) -> dict:
         return {"pixel_values": self.to_model(pixel_values["pixel_values"]),

@@ -59,6 +59,7 @@ from torch import nn
 from logan.config import ModelConfig
 from logan.errors import LoganError
 from logan.models.base import VLMAdapter
+from logan.models.prefix import KeptPrefix, continuation
 from logan.models.preprocess import ImageTransform
 from logan.models.registry import register_model
 
@@ -353,6 +354,8 @@ def _load_llm(folder: Path, dtype: torch.dtype) -> nn.Module:
 class MiniGPT4(VLMAdapter):
     """MiniGPT-4 (pretrain_llama2 or pretrain_vicuna0) from its official checkpoint files."""
 
+    _kept: KeptPrefix | None = None  # inference.reuse_prefix (models/prefix.py)
+
     @classmethod
     def check(cls, cfg: ModelConfig) -> None:
         _resolve(cfg)
@@ -444,13 +447,22 @@ class MiniGPT4(VLMAdapter):
         images = self.image_embeddings(pixel_values).to(embeds.dtype)
         return embeds.masked_scatter(image.unsqueeze(-1), images)
 
+    def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None,
+                          reuse_prefix: bool = False) -> None:
+        if attn_implementation:
+            self.llm.set_attn_implementation(attn_implementation)
+        if reuse_prefix and attn_implementation in (None, "sdpa"):  # SDPA underneath (see models/prefix.py)
+            self._kept = KeptPrefix(self.llm.model, self.llm.get_input_embeddings())
+
     @torch.inference_mode()
     def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        embeds = self._inputs_embeds(input_ids, pixel_values)
-        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device),
-                                use_cache=False).last_hidden_state
-        index = positions.to(self.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+                       pixel_values: torch.Tensor, positions: torch.Tensor,
+                       prefix: tuple[int, ...] = ()) -> torch.Tensor:
+        skip = self._kept.skip(prefix, attention_mask) if self._kept else 0
+        embeds = self._inputs_embeds(input_ids, pixel_values)[:, skip:]
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask[:, skip:].to(self.device),
+                                use_cache=False, **continuation(skip, input_ids.shape[1], self.device)).last_hidden_state
+        index = (positions.to(self.device) - skip).clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return self.llm.lm_head(torch.gather(hidden, 1, index))[..., : self.real_vocab].float()
 
     @torch.inference_mode()

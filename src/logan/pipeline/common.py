@@ -105,7 +105,8 @@ def _resolved(path: str | None) -> str | None:
 def open_model(cfg: RunConfig) -> VLMAdapter:
     device = resolve_device(cfg.device)
     model = load_model(cfg.target_model, device, resolve_dtype(cfg.dtype, device))
-    model.prepare_inference(resolve_compile(cfg.inference.compile, device), cfg.inference.attn_implementation)
+    model.prepare_inference(resolve_compile(cfg.inference.compile, device), cfg.inference.attn_implementation,
+                            cfg.inference.reuse_prefix)
     fault_point("model_loaded")
     return model
 
