@@ -31,19 +31,25 @@ log = logging.getLogger(__name__)
 RULES = ("min_gap", "max_abs_gap", "max_tune_auc")
 
 
-def curve_points(values: pd.DataFrame, target: set[str], reference: set[str]) -> list[dict[str, float]]:
-    """One point per std: target mean, reference mean, gap and the target-vs-reference AUC."""
-    in_target = values.sample_id.isin(target).to_numpy()
-    in_reference = values.sample_id.isin(reference).to_numpy()
-    points = []
-    for std, rows in values.groupby("std").indices.items():
-        value = values.value.to_numpy()[rows]
-        t, r = value[in_target[rows]], value[in_reference[rows]]
-        labels = np.r_[np.ones(len(t)), np.zeros(len(r))]
-        auc = roc_summary(labels, -np.r_[t, r])["auc"] if len(t) and len(r) else float("nan")
-        points.append({"std": float(std), "target_mean": float(np.nanmean(t)), "reference_mean": float(np.nanmean(r)),
-                       "gap": float(np.nanmean(t) - np.nanmean(r)), "tune_auc": float(auc)})
-    return points
+def curve_point(std: float, values: pd.DataFrame, target: set[str], reference: set[str]) -> dict[str, float]:
+    """One std's point of a curve: target mean, reference mean, gap and the target-vs-reference AUC."""
+    value = values.value.to_numpy()
+    t, r = value[values.sample_id.isin(target).to_numpy()], value[values.sample_id.isin(reference).to_numpy()]
+    labels = np.r_[np.ones(len(t)), np.zeros(len(r))]
+    auc = roc_summary(labels, -np.r_[t, r])["auc"] if len(t) and len(r) else float("nan")
+    return {"std": float(std), "target_mean": float(np.nanmean(t)), "reference_mean": float(np.nanmean(r)),
+            "gap": float(np.nanmean(t) - np.nanmean(r)), "tune_auc": float(auc)}
+
+
+def curves_of(out: Path, k: float, target: set[str], reference: set[str]) -> dict[tuple[str, str], list[dict]]:
+    """Every (part, metric)'s curve over the finished stds, reading one std's scores at a time (memory
+    grows with the number of images, not with images x std values)."""
+    curves: dict[tuple[str, str], list[dict]] = {}
+    for std in done_stds(out):
+        scores = load_scores(out, [std], k=k)
+        for (part, metric), rows in scores.groupby(["part", "metric"]).indices.items():
+            curves.setdefault((part, metric), []).append(curve_point(std, scores.iloc[rows], target, reference))
+    return curves
 
 
 def pick(points: list[dict[str, float]], rule: str) -> float:
@@ -70,23 +76,23 @@ def select(cfg: RunConfig) -> dict[str, Any]:
     reference = set(read_list(folder / SET_FILES["reference"], "reference set").image)
     if not done_stds(out):
         raise LoganError(f"{out} holds no finished std yet; run 'logan tune' with path.output_dir={out}.")
-    scores = load_scores(out, k=s.k)
-    if scores.empty:
+    all_curves = curves_of(out, s.k, target, reference)
+    if not all_curves:
         raise LoganError(f"selection.k={s.k} is not one of the run's img_metrics.ratio values.")
+    parts, found = {p for p, _ in all_curves}, {m for _, m in all_curves}
     part = s.part or cfg.img_metrics.parts[0]
-    metrics = [m for m in cfg.img_metrics.metrics_to_use if m in set(scores.metric)]
+    metrics = [m for m in cfg.img_metrics.metrics_to_use if m in found]
     metric = s.metric or (metrics[0] if metrics else None)
-    if metric not in metrics or part not in set(scores.part):
+    if metric not in metrics or (part, metric) not in all_curves:
         raise LoganError(
             f"selection.metric={metric} / selection.part={part} are not in this run's results "
-            f"(metrics: {', '.join(sorted(set(scores.metric)))}; parts: {', '.join(sorted(set(scores.part)))})."
+            f"(metrics: {', '.join(sorted(found))}; parts: {', '.join(sorted(parts))})."
         )
-    rows = scores[scores.part == part]
-    curves = {m: curve_points(rows[rows.metric == m], target, reference) for m in metrics}
+    curves = {m: all_curves[(part, m)] for m in metrics if (part, m) in all_curves}
     optimal = pick(curves[metric], s.rule)
     per_part = {}
-    for other in dict.fromkeys(p for p in cfg.img_metrics.parts if p in set(scores.part)):
-        points = curve_points(scores[(scores.part == other) & (scores.metric == metric)], target, reference)
+    for other in dict.fromkeys(p for p in cfg.img_metrics.parts if (p, metric) in all_curves):
+        points = all_curves[(other, metric)]
         per_part[other] = {"optimal_std": pick(points, s.rule), "curve": points}
     result = {
         "optimal_std": optimal, "selection_metric": metric, "rule": s.rule, "part": part, "k": s.k,
@@ -98,7 +104,7 @@ def select(cfg: RunConfig) -> dict[str, Any]:
     }
     write_json(out / "optimal_std.json", result)
     tuning_curve(curves, metric, optimal, out / "tuning_curve.png")
-    best_gap = [p for p in curves[metric] if p["std"] == optimal][0]["gap"]
+    best_gap = next(p for p in curves[metric] if p["std"] == optimal)["gap"]
     if best_gap >= 0:
         log.warning("no std gives mean(target) < mean(reference) for %s: the low-noise regime where members "
                     "diverge less was not found on this grid", metric)
