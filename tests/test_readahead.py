@@ -15,7 +15,10 @@ def test_weight_files_are_those_of_the_model_settings(tmp_path: Path) -> None:
     for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "config.json",
                  "tokenizer.model"):
         (folder / name).write_bytes(b"x" * 10)
+    (folder / "training_args.bin").write_bytes(b"t")
+    (folder / "pytorch_model.bin").write_bytes(b"b")  # beside safetensors: transformers does not read it
     (tower / "pytorch_model.bin").write_bytes(b"y")
+    (tower / "optimizer.pt").write_bytes(b"o")
     (tmp_path / "eva_vit_g.pth").write_bytes(b"z")
     cfg = ModelConfig(model_path=str(folder), vision_tower=str(tower), vit_model=str(tmp_path / "eva_vit_g.pth"),
                       model_base=str(tmp_path / "missing"))

@@ -20,6 +20,7 @@ block compiled once (`compile_repeated_blocks`) still serves every layer without
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -90,7 +91,8 @@ def capture(language_model: torch.nn.Module, embeds: torch.Tensor) -> int:
     """Run `language_model` (an HF decoder on `logan_prefix` attention) on the prefix `embeds` [1, P, H],
     eagerly, and keep each attention layer's keys and values [1, kv heads, P, head dim]; returns the count."""
     store: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-    with torch.compiler.set_stance("force_eager"):
+    eager = getattr(torch.compiler, "set_stance", None)  # compiled blocks run as written (torch >= 2.6)
+    with eager("force_eager") if eager else contextlib.nullcontext():
         language_model(inputs_embeds=embeds, use_cache=False, logan_capture=store)
     device = embeds.device
     if device.type == "cuda" and torch.backends.cuda.flash_sdp_enabled() and (

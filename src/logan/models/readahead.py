@@ -18,23 +18,28 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+NOT_WEIGHTS = ("optimizer", "scheduler", "rng_state", "training_args", "trainer_state")  # training leftovers
 BLOCK = 16 * 2**20
 MEMORY_SHARE = 0.5  # read ahead only what fits in half of the free memory (else it would evict itself)
 
 
 def weight_files(model_cfg: Any) -> list[Path]:
     """The weight files the model settings point at: files named by a setting, and the weight files at
-    the top of a folder named by one (model_path, model_base, vision_tower, MiniGPT-4's files, ...)."""
+    the top of a folder named by one (model_path, model_base, vision_tower, MiniGPT-4's files, ...). In a
+    folder with safetensors only those (what transformers loads), and never a trainer's leftovers."""
     found: dict[Path, None] = {}
     for spec in fields(model_cfg):
         value = getattr(model_cfg, spec.name)
         if not isinstance(value, str) or not value:
             continue
         path = Path(value).expanduser()
-        candidates = sorted(path.iterdir()) if path.is_dir() else [path]
-        for file in candidates:
-            if file.suffix in WEIGHT_SUFFIXES and file.is_file():
-                found[file] = None
+        if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
+            found[path] = None
+        elif path.is_dir():
+            files = [f for f in sorted(path.iterdir()) if f.suffix in WEIGHT_SUFFIXES and f.is_file()
+                     and not f.name.startswith(NOT_WEIGHTS)]
+            safetensors = [f for f in files if f.suffix == ".safetensors"]
+            found.update(dict.fromkeys(safetensors or files))
     return list(found)
 
 
