@@ -20,7 +20,7 @@ import torch
 from logan.config import ModelConfig
 from logan.errors import LoganError
 from logan.models.base import VLMAdapter, compile_repeated_blocks, right_padded
-from logan.models.prefix import KeptPrefix, continuation
+from logan.models.prefix import KeptPrefix, continuation, keep_prefix
 from logan.models.preprocess import ImageTransform
 from logan.models.registry import register_model
 
@@ -114,11 +114,8 @@ class LlavaHF(VLMAdapter):
                           reuse_prefix: bool = False) -> None:
         if attn_implementation:
             self.model.set_attn_implementation(attn_implementation)
-        if reuse_prefix and attn_implementation in (None, "sdpa"):  # SDPA underneath (see models/prefix.py)
-            self._kept = KeptPrefix(self.model.model.language_model, self.model.get_input_embeddings())
-        elif reuse_prefix:
-            log.info("inference.reuse_prefix is off under attn_implementation=%s (it runs on SDPA)",
-                     attn_implementation)
+        self._kept = keep_prefix(reuse_prefix, attn_implementation, self.model.model.language_model,
+                                 self.model.get_input_embeddings())
         if compile and len(set(getattr(self.model, "hf_device_map", {}).values())) > 1:
             log.warning("inference.compile is ignored for a model spread over several devices (device_map)")
         elif compile:  # the vision tower's and the LM's layers; generate() runs them eagerly

@@ -59,7 +59,7 @@ from torch import nn
 from logan.config import ModelConfig
 from logan.errors import LoganError
 from logan.models.base import VLMAdapter
-from logan.models.prefix import KeptPrefix, continuation
+from logan.models.prefix import KeptPrefix, continuation, keep_prefix
 from logan.models.preprocess import ImageTransform
 from logan.models.registry import register_model
 
@@ -451,8 +451,7 @@ class MiniGPT4(VLMAdapter):
                           reuse_prefix: bool = False) -> None:
         if attn_implementation:
             self.llm.set_attn_implementation(attn_implementation)
-        if reuse_prefix and attn_implementation in (None, "sdpa"):  # SDPA underneath (see models/prefix.py)
-            self._kept = KeptPrefix(self.llm.model, self.llm.get_input_embeddings())
+        self._kept = keep_prefix(reuse_prefix, attn_implementation, self.llm.model, self.llm.get_input_embeddings())
 
     @torch.inference_mode()
     def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

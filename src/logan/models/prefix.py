@@ -124,6 +124,15 @@ class KeptPrefix:
         return len(prefix)
 
 
+def keep_prefix(reuse: bool, attn_implementation: str | None, language_model: Any,
+                embed: torch.nn.Module) -> KeptPrefix | None:
+    """`inference.reuse_prefix` for an adapter: a KeptPrefix, or None when off or when the user picked an
+    attention implementation other than SDPA (which the kept keys run on)."""
+    if reuse and attn_implementation not in (None, "sdpa"):
+        log.info("inference.reuse_prefix is off under attn_implementation=%s (it runs on SDPA)", attn_implementation)
+    return KeptPrefix(language_model, embed) if reuse and attn_implementation in (None, "sdpa") else None
+
+
 def continuation(skip: int, length: int, device: torch.device) -> dict[str, Any]:
     """The language model's keyword arguments for a batch of `length` tokens whose first `skip` are kept."""
     if not skip:
