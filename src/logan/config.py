@@ -93,6 +93,7 @@ class MetricsConfig:
     get_proc_meta_examples: int | None = None
     get_raw_images: int = 0
     get_token_labels: int = 0
+    compat: str = "logan"            # whose metric definitions and slicing: logan (ours) | original (225fb67c)
 
 
 @dataclass
@@ -209,6 +210,9 @@ class RunConfig:
                     f"unknown part '{part}' in img_metrics.parts.{did_you_mean(part, PARTS)} "
                     f"Valid parts: {', '.join(PARTS)}."
                 )
+        if self.img_metrics.compat not in ("logan", "original"):
+            raise LoganError(f"img_metrics.compat={self.img_metrics.compat} is not one of logan, original "
+                             "(original: the original code's metric definitions, to reproduce its numbers).")
         if not self.img_metrics.parts:
             raise LoganError("img_metrics.parts is empty: name at least one of " + ", ".join(PARTS) + ".")
         if self.noise.quantize not in QUANTIZE:
