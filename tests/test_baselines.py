@@ -54,10 +54,10 @@ def reference(name: str, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
             return -((1 - py) * py ** a - (1 - py) + rest) / a
         alpha = {"05": 0.5, "1": 1.0, "2": 2.0, "inf": np.inf}[tag]
         if alpha == 1.0:
-            return -(pc * np.log(pc)).sum(-1)
+            return -(p * logp).sum(-1)  # Shannon, no floor (README: Metric conventions)
         if alpha == np.inf:
             return -logp.max(-1)
-        return np.log((pc ** alpha).sum(-1)) / (1 - alpha)
+        return np.log((np.maximum(p, CLAMP) ** alpha).sum(-1)) / (1 - alpha)
     raise KeyError(name)
 
 
