@@ -31,13 +31,16 @@ def _clamped(pair: TokenPair) -> torch.Tensor:
     return pair.clean_p.clamp(CLAMP, 1 - CLAMP)
 
 
-@register_metric("ppl", needs="clean")
-@register_metric("mink", needs="clean")
+@register_metric("ppl", needs="clean",
+                 description="NLL of the target token (K = 1: the loss, log-perplexity)")
+@register_metric("mink", needs="clean",
+                 description="Min-K% Prob: NLL of the target token, mean of the K% largest")
 def target_nll(pair: TokenPair) -> torch.Tensor:
     return -pair.target_logp
 
 
-@register_metric("mink_plus_plus", needs="clean")
+@register_metric("mink_plus_plus", needs="clean",
+                 description="Min-K%++: -(log p_y - mu) / sigma under the clean distribution")
 def min_k_plus_plus(pair: TokenPair) -> torch.Tensor:
     logp, p = pair.clean_logp, pair.clean_p
     mu = (p * logp).sum(-1)
@@ -45,7 +48,7 @@ def min_k_plus_plus(pair: TokenPair) -> torch.Tensor:
     return -(pair.target_logp - mu) / var.clamp(min=1e-12).sqrt()
 
 
-@register_metric("max_prob_gap", needs="clean")
+@register_metric("max_prob_gap", needs="clean", description="-(largest log p - second-largest log p)")
 def max_prob_gap(pair: TokenPair) -> torch.Tensor:
     top2 = pair.clean_logp.topk(2, dim=-1).values
     return -(top2[..., 0] - top2[..., 1])
@@ -65,10 +68,14 @@ def _entropy(alpha: float):
 
 
 for _alpha, _tag in ((0.5, "05"), (1.0, "1"), (2.0, "2"), (float("inf"), "inf")):
-    register_metric(f"max_k_renyi_{_tag}_entro", needs="clean")(_entropy(_alpha))
-    register_metric(f"min_k_renyi_{_tag}_entro", needs="clean", aggregate="min_k")(_entropy(_alpha))
+    _what = f"Renyi-{_alpha:g} entropy of the clean distribution"
+    register_metric(f"max_k_renyi_{_tag}_entro", needs="clean",
+                    description=f"MaxRenyi-K%: {_what}, mean of the K% largest")(_entropy(_alpha))
+    register_metric(f"min_k_renyi_{_tag}_entro", needs="clean", aggregate="min_k",
+                    description=f"{_what}, mean of the K% smallest")(_entropy(_alpha))
     if _tag != "inf":
-        register_metric(f"renyi_{_tag}", needs="clean")(_entropy(_alpha))
+        register_metric(f"renyi_{_tag}", needs="clean",
+                        description=f"{_what} (short name of max_k_renyi_{_tag}_entro)")(_entropy(_alpha))
 
 
 def modified_renyi(pair: TokenPair, alpha: float) -> torch.Tensor:
@@ -100,9 +107,12 @@ def _modified(alpha: float):
 
 
 for _alpha, _tag in ((0.5, "05"), (1.0, "1"), (2.0, "2")):
-    register_metric(f"mod_renyi_{_tag}_entro", needs="clean")(_modified(_alpha))
+    _what = "modified entropy (Song & Mittal)" if _alpha == 1.0 else f"ModRenyi-{_alpha:g}"
+    register_metric(f"mod_renyi_{_tag}_entro", needs="clean",
+                    description=f"{_what} of the target token")(_modified(_alpha))
 
 
-@register_metric("aug_kld", needs="augment", member_when="high")
+@register_metric("aug_kld", needs="augment", member_when="high",
+                 description="KL(clean || augmented), mean over VL-MIA's four augmentations")
 def augmentation_kl(pair: TokenPair) -> torch.Tensor:
     return pair.kl  # KL(clean || augmented) on the plain softmax; the engine averages it over augmentations
