@@ -83,6 +83,7 @@ class ClassifyResult:
     metrics: pd.DataFrame = field(repr=False)        # metrics.json's rows
     blind: dict[str, Any] = field(repr=False)        # the model-free baseline (blind_baseline.json)
     k: float = 1.0                                   # the K of the tables and plots (selection.k)
+    per_part: bool = False                           # each part scored at its own selected std (noise.per_part)
 
     @functools.cached_property
     def scores(self) -> pd.DataFrame:
@@ -118,12 +119,10 @@ class ClassifyResult:
         """The AUC / TPR table at one std (None: each part at its own std, or the run's only std)."""
         from logan.report.evaluate import summary_table
 
-        stds = sorted(self.metrics["std"].unique())
-        per_part = self.metrics.groupby("part")["std"].nunique().max() == 1 and len(stds) > 1
-        if std is None and not per_part:
-            return "\n\n".join(summary_table(self.metrics.to_dict("records"), self.k if k is None else k, s)
-                               for s in stds)
-        return summary_table(self.metrics.to_dict("records"), self.k if k is None else k, std)
+        rows, k = self.metrics.to_dict("records"), self.k if k is None else k
+        if std is None and not self.per_part:
+            return "\n\n".join(summary_table(rows, k, s) for s in sorted(self.metrics["std"].unique()))
+        return summary_table(rows, k, std)
 
     def summary(self) -> str:
         lines = [self.table(), f"model-free baseline: AUC {self.blind.get('auc', float('nan')):.3f} - "
@@ -208,7 +207,8 @@ def _classify(out: Path) -> ClassifyResult:
     config = read_json(out / "config.json") if (out / "config.json").is_file() else {}
     blind = read_json(out / "blind_baseline.json") if (out / "blind_baseline.json").is_file() else {}
     k = float(config.get("selection", {}).get("k", 1.0))
-    return ClassifyResult(out, pd.DataFrame(read_json(out / "metrics.json")), blind, k)
+    per_part = bool(config.get("noise", {}).get("per_part", False))
+    return ClassifyResult(out, pd.DataFrame(read_json(out / "metrics.json")), blind, k, per_part)
 
 
 def _demo(out: Path) -> DemoResult:

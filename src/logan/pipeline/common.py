@@ -23,7 +23,7 @@ from logan.errors import LoganError
 from logan.faults import fault_point
 from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
 from logan.metrics import fused
-from logan.metrics.registry import all_metrics, get_metric
+from logan.metrics.registry import TKN_SUFFIX, all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_compile, resolve_device, resolve_dtype
 from logan.models.registry import check_model, load_model
 from logan.runlog import run_log
@@ -39,7 +39,6 @@ from logan.results import (
 
 log = logging.getLogger(__name__)
 
-TKN_SUFFIX = "_tkn_vals"
 DESCRIPTIONS = "descriptions.json"
 
 
@@ -50,10 +49,7 @@ def check_metrics(cfg: RunConfig) -> None:
     if not metrics:
         raise LoganError("img_metrics.metrics_to_use is empty: name at least one metric, e.g. max_k_no_norn_kl_div.")
     for name in metrics:
-        if name not in known:
-            from logan.errors import unknown
-
-            raise unknown("metric in img_metrics.metrics_to_use", name, known)
+        get_metric(name, "metric in img_metrics.metrics_to_use")  # unknown: names a plugin that did not load
     requested = set(cfg.img_metrics.get_proc_meta_metrics)
     for name in metrics:
         if name + TKN_SUFFIX not in requested:

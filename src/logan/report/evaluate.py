@@ -128,7 +128,7 @@ def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan) -> list[dict[s
         score_histograms(chosen, out / f"histograms{suffix}.png")
         plots[std] = [out / f"roc{suffix}.png", out / f"histograms{suffix}.png"]
         for part, row in best_per_part(rows, std, k).items():
-            log.info("best LOGAN metric on %s at %s: %s, AUC %.3f", part, where, row["metric"], row["auc"])
+            log.info("best LOGAN metric on %s at std %g: %s, AUC %.3f", part, row["std"], row["metric"], row["auc"])
     write_report(cfg, rows, blind, plots, out / "report.html")
     log.info("wrote %s, %s, %s and %s", out / "metrics.json", out / "scores.parquet", out / "blind_baseline.json",
              out / "report.html")
