@@ -114,7 +114,7 @@ def test_original_job_type_spelling(world, tmp_path: Path) -> None:
     ("data.target_set_size=500", "holds 12"),
     ("noise.std_sets=[[-1.0]]", "std"),
     ("data.reference_datasets_list=[a.json,b.json]", "reference_set_sample_distribution"),
-    ("nosuchkey=1", "bad override"),
+    ("nosuchkey=1", "no key 'nosuchkey'"),
     ("inference.metric_kernel=triton", "metric_kernel=triton needs a CUDA GPU"),
 ])
 def test_bad_input_is_one_clear_line(world, tmp_path: Path, capsys, override: str, message: str) -> None:

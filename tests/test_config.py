@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from logan.cli import compose
+from logan.compose import compose
 from logan.config import PARTS, RunConfig, parse_std_values
 from logan.errors import LoganError
 from logan.models.registry import available_models, check_model
@@ -18,8 +18,9 @@ from logan.pipeline.common import read_std_argument
 
 def test_defaults_validate():
     cfg = RunConfig.from_dict({})
-    assert cfg.data.n_nm_ratio == 0.5 and cfg.img_metrics.parts == ["img"]
+    assert cfg.data.n_nm_ratio == 0.5 and cfg.img_metrics.parts == ["img", "inst", "desp", "inst_desp"]
     assert RunConfig.from_dict({"data": None}).data.target_set_size == 300
+    assert RunConfig.from_dict({}) == RunConfig.from_dict(compose([]))  # the dataclasses are the defaults
 
 
 def test_unknown_top_level_key_suggests_the_close_one():
@@ -85,11 +86,11 @@ def test_value_checks(raw, match):
 
 
 def test_light_coercion():
-    data = {"target_set_size": 12.0, "n_nm_ratio": "0.25", "save_datasets": "false"}
-    cfg = RunConfig.from_dict({"data": data, "seed": "3"})
+    data = {"target_set_size": 12.0, "n_nm_ratio": "0.25"}
+    cfg = RunConfig.from_dict({"data": data, "seed": "3", "demo": {"control": "false"}})
     assert cfg.data.target_set_size == 12 and isinstance(cfg.data.target_set_size, int)
     assert cfg.data.n_nm_ratio == 0.25
-    assert cfg.data.save_datasets is False
+    assert cfg.demo.control is False
     assert cfg.seed == 3
 
 

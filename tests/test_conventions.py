@@ -163,7 +163,7 @@ def engine_values(tables: dict[str, np.ndarray], parts: list[str], metrics: list
 
 
 def scores(tokens: dict[tuple[str, str], np.ndarray], compat: str) -> dict[tuple[str, str], np.ndarray]:
-    return {(part, name): aggregate(values, RATIOS, get_metric(name, compat).aggregate)
+    return {(part, name): aggregate(values, RATIOS, get_metric(name, compat=compat).aggregate)
             for (part, name), values in tokens.items()}
 
 
@@ -251,7 +251,7 @@ def test_compat_is_validated() -> None:
 def test_original_convention_runs_end_to_end(world, tmp_path) -> None:
     """classify with img_metrics.compat=original, every part and every metric: per-sample values for all,
     the AUC also in the original's orientation (1 - ours for LOGAN's divergences), shown in the report."""
-    from logan.cli import run
+    from logan.api import run
 
     metrics = sorted(all_metrics("original"))
     out = tmp_path / "classify"
@@ -279,7 +279,7 @@ def test_original_convention_runs_end_to_end(world, tmp_path) -> None:
 def test_run_folders_record_their_metric_definitions(world, tmp_path) -> None:
     """The fingerprint holds the version and the definitions: a folder of the other convention, or one an
     earlier LOGAN wrote (no definitions recorded), is refused in one line before any work."""
-    from logan.cli import run
+    from logan.api import run
     from logan.pipeline.common import fingerprint
 
     cfg = RunConfig.from_dict({"img_metrics": {"compat": "original"}})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from logan.cli import run
+from logan.api import run
 
 
 def best_auc(rows: list[dict], part: str) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from logan.cli import run
+from logan.api import run
 from logan.distributed import shard_of
 
 FAST = ["img_metrics.parts=[img,desp]", "noise.std_sets=[[0.0,2.0],[20.0]]", "inference.batch_size=4",

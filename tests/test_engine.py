@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from logan.cli import run
+from logan.api import run
 from logan.engine import Engine, EngineSettings, WorkItem
 from logan.metrics import all_metrics
 from logan.models.llava_hf import LlavaHF

@@ -42,7 +42,7 @@ def reference(clean: torch.Tensor, noisy: torch.Tensor, targets: torch.Tensor, d
     pair = TokenPair(clean, noisy, torch.where(targets < 0, clean.argmax(-1), targets))
     if double:
         pair.clean, pair.noisy = clean.double(), noisy.double()
-    values = [get_metric(name, compat).fn(pair) for name in NOISE]
+    values = [get_metric(name, compat=compat).fn(pair) for name in NOISE]
     nll = -torch.log_softmax(pair.noisy, -1).gather(-1, pair.targets[:, None]).squeeze(-1)
     return torch.stack([*values, nll]).double().cpu()
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from logan.cli import run
+from logan.api import run
 from logan.config import ModelConfig
 from logan.data.synthetic import make_split, vocabulary
 from logan.engine import Engine, EngineSettings, WorkItem

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from logan.cli import compose, run
+from logan.api import run
+from logan.compose import compose
 from logan.config import ModelConfig
 from logan.data.synthetic import make_split, vocabulary
 from logan.errors import LoganError

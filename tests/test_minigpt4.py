@@ -429,7 +429,7 @@ def test_seed_nested_keys_are_aliases_and_flat_keys_win(files):
 
 
 def test_tune_end_to_end_on_tiny_minigpt4(world, files, tmp_path):
-    from logan.cli import run
+    from logan.api import run
 
     out = tmp_path / "tune"
     run("tune", [

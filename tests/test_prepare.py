@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from logan.cli import main, run
+from logan.api import run
+from logan.cli import main
 from logan.data.sets import read_list
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

@@ -1,74 +1,104 @@
-"""`logan <command> [key=value ...]` - the only module that touches Hydra.
+"""`logan <command> [key=value ...]`: the command line, a thin layer over `logan.api`.
 
-Commands: tune, select, classify, demo. Overrides use Hydra's grammar (`group=option`, `a.b=value`,
-lists as `[x,y]`); the config groups ship inside the package (logan/conf). The original's
-`job_meta_params.job_type=hyperparam_tuning|evaluation` also selects the command.
+Results (tables, the selected std, file paths) go to stdout, logs to stderr. Exit codes: 0 done;
+1 an unexpected error (a bug: the traceback says where); 2 bad input or configuration (one line says
+what to fix, and nothing half-written is left); 130 interrupted (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from typing import Any
 
-COMMANDS = {
-    "tune": ("logan.pipeline.tune", "noise-level tuning: every std of noise.std_sets, then select"),
-    "select": ("logan.pipeline.select", "optimal std of a tuning folder (path.output_dir)"),
-    "classify": ("logan.pipeline.classify", "membership classification at noise.std"),
-    "demo": ("logan.pipeline.demo", "train a tiny LLaVA on known members and attack it, end to end"),
-    "prepare": ("logan.pipeline.prepare", "vlmia / llava-instruct / sharegpt4o download -> JSON lists"),
-    "merge": ("logan.pipeline.merge", "merge the shards of a data-parallel run, then select / evaluate"),
-}
-LOADS_WEIGHTS = {"tune", "classify"}
+EXIT_CODES = ("exit codes: 0 done; 1 unexpected error (a bug: please report the traceback); 2 bad input or "
+              "configuration (one line says what to fix); 130 interrupted (rerun the same command to resume)")
 JOB_TYPES = {"hyperparam_tuning": "tune", "evaluation": "classify", "tune_and_eval": "tune"}
-
-USAGE = "usage: logan <command> [key=value ...]\n\ncommands:\n" + "\n".join(
-    f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()
-) + "\n\nexamples:\n  logan demo\n  logan tune target_model.model_path=DIR data.member_dataset=M.json " \
-    "data.nonmember_dataset=N.json path.output_dir=OUT\n  logan classify target_model.model_path=DIR " \
-    "data.dataset=OUT/datasets/target_dataset.parquet noise.std=OUT/optimal_std.json path.output_dir=OUT2\n"
-
-log = logging.getLogger("logan")
+HELP_FLAGS = ("-h", "--help")
 
 
-def _check_group_choices(overrides: list[str]) -> None:
-    """`group=option` must name a config file of that group: one clear line with a suggestion if not."""
-    from importlib.resources import files
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in (*HELP_FLAGS, "help"):
+        sys.stdout.write(usage())
+        return 0
+    if argv[0] == "--version":
+        from logan import __version__
 
-    from logan.errors import unknown
-
-    conf = files("logan.conf")
-    for override in overrides:
-        key, _, value = override.partition("=")
-        group = conf / key.lstrip("+~")
-        if "." in key or not value or not group.is_dir():
-            continue
-        options = [p.name[:-5] for p in group.iterdir() if p.name.endswith(".yaml")]
-        if value not in options:
-            raise unknown(key.lstrip("+~"), value, options)
-
-
-def compose(overrides: list[str]) -> dict[str, Any]:
-    """Compose the packaged config with command-line overrides; returns a resolved plain dict."""
-    _check_group_choices(overrides)
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from omegaconf import OmegaConf
-
-    with initialize_config_module(config_module="logan.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
+        sys.stdout.write(f"logan {__version__}\n")
+        return 0
+    try:
+        command, args = _split_command(argv)
+    except ValueError as exc:
+        return _fail(str(exc))
+    if command == "list":
+        return _guarded(lambda: _list(args))
+    if any(a in HELP_FLAGS for a in args):
+        return _guarded(lambda: sys.stdout.write(command_help(command, [a for a in args if a not in HELP_FLAGS])))
+    if "--cfg" in args:
+        return _guarded(lambda: _print_config(command, args))
+    _setup_logging()
+    return _guarded(lambda: _run(command, args))
 
 
-def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
-    if argv and "=" not in argv[0]:
-        return argv[0], argv[1:]
-    for arg in argv:
+def _run(command: str, args: list[str]) -> None:
+    from logan import api
+
+    if command == "prepare":  # `logan prepare vlmia source=DIR ...`: the name and bare keys are prepare.*
+        from logan.pipeline.prepare import prepare_overrides
+
+        args = prepare_overrides(args)
+    result = api.run(command, args)
+    if result is not None:
+        sys.stdout.write(result.summary().rstrip() + "\n")
+
+
+def _split_command(argv: list[str]) -> tuple[str, list[str]]:
+    """The command word (or the original's `job_meta_params.job_type=...`) and the rest."""
+    from logan.api import COMMANDS
+    from logan.errors import did_you_mean
+
+    command, args = (argv[0], argv[1:]) if "=" not in argv[0] and not argv[0].startswith("-") else (None, argv)
+    for arg in args:
         if arg.startswith("job_meta_params.job_type="):
             job = arg.split("=", 1)[1].strip().lower()
-            return JOB_TYPES.get(job, f"job_type {job}"), argv
-    return None, argv
+            if job not in JOB_TYPES:
+                raise ValueError(f"job_meta_params.job_type={job} is unknown; use one of {', '.join(JOB_TYPES)}.")
+            if command is not None and command != JOB_TYPES[job]:
+                raise ValueError(f"'logan {command}' with job_meta_params.job_type={job} (= logan {JOB_TYPES[job]}) "
+                                 "contradict each other: give one of them.")
+            command = JOB_TYPES[job]
+    if command is None:
+        raise ValueError("no command given: 'logan --help' lists them (e.g. logan tune key=value ...).")
+    if command not in (*COMMANDS, "list"):
+        raise ValueError(f"unknown command '{command}'.{did_you_mean(command, [*COMMANDS, 'list'])} "
+                         f"Commands: {', '.join([*COMMANDS, 'list'])}.")
+    return command, args
+
+
+def _list(args: list[str]) -> None:
+    from logan.pipeline.listing import main as listing
+
+    sys.stdout.write(listing(args).rstrip() + "\n")
+
+
+def _print_config(command: str, args: list[str]) -> None:
+    """`--cfg job`: the resolved configuration, without running."""
+    from dataclasses import asdict
+
+    from logan.api import configure
+    from logan.compose import to_yaml
+    from logan.errors import LoganError
+
+    at = args.index("--cfg")
+    if args[at + 1:at + 2] != ["job"]:
+        raise LoganError("--cfg takes 'job': 'logan <command> [key=value ...] --cfg job' prints the resolved config.")
+    overrides = args[:at] + args[at + 2:]
+    if command == "prepare":
+        from logan.pipeline.prepare import prepare_overrides
+
+        overrides = prepare_overrides(overrides)
+    sys.stdout.write(to_yaml(asdict(configure(command, overrides))))
 
 
 def _setup_logging() -> None:
@@ -78,53 +108,14 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def run(command: str, overrides: list[str]) -> Any:
-    """Compose, build the typed config and run one command (raises LoganError on bad input)."""
-    from logan.config import RunConfig
-
-    if command == "prepare":  # `logan prepare vlmia source=DIR ...`: the name and bare keys are prepare.*
-        from logan.pipeline.prepare import prepare_overrides
-
-        overrides = prepare_overrides(overrides)
-    raw = compose(overrides)
-    cfg = RunConfig.from_dict(raw)
-    if command in LOADS_WEIGHTS:  # the checkpoint comes off the disk while torch imports and the data is checked
-        from logan.models.readahead import read_ahead, weight_files
-
-        read_ahead(weight_files(cfg.target_model))
-    module = importlib.import_module(COMMANDS[command][0])
-    return module.main(cfg)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        sys.stdout.write(USAGE)
-        return 0
-    command, overrides = _split_command(argv)
-    if command not in COMMANDS:
-        from logan.errors import did_you_mean
-
-        sys.stderr.write(f"logan: error: unknown command '{command}'.{did_you_mean(str(command), COMMANDS)} "
-                         f"Commands: {', '.join(COMMANDS)}.\n")
-        return 2
-    _setup_logging()
-    return _guarded(command, overrides)
-
-
-def _guarded(command: str, overrides: list[str]) -> int:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
+def _guarded(action: Any) -> int:
+    """Run `action`; bad input is one line on stderr and exit code 2."""
     from logan.errors import LoganError
 
     try:
-        run(command, overrides)
+        action()
     except LoganError as exc:
         return _fail(str(exc))
-    except (HydraException, OmegaConfBaseException) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _fail(f"bad override: {first}")
     except KeyboardInterrupt:
         sys.stderr.write("logan: interrupted; rerun the same command to resume.\n")
         return 130
@@ -139,6 +130,32 @@ def _guarded(command: str, overrides: list[str]) -> int:
 def _fail(message: str) -> int:
     sys.stderr.write(f"logan: error: {' '.join(message.split())}\n")
     return 2
+
+
+def usage() -> str:
+    from logan.api import COMMANDS
+
+    lines = ["usage: logan <command> [key=value ...]   (logan <command> --help: its keys and defaults)", "",
+             "LOGAN: low-Gaussian-noise membership inference on vision-language models.", "", "commands:"]
+    lines += [f"  {name:<10} {spec.purpose}" for name, spec in COMMANDS.items()]
+    lines += [f"  {'list':<10} `logan list models` / `logan list metrics`: what is available (plugins too)", "",
+              "options: --help (-h), --version, <command> ... --cfg job (print the resolved config, do not run)", "",
+              "examples:", "  logan demo",
+              "  logan tune target_model.model_path=DIR data.member_dataset=M.json data.nonmember_dataset=N.json "
+              "path.output_dir=runs/tune",
+              "  logan classify noise.std=runs/tune/optimal_std.json path.output_dir=runs/classify", "", EXIT_CODES]
+    return "\n".join(lines) + "\n"
+
+
+def command_help(command: str, overrides: list[str]) -> str:
+    """`logan <command> --help`: purpose, config groups, and every key with its default and meaning."""
+    from logan.api import COMMANDS
+    from logan.cli_help import describe_keys
+
+    spec = COMMANDS[command]
+    lines = [f"usage: logan {command} [key=value ...] [--cfg job]", "", spec.purpose, ""]
+    lines += describe_keys(command, overrides)
+    return "\n".join([*lines, "", EXIT_CODES]) + "\n"
 
 
 if __name__ == "__main__":

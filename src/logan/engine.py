@@ -141,7 +141,7 @@ class Engine:
     def __init__(self, model: VLMAdapter, settings: EngineSettings) -> None:
         self.model = model
         self.settings = settings
-        specs = [get_metric(name, settings.compat) for name in settings.metrics]
+        specs = [get_metric(name, compat=settings.compat) for name in settings.metrics]
         self.by_need: dict[str, dict[str, TokenMetric]] = {
             need: {m.name: m.fn for m in specs if m.needs == need} for need in ("noise", "clean", "augment")}
         self.plan = variants_for(settings.parts)

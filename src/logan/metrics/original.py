@@ -1,4 +1,4 @@
-"""The original code's definitions (Damien-Lo/LOGAN-VLM-MIA at commit 225fb67c): `img_metrics.compat=original`.
+"""The original code's definitions (Damien-Lo/LOGAN-VLM-MIA at 225fb67c), for `img_metrics.compat=original`.
 
 Published LOGAN numbers were computed with these. LOGAN's own definitions (the default, `compat=logan`)
 differ where the README's "Metric conventions" table says why; here are the original's, registered under
@@ -71,7 +71,8 @@ def clipped_renyi(pair: TokenPair, alpha: float) -> torch.Tensor:
     weighted = alpha * lp + (1 - alpha) * lq
     clipped = alpha * lp.clamp(min=LOG_CLIP) + (1 - alpha) * lq.clamp(min=LOG_CLIP)
     floored = (lp < LOG_CLIP) | (lq < LOG_CLIP)
-    change = torch.where(floored, -clipped.exp() * torch.expm1(weighted - clipped), torch.zeros_like(lp)).sum(-1)
+    change = torch.where(floored, -clipped.exp() * torch.expm1(weighted - clipped), torch.zeros_like(lp))
+    change = change.sum(-1)
     log_s = (alpha - 1) * exact
     ratio = (change + CLIP) * torch.exp(-log_s.clamp(-FAR, FAR))
     near = exact + torch.log1p(ratio) / (alpha - 1)
@@ -84,10 +85,13 @@ def _renyi(alpha: float):
 
 
 for _tag, _alpha in RENYI_ALPHAS.items():
-    register_metric(f"max_k_renyi_divergence_{_tag}", compat="original")(_renyi(_alpha))
+    register_metric(f"max_k_renyi_divergence_{_tag}", compat="original",
+                    description=f"the original's Renyi divergence D_{_alpha:g}: p, q clipped at 1e-12, "
+                    "+1e-12 inside the log")(_renyi(_alpha))
 
 
-@register_metric("max_prob_gap", needs="clean", compat="original")
+@register_metric("max_prob_gap", needs="clean", compat="original",
+                 description="the original's gap: -(largest log p - the next distinct value)")
 def next_distinct_gap(pair: TokenPair) -> torch.Tensor:
     """-(max log p - the largest log p strictly below it); 0 where every entry ties."""
     top = pair.clean.max(-1, keepdim=True).values
@@ -96,7 +100,9 @@ def next_distinct_gap(pair: TokenPair) -> torch.Tensor:
     return -torch.where(torch.isfinite(gap), gap, torch.zeros_like(gap))
 
 
-@register_metric("aug_kld", needs="augment", member_when="high", aggregate="max_k_sum", compat="original")
+@register_metric("aug_kld", needs="augment", member_when="high", aggregate="max_k_sum", compat="original",
+                 description="the original's aug-KL: sum over tokens of sum p (log p - q), mean over the "
+                 "augmentations")
 def probability_kl(pair: TokenPair) -> torch.Tensor:
     """sum_v p (log p - q), q = the augmented pass's probabilities (its formula), per token; summed over
     the part's tokens by `max_k_sum` (K = 1: all of them)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import time
@@ -15,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from logan import __version__
-from logan.config import RunConfig
+from logan.config import RunConfig, parse_std_values, walk
 from logan.data.images import check_image, image_size
 from logan.distributed import ShardInfo
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
@@ -30,9 +31,10 @@ from logan.io import (
     write_json,
 )
 from logan.metrics import fused
-from logan.metrics.registry import DEFINITIONS, all_metrics, get_metric
+from logan.metrics.registry import DEFINITIONS, TKN_SUFFIX, all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_compile, resolve_device, resolve_dtype
 from logan.models.registry import check_model, load_model
+from logan.runlog import run_log
 from logan.results import (
     PER_STD,
     Checkpoints,
@@ -45,7 +47,6 @@ from logan.results import (
 
 log = logging.getLogger(__name__)
 
-TKN_SUFFIX = "_tkn_vals"
 DESCRIPTIONS = "descriptions.json"
 
 
@@ -56,10 +57,7 @@ def check_metrics(cfg: RunConfig) -> None:
     if not metrics:
         raise LoganError("img_metrics.metrics_to_use is empty: name at least one metric, e.g. max_k_no_norn_kl_div.")
     for name in metrics:
-        if name not in known:
-            from logan.errors import unknown
-
-            raise unknown("metric in img_metrics.metrics_to_use", name, known)
+        get_metric(name, "metric in img_metrics.metrics_to_use")  # unknown: names a plugin that did not load
     requested = set(cfg.img_metrics.get_proc_meta_metrics)
     for name in metrics:
         if name + TKN_SUFFIX not in requested:
@@ -75,8 +73,6 @@ def check_metrics(cfg: RunConfig) -> None:
     for entry in cfg.img_metrics.get_raw_meta_metrics:
         if entry != "losses":
             raise LoganError(f"img_metrics.get_raw_meta_metrics holds '{entry}'; the raw meta metric saved is 'losses'.")
-    if cfg.data.augmentations.GaussianNoise.mean and any(float(m) != 0 for m in cfg.data.augmentations.GaussianNoise.mean):
-        raise LoganError("data.augmentations.GaussianNoise.mean must be 0: LOGAN adds zero-mean noise.")
 
 
 def check_samples(frame: pd.DataFrame, cfg: RunConfig) -> None:
@@ -116,6 +112,49 @@ def check_definitions(folder: Path) -> None:
                          "resumed; choose a new path.output_dir.")
 
 
+def inherit_settings(cfg: RunConfig, explicit: set[str], saved: Path, keys: tuple[str, ...],
+                     command: str) -> RunConfig:
+    """`cfg` with the values another run saved in `saved` (its config.json) for the keys starting with one of
+    `keys`, except those the caller gave explicitly: those are kept, and reported when they differ."""
+    theirs = dict(_leaves(read_json(saved)))
+    new = copy.deepcopy(cfg)
+    taken, differ = [], []
+    chose_model = "target_model" in explicit
+    for name, value, _ in walk(cfg):
+        if not name.startswith(keys) or name not in theirs or theirs[name] == value:
+            continue
+        if name in explicit or (chose_model and name.startswith("target_model.")):
+            differ.append(f"{name}={value} (that run: {theirs[name]})")
+        else:
+            _assign(new, name, theirs[name])
+            taken.append(f"{name}={theirs[name]}")
+    if taken:
+        log.info("%s: settings of the run %s: %s", command, saved.parent, "; ".join(taken))
+    for line in differ:
+        log.warning("%s: %s differs from the run %s it builds on", command, line, saved.parent)
+    new.validate()
+    return new
+
+
+def _leaves(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of a saved config (target_model.model stays one value)."""
+    out = []
+    for name, value in raw.items():
+        if isinstance(value, dict) and f"{prefix}{name}" != "target_model.model":
+            out += _leaves(value, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", value))
+    return out
+
+
+def _assign(cfg: RunConfig, dotted: str, value: Any) -> None:
+    *path, last = dotted.split(".")
+    node: Any = cfg
+    for name in path:
+        node = getattr(node, name)
+    setattr(node, last, value)
+
+
 def _resolved(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else None
 
@@ -145,30 +184,20 @@ def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None,
         check_samples(data, cfg)
     out, work = cfg.output_dir, shard.folder(cfg.output_dir)
     created = not work.exists() or not any(work.iterdir())
-    work.mkdir(parents=True, exist_ok=True)
-    handler = None
     try:
-        with RunLock(work):
-            check_definitions(out)
-            check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command)
-            write_json(out / "config.json", asdict(cfg))
-            remove_stale_temporaries(work)
-            drop_finished_chunks(work)
-            handler = add_log_file(work / "logan.log")
-            yield work
+        with run_log(work):
+            work.mkdir(parents=True, exist_ok=True)
+            with RunLock(work):
+                check_definitions(out)
+                check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command)
+                write_json(out / "config.json", asdict(cfg))
+                remove_stale_temporaries(work)
+                drop_finished_chunks(work)
+                yield work
     except LoganError:
         if created and not any((work / PER_STD).glob("*/done.json")):
-            _detach(handler)
             shutil.rmtree(out if not shard.sharded else work, ignore_errors=True)
         raise
-    finally:
-        _detach(handler)
-
-
-def _detach(handler: logging.Handler | None) -> None:
-    if handler is not None:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
 
 
 def _data_key(cfg: RunConfig) -> dict[str, Any]:
@@ -177,14 +206,6 @@ def _data_key(cfg: RunConfig) -> dict[str, Any]:
             "target_set_size": d.target_set_size, "n_nm_ratio": d.n_nm_ratio,
             "reference": d.reference_datasets_list, "distribution": d.reference_set_sample_distribution,
             "reference_set_size": d.reference_set_size}
-
-
-def add_log_file(path: Path) -> logging.Handler:
-    """Also log to the run folder's logan.log (for the duration of the run)."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    return handler
 
 
 def work_items(cfg: RunConfig, model: VLMAdapter, samples: pd.DataFrame, out: Path) -> list[WorkItem]:
@@ -284,7 +305,7 @@ class _Writing:
     @classmethod
     def of(cls, cfg: RunConfig, target: pd.DataFrame) -> _Writing:
         m = cfg.img_metrics
-        specs = {name: get_metric(name, m.compat) for name in m.metrics_to_use}
+        specs = {name: get_metric(name, compat=m.compat) for name in m.metrics_to_use}
         selection = Selection(
             tokens=first_of_each_class(target, m.get_proc_meta_examples),
             losses=first_of_each_class(target, m.get_raw_meta_examples),
@@ -315,14 +336,47 @@ def _run_chunk(engine: Engine, batches: list[list[WorkItem]], run: list[float],
         writer.finish()
 
 
+@dataclass(frozen=True)
+class StdPlan:
+    """The std values a classify run scores, and which part is reported at which."""
+
+    stds: list[float]                      # every std the run computes
+    per_part: dict[str, float] | None      # part -> its own selected std (noise.per_part), else every part at every std
+    source: Path | None = None             # the tuning run's optimal_std.json, when noise.std names one
+
+    def parts_at(self, std: float, parts: list[str]) -> list[str]:
+        """The parts reported at `std`."""
+        return [p for p in parts if self.per_part is None or self.per_part.get(p) == std]
+
+
+def std_plan(cfg: RunConfig) -> StdPlan:
+    """`noise.std` (a number, a list, or an optimal_std.json) and `noise.per_part` as a StdPlan."""
+    value = cfg.noise.std
+    if not (isinstance(value, str) and not _is_number(value)):
+        if cfg.noise.per_part:
+            raise LoganError("noise.per_part=true needs noise.std=<a tuning run's optimal_std.json> (it holds each "
+                             "part's selected std).")
+        return StdPlan(read_std_argument(value), None)
+    path = Path(value).expanduser()
+    stds = read_std_argument(str(path))
+    if not cfg.noise.per_part:
+        return StdPlan(stds, None, path)
+    selected = read_json(path).get("per_part") or {}
+    missing = [p for p in cfg.img_metrics.parts if p not in selected]
+    if missing:
+        raise LoganError(f"noise.per_part=true: {path} holds no selected std for part(s) {', '.join(missing)}; tune "
+                         "those parts or set noise.per_part=false.")
+    per_part = {p: parse_std_values(selected[p].get("optimal_std"), f"per_part.{p}.optimal_std in {path}")[0]
+                for p in cfg.img_metrics.parts}
+    return StdPlan(sorted(set(per_part.values())), per_part, path)
+
+
 def read_std_argument(value: Any) -> list[float]:
     """`noise.std` for classify: a number, a list, or the path of an optimal_std.json."""
-    from logan.config import parse_std_values
-
     if value is None:
         raise LoganError("noise.std is not set: give a number, a list, or the path of a tuning run's optimal_std.json.")
     if isinstance(value, str) and not _is_number(value):
-        path = Path(value)
+        path = Path(value).expanduser()
         if not path.is_file():
             raise LoganError(f"noise.std={value} is neither a number nor an existing optimal_std.json file.")
         try:

@@ -22,11 +22,12 @@ from typing import Any
 
 from logan.config import RunConfig
 from logan.data.synthetic import make_split, vocabulary
-from logan.io import read_json, write_json
+from logan.io import atomic_path, read_json, write_json
 from logan.models.tiny import build_tiny_llava
 from logan.models.train import train_captioner
 from logan.pipeline.classify import classify
 from logan.pipeline.tune import tune
+from logan.report.evaluate import format_tpr
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def make_models(cfg: RunConfig, out: Path, lists: dict[str, Path]) -> tuple[Path
 
 
 def attack(cfg: RunConfig, model: Path, lists: dict[str, Path], folder: Path) -> tuple[dict, list[dict]]:
-    """tune -> select -> classify on one model, as a user would run them."""
+    """tune -> select -> classify (each part at its own selected std) on one model, as a user would."""
     d = cfg.demo
     total = d.n_members + d.n_nonmembers
     parts = list(dict.fromkeys([*cfg.img_metrics.parts, "caption"]))
@@ -92,11 +93,11 @@ def attack(cfg: RunConfig, model: Path, lists: dict[str, Path], folder: Path) ->
         **({"noise.std_sets": d.std_sets} if d.std_sets else {}),
     })
     selected = tune(tcfg)
-    stds = sorted({selected["optimal_std"], *(p["optimal_std"] for p in selected["per_part"].values())})
     ccfg = derive(tcfg, **{
         "data.dataset": str(folder / "tune" / "datasets" / "target_dataset.parquet"),
         "data.member_dataset": None, "data.nonmember_dataset": None,
-        "noise.std": stds, "path.output_dir": str(folder / "classify"),
+        "noise.std": str(folder / "tune" / "optimal_std.json"), "noise.per_part": True,
+        "path.output_dir": str(folder / "classify"),
     })
     return selected, classify(ccfg)
 
@@ -107,18 +108,17 @@ def comparison(results: dict[str, tuple[dict, list[dict]]], k: float) -> str:
     header = f"{'part':<10} {'metric':<28}" + "".join(
         f" {name + ' std':>12} {'AUC':>6} {'TPR@5%':>7} {'TPR@1%':>7}" for name in names)
     lines = [f"K = {k:g}; each part at the std its own tuning curve selects (selection metric "
-             f"{results[names[0]][0]['selection_metric']})", header]
+             f"{results[names[0]][0]['selection_metric']}); n/e = not estimable with this many non-members",
+             header]
     parts = results[names[0]][0]["per_part"]
-    metrics = list(dict.fromkeys(r["metric"] for r in results[names[0]][1]))  # LOGAN's, then loss_baseline
+    metrics = list(dict.fromkeys(r["metric"] for r in results[names[0]][1]))
     for part in parts:
         for metric in metrics:
             cells = []
             for name in names:
-                selected, rows = results[name]
-                std = selected["per_part"][part]["optimal_std"]
-                row = [r for r in rows if r["part"] == part and r["metric"] == metric and r["std"] == std
-                       and abs(r["k"] - k) < 1e-9][0]
-                cells.append(f" {std:12g} {row['auc']:6.3f} {row['tpr_at_5pct_fpr']:7.3f} {row['tpr_at_1pct_fpr']:7.3f}")
+                row = next(r for r in results[name][1] if r["part"] == part and r["metric"] == metric
+                           and abs(r["k"] - k) < 1e-9)
+                cells.append(f" {row['std']:12g} {row['auc']:6.3f} {format_tpr(row, '5pct')} {format_tpr(row, '1pct')}")
             lines.append(f"{part:<10} {metric:<28}" + "".join(cells))
     return "\n".join(lines)
 
@@ -155,14 +155,7 @@ def demo(cfg: RunConfig) -> dict[str, Any]:
         "table": table,
     }
     write_json(out / "demo_summary.json", summary)
-    (out / "demo_table.txt").write_text(table + "\n")
-    log.info("LOGAN demo (higher score = member; members are exactly the training images):\n%s", table)
-    log.info("plots: %s, %s; data lists: %s; trained model: %s (%.0f s in all)",
-             out / "trained" / "tune" / "tuning_curve.png", out / "trained" / "classify" / "roc.png",
-             out / "data", trained, summary["seconds"])
+    with atomic_path(out / "demo_table.txt") as tmp:
+        tmp.write_text(table + "\n")
+    log.info("demo finished in %.0f s", summary["seconds"])
     return summary
-
-
-def main(cfg: RunConfig) -> Path:
-    demo(cfg)
-    return cfg.output_dir

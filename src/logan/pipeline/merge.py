@@ -63,11 +63,11 @@ def detect_shards(out: Path) -> int:
 
 
 def run_stds_of(cfg: RunConfig, command: str) -> list[float]:
-    from logan.pipeline.common import read_std_argument
+    from logan.pipeline.common import std_plan
 
     if command == "tune":
         return list(dict.fromkeys(s for group in cfg.std_sets() for s in group))
-    return read_std_argument(cfg.noise.std)
+    return std_plan(cfg).stds
 
 
 def finish(cfg: RunConfig, command: str, shard: ShardInfo) -> Any:
@@ -91,11 +91,14 @@ def finish(cfg: RunConfig, command: str, shard: ShardInfo) -> Any:
             return None
     if command == "tune":
         return select(cfg)
+    from logan.pipeline.common import std_plan
+
     target = read_list(out / "datasets" / SET_FILES["target"], "target set")
-    return evaluate(cfg, target, stds)
+    return evaluate(cfg, target, std_plan(cfg))
 
 
-def main(cfg: RunConfig) -> Path:
+def merge(cfg: RunConfig) -> Path:
+    """`logan merge`: finish a sharded run whose shards are all done (the run's own settings are used)."""
     out = cfg.output_dir
     saved = out / "config.json"
     if not saved.exists():

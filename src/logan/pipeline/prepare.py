@@ -261,8 +261,3 @@ def _log(out: Path, summary: dict[str, Any], report: Report, writers: dict[int, 
             log.warning("%s", comparison["warning"])
     use = " ".join(USE.get(w.file, "{}").format(out / w.file) for w in writers.values())
     log.info("summary: %s; for logan tune / classify: %s", out / SUMMARY, use)
-
-
-def main(cfg: RunConfig) -> Path:
-    prepare(cfg)
-    return cfg.output_dir

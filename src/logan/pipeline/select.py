@@ -22,6 +22,7 @@ from logan.config import RunConfig
 from logan.data.sets import SET_FILES, read_list
 from logan.errors import LoganError
 from logan.io import write_json
+from logan.pipeline.common import inherit_settings
 from logan.report.plots import tuning_curve
 from logan.report.scoring import roc_summary
 from logan.results import done_stds, load_scores
@@ -61,6 +62,12 @@ def pick(points: list[dict[str, float]], rule: str) -> float:
     if rule == "max_abs_gap":
         return max(usable, key=lambda p: abs(p["gap"]))["std"]
     return max(usable, key=lambda p: p["tune_auc"] if np.isfinite(p["tune_auc"]) else -1)["std"]
+
+
+def inherit_selection(cfg: RunConfig, explicit: set[str]) -> RunConfig:
+    """`logan select path.output_dir=OUT` reads OUT's parts, metrics and ratios from the run's config."""
+    saved = cfg.output_dir / "config.json"
+    return inherit_settings(cfg, explicit, saved, ("img_metrics.",), "select") if saved.is_file() else cfg
 
 
 def select(cfg: RunConfig) -> dict[str, Any]:
@@ -111,8 +118,3 @@ def select(cfg: RunConfig) -> dict[str, Any]:
     log.info("optimal std = %g (%s on %s, K=%g, rule %s); curve plot: %s", optimal, metric, part, s.k, s.rule,
              out / "tuning_curve.png")
     return result
-
-
-def main(cfg: RunConfig) -> Path:
-    select(cfg)
-    return cfg.output_dir / "optimal_std.json"

@@ -12,7 +12,6 @@ description serve all std values, then runs `logan select` on the results.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from logan.config import RunConfig
 from logan.data.sets import build_sets
@@ -49,9 +48,4 @@ def tune(cfg: RunConfig) -> dict | None:
             run_stds(cfg, model, items, every, work, sets.target, desc=f"tune {len(every)} std values")
         else:
             log.info("every std is already complete in %s", work)
-    return finish(cfg, "tune", shard)
-
-
-def main(cfg: RunConfig) -> Path:
-    tune(cfg)
-    return cfg.output_dir
+        return finish(cfg, "tune", shard)

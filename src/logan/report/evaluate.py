@@ -21,6 +21,7 @@ from logan.errors import LoganError
 from logan.io import write_json, write_parquet
 from logan.metrics.original import auc_in_original_orientation
 from logan.metrics.registry import get_metric
+from logan.pipeline.common import StdPlan
 from logan.report.blind import save_blind_baseline
 from logan.report.html import write_report
 from logan.report.plots import roc_curves, score_histograms
@@ -68,28 +69,32 @@ def metric_rows(scores: pd.DataFrame, ci_k: float, seed: int, compat: str = "log
     return rows
 
 
-def _fmt_tpr(row: dict[str, Any], key: str) -> str:
+def format_tpr(row: dict[str, Any], key: str) -> str:
     value = row.get(f"tpr_at_{key}_fpr", float("nan"))
     return f"{value:7.3f}" if row.get(f"tpr_at_{key}_fpr_estimable", True) else "    n/e"
 
 
-def summary_table(rows: list[dict[str, Any]], k: float, std: float) -> str:
-    """Text table (part x metric) at one std and K: AUC [95 % CI], TPR at 5 / 1 / 0.1 % FPR."""
-    at = [r for r in rows if r["std"] == std and np.isclose(r["k"], k)]
-    lines = [f"std = {std:g}; K = {k:g}; n/e = not estimable with this many non-members",
-             f"{'part':<10} {'metric':<28} {'AUC':>6} {'95% CI':>13} {'TPR@5%':>7} {'TPR@1%':>7} {'TPR@.1%':>7}"]
+def summary_table(rows: list[dict[str, Any]], k: float, std: float | None = None) -> str:
+    """Text table (part x metric) at one std (None: each part at the std of its rows) and K: AUC [95 % CI],
+    TPR at 5 / 1 / 0.1 % FPR."""
+    at = [r for r in rows if (std is None or r["std"] == std) and np.isclose(r["k"], k)]
+    title = f"std = {std:g}" if std is not None else "each part at its own selected std"
+    lines = [f"{title}; K = {k:g}; higher score = member; n/e = not estimable with this many non-members",
+             f"{'part':<10} {'metric':<28} {'std':>8} {'AUC':>6} {'95% CI':>13} {'TPR@5%':>7} {'TPR@1%':>7} "
+             f"{'TPR@.1%':>7}"]
     for r in at:
         ci = f"[{r.get('auc_ci_low', np.nan):.2f}, {r.get('auc_ci_high', np.nan):.2f}]"
-        lines.append(f"{r['part']:<10} {r['metric']:<28} {r['auc']:6.3f} {ci:>13} {_fmt_tpr(r, '5pct')} "
-                     f"{_fmt_tpr(r, '1pct')} {_fmt_tpr(r, '0.1pct')}")
+        lines.append(f"{r['part']:<10} {r['metric']:<28} {r['std']:8g} {r['auc']:6.3f} {ci:>13} "
+                     f"{format_tpr(r, '5pct')} {format_tpr(r, '1pct')} {format_tpr(r, '0.1pct')}")
     return "\n".join(lines)
 
 
-def best_per_part(rows: list[dict[str, Any]], std: float, k: float, needs: str | None = "noise") -> dict[str, dict]:
-    """The highest-AUC row per part at one std and K (LOGAN's metrics only by default)."""
+def best_per_part(rows: list[dict[str, Any]], std: float | None, k: float,
+                  needs: str | None = "noise") -> dict[str, dict]:
+    """The highest-AUC row per part at one std (None: any std) and K (LOGAN's metrics only by default)."""
     best: dict[str, dict] = {}
     for r in rows:
-        if r["std"] == std and np.isclose(r["k"], k) and (needs is None or r["needs"] == needs) \
+        if (std is None or r["std"] == std) and np.isclose(r["k"], k) and (needs is None or r["needs"] == needs) \
                 and np.isfinite(r["auc"]) and r["auc"] > best.get(r["part"], {"auc": -1})["auc"]:
             best[r["part"]] = r
     return best
@@ -103,29 +108,33 @@ def _order(rows: list[dict[str, Any]], parts: list[str], metrics: list[str]) -> 
     return sorted(rows, key=key)
 
 
-def evaluate(cfg: RunConfig, target: pd.DataFrame, stds: list[float]) -> list[dict[str, Any]]:
-    """Write metrics.json, scores.parquet, plots, the blind baseline and report.html; log the table."""
+def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan) -> list[dict[str, Any]]:
+    """Write metrics.json, scores.parquet, plots, the blind baseline and report.html."""
     out, k = cfg.output_dir, cfg.selection.k
-    scores = score_table(cfg, target, stds)
+    scores = score_table(cfg, target, plan.stds)
+    if plan.per_part is not None:
+        scores = scores[[plan.per_part.get(p) == s for p, s in zip(scores.part, scores["std"])]]
     rows = _order(metric_rows(scores, k, cfg.seed, cfg.img_metrics.compat), cfg.img_metrics.parts,
                   cfg.img_metrics.metrics_to_use)
     write_json(out / "metrics.json", rows)
     write_parquet(out / "scores.parquet", scores)
     blind = save_blind_baseline(target, out / "blind_baseline.json", cfg.seed)
     plots = {}
-    for std in stds:
-        suffix = "" if len(stds) == 1 else f"_std_{std:g}"
+    for std in [None] if plan.per_part is not None else plan.stds:
+        suffix = "" if std is None or len(plan.stds) == 1 else f"_std_{std:g}"
         chosen = {}
         for part, row in best_per_part(rows, std, k).items():
-            picked = scores[(scores["std"] == std) & (scores.part == part) & (scores.metric == row["metric"])
+            picked = scores[(scores["std"] == row["std"]) & (scores.part == part) & (scores.metric == row["metric"])
                             & np.isclose(scores.k, k)]
             picked = picked[np.isfinite(picked.score)]
             chosen[f"{part}: {row['metric']} (AUC {row['auc']:.3f})"] = (picked.label.to_numpy(),
                                                                         picked.score.to_numpy())
-        roc_curves(chosen, out / f"roc{suffix}.png", f"LOGAN membership ROC, std = {std:g}, K = {k:g}")
+        where = f"std = {std:g}" if std is not None else "each part at its own std"
+        roc_curves(chosen, out / f"roc{suffix}.png", f"LOGAN membership ROC, {where}, K = {k:g}")
         score_histograms(chosen, out / f"histograms{suffix}.png")
         plots[std] = [out / f"roc{suffix}.png", out / f"histograms{suffix}.png"]
-        log.info("classification results (higher score = member):\n%s", summary_table(rows, k, std))
+        for part, row in best_per_part(rows, std, k).items():
+            log.info("best LOGAN metric on %s at std %g: %s, AUC %.3f", part, row["std"], row["metric"], row["auc"])
     write_report(cfg, rows, blind, plots, out / "report.html")
     log.info("wrote %s, %s, %s and %s", out / "metrics.json", out / "scores.parquet", out / "blind_baseline.json",
              out / "report.html")

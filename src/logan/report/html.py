@@ -57,7 +57,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_report(cfg: RunConfig, rows: list[dict[str, Any]], blind: dict[str, Any],
-                 plots: dict[float, list[Path]], path: Path) -> None:
+                 plots: dict[float | None, list[Path]], path: Path) -> None:
     """Render report.html next to metrics.json."""
     k = cfg.selection.k
     verdict_class = "warn" if str(blind.get("verdict", "")).startswith("WARNING") else "ok"
@@ -71,8 +71,9 @@ def write_report(cfg: RunConfig, rows: list[dict[str, Any]], blind: dict[str, An
              f"<p class='{verdict_class}'>{html.escape(str(blind.get('verdict', '')))} "
              f"<small>({html.escape(str(blind.get('classifier', '')))})</small></p>"]
     for std, images in plots.items():
-        at = [r for r in rows if r["std"] == std and np.isclose(r["k"], k)]
-        parts += [f"<h2>Noise std {std:g} (K = {k:g})</h2>", _table(at), *[_image(p) for p in images]]
+        at = [r for r in rows if (std is None or r["std"] == std) and np.isclose(r["k"], k)]
+        title = f"Noise std {std:g}" if std is not None else "Each part at its own selected std"
+        parts += [f"<h2>{title} (K = {k:g})</h2>", _table(at), *[_image(p) for p in images]]
     tuning = _tuning_curve(cfg)
     if tuning:
         parts += ["<h2>Noise-level tuning</h2>", tuning]

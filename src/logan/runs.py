@@ -1,0 +1,218 @@
+"""Typed results of LOGAN's commands, read from their run folders (`load_run`).
+
+Every command's result is built from the files it wrote, so `logan.load_run(folder)` on a finished run
+gives the same object the command returned:
+
+- `TuneResult` (tune, select): the selected std, each part's own optimum, the tuning curves;
+- `ClassifyResult` (classify): `metrics` (the rows of metrics.json), `scores` (per sample), ROC arrays,
+  the model-free baseline, the plots;
+- `DemoResult` (demo): the table, and the trained and control models' tune and classify results;
+- `PrepareResult` (prepare): the lists written and their summary.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from logan.errors import LoganError
+from logan.io import FINGERPRINT_FILE, read_json
+
+
+@dataclass(frozen=True)
+class Roc:
+    """One ROC curve (higher score = member): false and true positive rates at each threshold."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+    auc: float
+
+
+@dataclass
+class TuneResult:
+    """A tuning run (or `select` on one): the optimal std and the curves it was chosen from."""
+
+    output_dir: Path
+    selection: dict[str, Any] = field(repr=False)   # optimal_std.json as written
+
+    @property
+    def optimal_std(self) -> float:
+        return float(self.selection["optimal_std"])
+
+    @property
+    def per_part(self) -> dict[str, float]:
+        """Each part's own optimal std (the selection metric's curve on that part)."""
+        return {part: float(entry["optimal_std"]) for part, entry in self.selection.get("per_part", {}).items()}
+
+    @property
+    def curves(self) -> pd.DataFrame:
+        """One row per (part, metric, std): target mean, reference mean, gap and target-vs-reference AUC."""
+        s = self.selection
+        rows = [{"part": s["part"], "metric": metric, **point} for metric, points in s["curves"].items()
+                for point in points]
+        rows += [{"part": part, "metric": s["selection_metric"], **point}
+                 for part, entry in s.get("per_part", {}).items() if part != s["part"] for point in entry["curve"]]
+        return pd.DataFrame(rows)
+
+    def summary(self) -> str:
+        s = self.selection
+        lines = [f"optimal std = {self.optimal_std:g} ({s['rule']} on part {s['part']}, {s['selection_metric']}, "
+                 f"K = {s['k']:g})"]
+        if self.per_part:
+            lines.append("each part's own optimum: " + ", ".join(f"{p} {v:g}" for p, v in self.per_part.items()))
+        if s.get("reference_is_target_nonmembers"):
+            lines.append("note: the reference set is the target's non-members, so this choice used membership labels")
+        lines.append(f"files: {self.output_dir / 'optimal_std.json'}, {self.output_dir / 'tuning_curve.png'}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+@dataclass
+class ClassifyResult:
+    """A classification run: one metrics row per (std, part, metric, K), per-sample scores, plots."""
+
+    output_dir: Path
+    metrics: pd.DataFrame = field(repr=False)        # metrics.json's rows
+    blind: dict[str, Any] = field(repr=False)        # the model-free baseline (blind_baseline.json)
+    k: float = 1.0                                   # the K of the tables and plots (selection.k)
+    per_part: bool = False                           # each part scored at its own selected std (noise.per_part)
+
+    @functools.cached_property
+    def scores(self) -> pd.DataFrame:
+        """Per-sample values and scores (higher = member): scores.parquet."""
+        return pd.read_parquet(self.output_dir / "scores.parquet")
+
+    @property
+    def plots(self) -> list[Path]:
+        return sorted(p for p in self.output_dir.glob("*.png"))
+
+    @property
+    def report(self) -> Path:
+        return self.output_dir / "report.html"
+
+    def roc(self, metric: str, part: str, std: float | None = None, k: float | None = None) -> Roc:
+        """The ROC of one metric on one part (std: the run's only std, or the part's own; K: the run's K)."""
+        from sklearn.metrics import roc_auc_score, roc_curve
+
+        k = self.k if k is None else k
+        rows = self.scores[(self.scores.metric == metric) & (self.scores.part == part) & np.isclose(self.scores.k, k)]
+        if std is None:
+            stds = sorted(rows["std"].unique())
+            if len(stds) != 1:
+                raise LoganError(f"{metric} on {part} was scored at std {stds}: name one with std=.")
+            std = stds[0]
+        rows = rows[(rows["std"] == std) & np.isfinite(rows.score)]
+        if rows.empty or rows.label.nunique() < 2:
+            raise LoganError(f"no scores of both classes for metric={metric}, part={part}, std={std}, k={k}.")
+        fpr, tpr, thresholds = roc_curve(rows.label.to_numpy(), rows.score.to_numpy())
+        return Roc(fpr, tpr, thresholds, float(roc_auc_score(rows.label.to_numpy(), rows.score.to_numpy())))
+
+    def table(self, std: float | None = None, k: float | None = None) -> str:
+        """The AUC / TPR table at one std (None: each part at its own std, or the run's only std)."""
+        from logan.report.evaluate import summary_table
+
+        rows, k = self.metrics.to_dict("records"), self.k if k is None else k
+        if std is None and not self.per_part:
+            return "\n\n".join(summary_table(rows, k, s) for s in sorted(self.metrics["std"].unique()))
+        return summary_table(rows, k, std)
+
+    def summary(self) -> str:
+        lines = [self.table(), f"model-free baseline: AUC {self.blind.get('auc', float('nan')):.3f} - "
+                 f"{self.blind.get('verdict', '')}",
+                 f"files: {self.output_dir / 'metrics.json'}, {self.output_dir / 'scores.parquet'}, {self.report}"]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+@dataclass
+class DemoResult:
+    """`logan demo`: the comparison table and each attacked model's tune and classify results."""
+
+    output_dir: Path
+    table: str
+    models: dict[str, tuple[TuneResult, ClassifyResult]] = field(repr=False)
+    summary_data: dict[str, Any] = field(repr=False)
+
+    def summary(self) -> str:
+        trained = self.models.get("trained")
+        files = [self.output_dir / "demo_table.txt"]
+        if trained:
+            files += [trained[0].output_dir / "tuning_curve.png", *trained[1].plots[:1], trained[1].report]
+        return "\n".join([self.table, "files: " + ", ".join(str(p) for p in files if p.exists())])
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+@dataclass
+class PrepareResult:
+    """`logan prepare`: the lists written (name -> path) and prepare_summary.json."""
+
+    output_dir: Path
+    lists: dict[str, Path]
+    summary_data: dict[str, Any] = field(repr=False)
+
+    def summary(self) -> str:
+        lines = [f"{path}: {self.summary_data['sets'][name]['count']} images" for name, path in self.lists.items()]
+        lines += [c["warning"] for c in self.summary_data.get("comparisons", []) if c.get("warning")]
+        return "\n".join(lines + [f"files: {self.output_dir / 'prepare_summary.json'}"])
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+Result = TuneResult | ClassifyResult | DemoResult | PrepareResult
+
+
+def load_run(folder: str | Path) -> Result:
+    """Read a finished run folder (tune, classify, demo or prepare) into its result object."""
+    out = Path(folder).expanduser()
+    if (out / "demo_summary.json").is_file():
+        return _demo(out)
+    if (out / "prepare_summary.json").is_file():
+        summary = read_json(out / "prepare_summary.json")
+        return PrepareResult(out, {name: out / name for name in summary["sets"]}, summary)
+    if not (out / FINGERPRINT_FILE).is_file():
+        raise LoganError(f"{out} is not a LOGAN run folder (no {FINGERPRINT_FILE}, demo_summary.json or "
+                         "prepare_summary.json).")
+    command = read_json(out / FINGERPRINT_FILE).get("command")
+    if command == "tune":
+        return _tune(out)
+    if command == "classify":
+        return _classify(out)
+    raise LoganError(f"{out} holds the results of an unknown command '{command}'.")
+
+
+def _tune(out: Path) -> TuneResult:
+    if not (out / "optimal_std.json").is_file():
+        raise LoganError(f"{out} is an unfinished tuning run (no optimal_std.json): rerun the same 'logan tune' "
+                         f"to finish it, or 'logan select path.output_dir={out}'.")
+    return TuneResult(out, read_json(out / "optimal_std.json"))
+
+
+def _classify(out: Path) -> ClassifyResult:
+    if not (out / "metrics.json").is_file():
+        raise LoganError(f"{out} is an unfinished classify run (no metrics.json): rerun the same 'logan classify' "
+                         "to finish it.")
+    config = read_json(out / "config.json") if (out / "config.json").is_file() else {}
+    blind = read_json(out / "blind_baseline.json") if (out / "blind_baseline.json").is_file() else {}
+    k = float(config.get("selection", {}).get("k", 1.0))
+    per_part = bool(config.get("noise", {}).get("per_part", False))
+    return ClassifyResult(out, pd.DataFrame(read_json(out / "metrics.json")), blind, k, per_part)
+
+
+def _demo(out: Path) -> DemoResult:
+    summary = read_json(out / "demo_summary.json")
+    models = {name: (_tune(out / name / "tune"), _classify(out / name / "classify"))
+              for name in ("trained", "control") if (out / name / "classify" / "metrics.json").is_file()}
+    return DemoResult(out, summary["table"], models, summary)
