@@ -584,7 +584,9 @@ def _scored_rows(seq: Encoded, parts: list[str], compat: str) -> tuple[np.ndarra
         positions, targets = seq.part_positions(part, compat)
         targets = np.full(len(positions), -1, dtype=np.int64) if targets is None else targets
         keyed[part] = (positions.astype(np.int64) << 32) | (targets + 1)  # sorts by position, then target
-    keys = np.unique(np.concatenate(list(keyed.values())))
+    keys = np.concatenate(list(keyed.values()))
+    if len(keyed) > 1:  # one part's keys are already sorted and unique
+        keys = np.unique(keys)
     slices = {}
     for part, part_keys in keyed.items():
         start = int(np.searchsorted(keys, part_keys[0])) if len(part_keys) else 0
