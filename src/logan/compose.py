@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
-from logan.config import RunConfig, walk
+from logan.config import RunConfig, is_number, walk
 from logan.errors import LoganError, did_you_mean, unknown
 
 SCHEMA = "logan_schema"
@@ -121,7 +121,7 @@ def _is_verbatim(key: str, value: str, fields: Mapping[str, dataclasses.Field]) 
         return True
     if _hints().get(key) is Any:  # e.g. noise.std, data.reference_datasets_list: a path unless a list / number
         text = value.strip()
-        return not (text.startswith("[") or _is_number(text))
+        return not (text.startswith("[") or is_number(text))
     return False
 
 
@@ -130,14 +130,6 @@ def _listed(item: Override, fields: Mapping[str, dataclasses.Field]) -> str:
     text = item.value.strip()
     is_list = item.key in fields and typing.get_origin(_hints()[item.key]) is list
     return f"[{item.value}]" if is_list and text and not text.startswith("[") and text != "null" else item.value
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _register() -> None:

@@ -419,6 +419,15 @@ def _std_value(value: Any, key: str) -> float:
     return std
 
 
+def is_number(text: str) -> bool:
+    """Whether a string reads as a number (`noise.std=2.6` vs `noise.std=runs/tune/optimal_std.json`)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_std_values(value: Any, key: str = "noise.std") -> list[float]:
     """A number or a list of numbers -> list of validated std values."""
     values = value if isinstance(value, (list, tuple)) else [value]

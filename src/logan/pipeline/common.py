@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from logan import __version__
-from logan.config import RunConfig, parse_std_values, walk
+from logan.config import RunConfig, is_number, parse_std_values, walk
 from logan.data.images import check_image, image_size
 from logan.distributed import ShardInfo
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
@@ -352,7 +352,7 @@ class StdPlan:
 def std_plan(cfg: RunConfig) -> StdPlan:
     """`noise.std` (a number, a list, or an optimal_std.json) and `noise.per_part` as a StdPlan."""
     value = cfg.noise.std
-    if not (isinstance(value, str) and not _is_number(value)):
+    if not (isinstance(value, str) and not is_number(value)):
         if cfg.noise.per_part:
             raise LoganError("noise.per_part=true needs noise.std=<a tuning run's optimal_std.json> (it holds each "
                              "part's selected std).")
@@ -375,7 +375,7 @@ def read_std_argument(value: Any) -> list[float]:
     """`noise.std` for classify: a number, a list, or the path of an optimal_std.json."""
     if value is None:
         raise LoganError("noise.std is not set: give a number, a list, or the path of a tuning run's optimal_std.json.")
-    if isinstance(value, str) and not _is_number(value):
+    if isinstance(value, str) and not is_number(value):
         path = Path(value).expanduser()
         if not path.is_file():
             raise LoganError(f"noise.std={value} is neither a number nor an existing optimal_std.json file.")
@@ -385,13 +385,5 @@ def read_std_argument(value: Any) -> list[float]:
             raise LoganError(f"{path} has no 'optimal_std' number; give a file written by 'logan select'.")
         return parse_std_values(value, f"optimal_std in {path}")
     return parse_std_values(value)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
