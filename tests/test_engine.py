@@ -163,3 +163,19 @@ def test_changed_settings_are_refused(world, tmp_path: Path) -> None:
     run("tune", world.overrides(out, "img_metrics.parts=[img]", "noise.std_sets=[[1.0]]"))
     with pytest.raises(LoganError, match="different configuration"):
         run("tune", world.overrides(out, "img_metrics.parts=[img]", "noise.std_sets=[[1.0]]", "noise.quantize=floor"))
+
+
+def test_llava_hf_scores_as_recorded(world, tmp_path: Path) -> None:
+    """The typed model contract changed nothing llava-hf computes (tests/family_scores.py)."""
+    from family_scores import record_or_compare
+
+    from logan.config import ModelConfig
+
+    def load(reuse: bool) -> LlavaHF:
+        import torch
+
+        adapter = LlavaHF(ModelConfig(model_path=str(world.model)), torch.device("cpu"), torch.float32)
+        adapter.prepare_inference(reuse_prefix=reuse)
+        return adapter
+
+    record_or_compare("llava_hf", load, tmp_path)

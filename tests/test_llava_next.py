@@ -260,3 +260,16 @@ def test_tune_end_to_end_with_two_image_sizes(adapter, folder: Path, tmp_path: P
     assert len(set(sizes.values())) == 2
     for row in zero[zero.part == "img"].itertuples():  # every image got its own number of image tokens
         assert len(row.values) == adapter.image_tokens(sizes[row.sample_id])
+
+
+def test_scores_as_recorded(folder: Path, tmp_path: Path) -> None:
+    """The typed model contract changed nothing LLaVA-NeXT computes (tests/family_scores.py)."""
+    from family_scores import record_or_compare
+
+    def load(reuse: bool) -> LlavaNext:
+        model = LlavaNext(ModelConfig(name="llava-next", model_path=str(folder), conv_mode="mistral_instruct"),
+                          torch.device("cpu"), torch.float32)
+        model.prepare_inference(reuse_prefix=reuse)
+        return model
+
+    record_or_compare("llava_next", load, tmp_path)

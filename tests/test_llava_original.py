@@ -411,3 +411,22 @@ def test_tune_end_to_end_on_the_original_format(tiny, full_bin, tmp_path) -> Non
     optimal = json.loads((out / "optimal_std.json").read_text())
     assert optimal["optimal_std"] == 4.0
     assert (out / "per_std" / "std_4.0" / "done.json").exists()
+
+
+@pytest.mark.parametrize("variant", ["full", "pretrain"])
+def test_scores_as_recorded(tiny, full_bin, tmp_path, variant) -> None:
+    """The typed model contract changed nothing the original-format loaders compute (tests/family_scores.py)."""
+    from family_scores import record_or_compare
+
+    if variant == "full":
+        cfg = settings(FULL, model_path=str(full_bin), vision_tower=str(tiny.clip_dir))
+    else:
+        cfg = settings(PRETRAIN, model_path=str(write_pretrain(tiny, "pretrain-recorded")),
+                       model_base=str(write_base(tiny, "vicuna-recorded")), vision_tower=str(tiny.clip_dir))
+
+    def load(reuse: bool):
+        model = load_model(cfg, torch.device("cpu"), torch.float32)
+        model.prepare_inference(reuse_prefix=reuse)
+        return model
+
+    record_or_compare(f"llava_original_{variant}", load, tmp_path)

@@ -445,3 +445,16 @@ def test_tune_end_to_end_on_tiny_minigpt4(world, files, tmp_path):
     assert optimal["optimal_std"] in (2.0, 20.0)
     for std in (0.0, 2.0, 20.0):
         assert (out / "per_std" / f"std_{std!r}" / "done.json").exists()
+
+
+@pytest.mark.parametrize("model_type", ["pretrain_llama2", "pretrain_vicuna0"])
+def test_scores_as_recorded(files, tmp_path, model_type):
+    """The typed model contract changed nothing MiniGPT-4 computes (tests/family_scores.py)."""
+    from family_scores import record_or_compare
+
+    def load(reuse: bool) -> MiniGPT4:
+        model = MiniGPT4(files.cfg(model_type), CPU, torch.float32)
+        model.prepare_inference(reuse_prefix=reuse)
+        return model
+
+    record_or_compare(f"minigpt4_{model_type}", load, tmp_path)
