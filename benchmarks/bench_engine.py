@@ -44,7 +44,8 @@ from logan.data.images import load_image
 from logan.engine import Engine, EngineSettings, WorkItem
 from logan.metrics import fused
 from logan.metrics.registry import all_metrics
-from logan.models.base import compile_repeated_blocks, pad_batch
+from logan.models.base import compile_repeated_blocks
+from logan.models.contract import ImageBatch, TokenBatch, collate
 from logan.models.llava_hf import LlavaHF
 from logan.models.preprocess import ImageTransform
 from logan.models.tiny import TinySpec, _tokenizer, build_tiny_llava
@@ -168,13 +169,13 @@ class Meter:
                 record["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
 
 
-def forward_flops(adapter: LlavaHF, layout_ids: torch.Tensor, pixels: torch.Tensor, positions: torch.Tensor) -> float:
+def forward_flops(adapter: LlavaHF, tokens: TokenBatch, pixels: ImageBatch, positions: torch.Tensor) -> float:
     """Matrix-product FLOPs of one forward_logits of a single sequence."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        adapter.forward_logits(layout_ids, torch.ones_like(layout_ids), pixels, positions)
+        adapter.forward_logits(tokens, pixels, positions)
     return float(counter.get_total_flops())
 
 
@@ -187,24 +188,25 @@ def original_loop(adapter: LlavaHF, items: list[WorkItem], stds: list[float], ge
         batch = items[start:start + batch_size]
         arrays = [load_image(it.sample_id) for it in batch]
         prompts = [adapter.encode(INSTRUCTION, None, image_size=it.size) for it in batch]
-        ids, mask = pad_batch(prompts, adapter.pad_token_id, "left")
-        clean = adapter.pixel_values([a.astype(np.float32) for a, _ in arrays])
-        described = adapter.generate(ids, mask, clean, gen_tokens)
+        clean = adapter.image_batch([a.astype(np.float32) for a, _ in arrays])
+        described = adapter.generate(TokenBatch.build(prompts, adapter.pad_token_id, "left"), clean, gen_tokens)
         full = [adapter.encode(INSTRUCTION, d or [adapter.eos_token_id], image_size=it.size)
                 for d, it in zip(described, batch)]
-        ids, mask = pad_batch(full, adapter.pad_token_id, "right")
+        tokens = TokenBatch.build(full, adapter.pad_token_id, "right")
+        mask = tokens.attention_mask
 
-        def logits(pixels: torch.Tensor, ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> torch.Tensor:
+        def logits(pixels: ImageBatch, tokens: TokenBatch = tokens) -> torch.Tensor:
             with torch.inference_mode():
-                out = model(input_ids=ids.to(adapter.device), attention_mask=mask.to(adapter.device),
-                            pixel_values=adapter.to_model(pixels)).logits
+                out = model(input_ids=tokens.input_ids.to(adapter.device),
+                            attention_mask=tokens.attention_mask.to(adapter.device),
+                            **pixels.to(adapter.device, adapter.dtype)).logits
             return out[..., : adapter.real_vocab].float().cpu()
 
         reference = torch.log_softmax(logits(clean), -1)
         forwards += len(batch)
         for std in stds:
             noisy = [perturb_pixels(a, std, seed=0, key=key) for a, key in arrays]
-            logq = torch.log_softmax(logits(adapter.pixel_values(noisy)), -1)
+            logq = torch.log_softmax(logits(adapter.image_batch(noisy)), -1)
             kl = (reference.exp() * (reference - logq)).sum(-1) * mask  # per token, on the host
             kl.numpy()
             pairs += len(batch)
@@ -243,11 +245,11 @@ def plain_forward(adapter: LlavaHF, items: list[WorkItem], batch: int, repeats: 
 def _img_batch(adapter: LlavaHF, items: list[WorkItem], batch: int) -> tuple:
     engine = Engine(adapter, EngineSettings(parts=["img"], metrics=["max_k_no_norn_kl_div"], instruction=INSTRUCTION))
     chosen = (items * (batch // len(items) + 1))[:batch]
-    pixels = adapter.pixel_values([load_image(it.sample_id)[0].astype(np.float32) for it in chosen])
+    pixels = adapter.image_batch([load_image(it.sample_id)[0].astype(np.float32) for it in chosen])
     return engine._layout(chosen, "gen"), pixels
 
 
-def _timed_forwards(adapter: LlavaHF, layout, pixels: torch.Tensor, repeats: int) -> dict:
+def _timed_forwards(adapter: LlavaHF, layout, pixels: ImageBatch, repeats: int) -> dict:
     layout.logits(adapter, pixels)  # warm-up (and compilation)
     if adapter.device.type == "cuda":
         torch.cuda.synchronize()
@@ -256,7 +258,7 @@ def _timed_forwards(adapter: LlavaHF, layout, pixels: torch.Tensor, repeats: int
         layout.logits(adapter, pixels)
     if adapter.device.type == "cuda":
         torch.cuda.synchronize()
-    return {"forwards": layout.input_ids.shape[0] * repeats, "seconds": time.perf_counter() - started}
+    return {"forwards": layout.tokens.input_ids.shape[0] * repeats, "seconds": time.perf_counter() - started}
 
 
 def prefix_reuse(adapter: LlavaHF, items: list[WorkItem], batch: int, repeats: int) -> dict[str, float]:
@@ -270,7 +272,7 @@ def prefix_reuse(adapter: LlavaHF, items: list[WorkItem], batch: int, repeats: i
     kept = _timed_forwards(adapter, layout, pixels, repeats)
     got = layout.logits(adapter, pixels).float()
     kl = torch.nn.functional.kl_div(got.log_softmax(-1), want.log_softmax(-1), log_target=True, reduction="none")
-    return {"prefix tokens": len(layout.prefix), "sequence tokens": layout.input_ids.shape[1],
+    return {"prefix tokens": len(layout.tokens.prefix), "sequence tokens": layout.tokens.input_ids.shape[1],
             "full fwd/s": full["forwards"] / full["seconds"], "kept fwd/s": kept["forwards"] / kept["seconds"],
             "max |logit change|": float((got - want).abs().max()), "mean KL per token": float(kl.sum(-1).mean()),
             "max KL per token": float(kl.sum(-1).max())}
@@ -308,7 +310,7 @@ def compile_shapes(adapter: LlavaHF, items: list[WorkItem], modes: list[str], fu
     For compile times without a warm cache, time one mode per process with fresh TORCHINDUCTOR_CACHE_DIR
     and TRITON_CACHE_DIR."""
     engine = Engine(adapter, EngineSettings(parts=["img"], metrics=["max_k_no_norn_kl_div"], instruction=INSTRUCTION))
-    pixels = adapter.pixel_values([load_image(it.sample_id)[0].astype(np.float32) for it in items[:1]])
+    one = adapter.image_input(load_image(items[0].sample_id)[0].astype(np.float32))
     out = {}
 
     def sync() -> None:
@@ -323,7 +325,7 @@ def compile_shapes(adapter: LlavaHF, items: list[WorkItem], modes: list[str], fu
         row = {}
         for size in (full, last):
             layout = engine._layout([items[0]] * size, "gen")
-            batch = pixels.expand(size, *pixels.shape[1:]).contiguous()
+            batch = collate([one] * size)
             sync()
             started = time.perf_counter()
             layout.logits(adapter, batch)
@@ -521,10 +523,10 @@ def main(argv: list[str]) -> int:
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
 
     one = adapter.encode(INSTRUCTION, None, text_after_image=False)
-    ids = torch.tensor([one.input_ids])
-    pixels = adapter.pixel_values([load_image(items[0].sample_id)[0].astype(np.float32)])
+    pixels = adapter.image_batch([load_image(items[0].sample_id)[0].astype(np.float32)])
     report["sequence_tokens"] = len(one.input_ids)
-    report["flops_per_forward"] = forward_flops(adapter, ids, pixels, torch.arange(one.image_start, one.image_end)[None])
+    report["flops_per_forward"] = forward_flops(adapter, TokenBatch.build([one], adapter.pad_token_id), pixels,
+                                                torch.arange(one.image_start, one.image_end)[None])
     rows: dict[str, dict] = {}
     report["rows"] = rows
 
@@ -597,9 +599,8 @@ def default_config(adapter: LlavaHF, items: list[WorkItem], stds: list[float], m
         for start in range(0, len(items), 8):
             batch = items[start:start + 8]
             prompts = [adapter.encode(INSTRUCTION, None, image_size=it.size) for it in batch]
-            ids, mask = pad_batch(prompts, adapter.pad_token_id, "left")
-            pixels = adapter.pixel_values([load_image(it.sample_id)[0].astype(np.float32) for it in batch])
-            described += adapter.generate(ids, mask, pixels, 32)
+            pixels = adapter.image_batch([load_image(it.sample_id)[0].astype(np.float32) for it in batch])
+            described += adapter.generate(TokenBatch.build(prompts, adapter.pad_token_id, "left"), pixels, 32)
         r.update(images=len(items))
     items = [dc_replace(it, description=tuple(d)) for it, d in zip(items, described)]
     cfg = run_config(work / "default", ["img", "inst", "desp", "inst_desp"], metrics, batch_size, compiled, 0)

@@ -27,7 +27,7 @@ from logan.engine import Engine, EngineSettings, SampleResult, WorkItem
 from logan.errors import LoganError
 from logan.metrics.aggregate import aggregate
 from logan.metrics.registry import all_metrics, get_metric
-from logan.models.base import VLMAdapter
+from logan.models.base import ImageBatch, VLMAdapter
 
 VOCAB = 384
 N_IMAGE = 10
@@ -58,10 +58,10 @@ class Stub(VLMAdapter):
     def decode(self, ids: list[int]) -> str:
         return ""
 
-    def forward_logits(self, input_ids, attention_mask, pixel_values, positions, prefix=()):
-        return self.tables[pixel_values][0][positions]
+    def forward_logits(self, tokens, images, positions):
+        return self.tables[images.tensors["table"]][0][positions]
 
-    def generate(self, input_ids, attention_mask, pixel_values, max_new_tokens):
+    def generate(self, tokens, images, max_new_tokens):
         raise NotImplementedError
 
 
@@ -141,6 +141,11 @@ def reference(part: str, metric: str, compat: str, tables: dict[str, np.ndarray]
 # ---------------------------------------------------------------- the code under test
 
 
+def table(name: str) -> ImageBatch:
+    """The stub's "images": which of its logit tables a forward returns."""
+    return ImageBatch({"table": name}, ((0, 0),))
+
+
 def engine_values(tables: dict[str, np.ndarray], parts: list[str], metrics: list[str], compat: str,
                   regime: str, metric_kernel: str = "torch") -> dict[tuple[str, str], np.ndarray]:
     """Per-token values as the engine scatters them, for one sample: the engine's layout, metric groups
@@ -151,11 +156,11 @@ def engine_values(tables: dict[str, np.ndarray], parts: list[str], metrics: list
     result = SampleResult("sample", 1)
     for variant in engine.plan:
         layout = engine._layout([WorkItem("sample", 1, description=DESCRIPTION)], variant)
-        clean = layout.logits(stub, "clean")
-        values = {**engine._token_values("noise", clean, layout.logits(stub, regime), layout),
+        clean = layout.logits(stub, table("clean"))
+        values = {**engine._token_values("noise", clean, layout.logits(stub, table(regime)), layout),
                   **engine._token_values("clean", clean, None, layout)}
         if "augment" in engine._reducers:
-            augmented = [engine._token_values("augment", clean, layout.logits(stub, f"aug{k}"), layout)
+            augmented = [engine._token_values("augment", clean, layout.logits(stub, table(f"aug{k}")), layout)
                          for k in range(N_AUGMENT)]
             values.update({name: sum(a[name] for a in augmented) / N_AUGMENT for name in augmented[0]})
         layout.scatter([result], {name: v.numpy() for name, v in values.items()})

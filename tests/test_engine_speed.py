@@ -15,7 +15,8 @@ from logan.config import ModelConfig, RunConfig
 from logan.engine import Engine, EngineSettings, WorkItem, auto_batch_size
 from logan.errors import LoganError
 from logan.metrics import all_metrics
-from logan.models.base import pad_batch, right_padded
+from logan.models.base import right_padded
+from logan.models.contract import TokenBatch
 from logan.models.llava_hf import LlavaHF
 from logan.prefetch import Prefetch
 
@@ -134,16 +135,17 @@ def test_prefetch_and_host_threads_do_not_change_scores(model, items) -> None:
 def test_right_padding_mask_is_dropped_without_changing_logits(model, items) -> None:
     encoded = [Engine(model, EngineSettings(parts=["desp"], metrics=METRICS, instruction="Describe.")).encode(it, "gen")
                for it in items[:3]]
-    ids, mask = pad_batch(encoded, model.pad_token_id, "right")
+    tokens = TokenBatch.build(encoded, model.pad_token_id, "right")
+    ids, mask = tokens.input_ids, tokens.attention_mask
     assert right_padded(mask) and not bool(mask.all())
-    assert not right_padded(pad_batch(encoded, model.pad_token_id, "left")[1])
+    assert not right_padded(TokenBatch.build(encoded, model.pad_token_id, "left").attention_mask)
     from logan.data.images import load_image
 
-    pixels = model.pixel_values([load_image(it.sample_id)[0].astype(np.float32) for it in items[:3]])
+    images = model.image_batch([load_image(it.sample_id)[0].astype(np.float32) for it in items[:3]])
     positions = torch.arange(ids.shape[1]).expand(len(encoded), -1)
-    ours = model.forward_logits(ids, mask, pixels, positions)
+    ours = model.forward_logits(tokens, images, positions)
     with torch.no_grad():
-        masked = model.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[..., : model.real_vocab]
+        masked = model.model(input_ids=ids, attention_mask=mask, **images.tensors).logits[..., : model.real_vocab]
     for row, seq in enumerate(encoded):
         n = len(seq.input_ids)
         torch.testing.assert_close(ours[row, :n], masked[row, :n], rtol=1e-5, atol=1e-5)
@@ -175,11 +177,11 @@ def test_compiled_model_and_metrics_match_eager(world, items) -> None:
         else:
             np.testing.assert_allclose(fast[key], eager[key], rtol=1e-3, atol=1e-7)
     prompt = compiled.encode("Describe this image concisely.", None)
-    ids, mask = pad_batch([prompt], compiled.pad_token_id, "left")
+    tokens = TokenBatch.build([prompt], compiled.pad_token_id, "left")
     from logan.data.images import load_image
 
-    pixels = compiled.pixel_values([load_image(items[0].sample_id)[0].astype(np.float32)])
-    assert compiled.generate(ids, mask, pixels, 4) == eager_model.generate(ids, mask, pixels, 4)
+    pixels = compiled.image_batch([load_image(items[0].sample_id)[0].astype(np.float32)])
+    assert compiled.generate(tokens, pixels, 4) == eager_model.generate(tokens, pixels, 4)
 
 
 def test_generation_batch_auto_halves_on_out_of_memory_and_keeps_every_description(world, model, tmp_path,
@@ -191,11 +193,11 @@ def test_generation_batch_auto_halves_on_out_of_memory_and_keeps_every_descripti
     images = [e["image"] for e in json.loads(world.members.read_text())[:5]]
     real, sizes = model.generate, []
 
-    def tight(ids, mask, pixels, n):
-        sizes.append(ids.shape[0])
-        if ids.shape[0] > 2:
+    def tight(tokens, images, n):
+        sizes.append(tokens.input_ids.shape[0])
+        if tokens.input_ids.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(ids, mask, pixels, n)
+        return real(tokens, images, n)
 
     cfg = RunConfig.from_dict({"generation": {"num_gen_tokens": 4}})
     monkeypatch.setattr(model, "generate", tight)

@@ -17,7 +17,8 @@ from logan.config import ModelConfig
 from logan.data.synthetic import make_split, vocabulary
 from logan.engine import Engine, EngineSettings, WorkItem
 from logan.errors import LoganError
-from logan.models.base import TEMPLATES, pad_batch
+from logan.models.base import TEMPLATES
+from logan.models.contract import ImageBatch, TokenBatch
 from logan.models.llava_next import NEXT_TEMPLATES, LlavaNext
 from logan.models.registry import check_model
 from logan.models.tiny import _tokenizer
@@ -91,6 +92,10 @@ def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(40, 216, (h, w, 3), dtype=np.uint8)
 
 
+def floats(images: list[np.ndarray]) -> list[np.ndarray]:
+    return [image.astype(np.float32) for image in images]
+
+
 def hf_inputs(processor, images: list[np.ndarray]) -> dict:
     prompt = "<s>[INST] <image>\n" + INSTRUCTION + " [/INST]"  # the model card's prompt, BOS spelled out
     return dict(processor(images=[Image.fromarray(im) for im in images], text=[prompt] * len(images),
@@ -118,7 +123,7 @@ def test_image_token_count_matches_processor_and_model(adapter, hf) -> None:
 def test_float_views_match_the_image_processor(adapter, hf, shape) -> None:
     image = smooth_image(*shape, seed=sum(shape))
     ref = hf_inputs(hf[0], [image])
-    ours = adapter.pixel_values([image.astype(np.float32)])
+    ours = adapter.image_batch(floats([image])).tensors
     assert ours["pixel_values"].dtype == torch.float32
     assert ours["pixel_values"].shape == ref["pixel_values"].shape
     assert ours["image_sizes"].tolist() == ref["image_sizes"].tolist() == [list(shape)]
@@ -127,9 +132,9 @@ def test_float_views_match_the_image_processor(adapter, hf, shape) -> None:
 
 def test_views_keep_sub_grey_level_changes(adapter) -> None:
     image = smooth_image(40, 24).astype(np.float32)
-    clean = adapter.pixel_values([image])["pixel_values"]
-    assert torch.equal(clean, adapter.pixel_values([image.copy()])["pixel_values"])
-    nudged = adapter.pixel_values([image + 0.01])["pixel_values"]
+    clean = adapter.image_batch(floats([image])).tensors["pixel_values"]
+    assert torch.equal(clean, adapter.image_batch(floats([image.copy()])).tensors["pixel_values"])
+    nudged = adapter.image_batch(floats([image + 0.01])).tensors["pixel_values"]
     assert 0 < (nudged - clean).abs().max() < 0.001
 
 
@@ -141,13 +146,15 @@ def test_logits_match_hf_forward_on_a_mixed_size_batch(adapter, hf) -> None:
         expected = model(**ref).logits[..., : adapter.real_vocab]
     assert model.lm_head.out_features > adapter.real_vocab  # <image> is cut from the vocabulary
     encoded = [adapter.encode(INSTRUCTION, image_size=(im.shape[1], im.shape[0])) for im in images]
-    ids, mask = pad_batch(encoded, adapter.pad_token_id)
+    tokens = TokenBatch.build(encoded, adapter.pad_token_id)
+    ids, mask = tokens.input_ids, tokens.attention_mask
     assert torch.equal(ids * mask, ref["input_ids"] * ref["attention_mask"])
     positions = torch.arange(ids.shape[1]).expand(len(images), -1)
-    hf_pixels = {"pixel_values": ref["pixel_values"], "image_sizes": ref["image_sizes"]}
-    on_hf_pixels = adapter.forward_logits(ids, mask, hf_pixels, positions)
-    float_pixels = adapter.pixel_values([im.astype(np.float32) for im in images])
-    on_float_pixels = adapter.forward_logits(ids, mask, float_pixels, positions)
+    float_pixels = adapter.image_batch(floats(images))
+    hf_pixels = ImageBatch({"pixel_values": ref["pixel_values"], "image_sizes": ref["image_sizes"]},
+                           float_pixels.sizes)
+    on_hf_pixels = adapter.forward_logits(tokens, hf_pixels, positions)
+    on_float_pixels = adapter.forward_logits(tokens, float_pixels, positions)
     for row, seq in enumerate(encoded):
         n = len(seq.input_ids)  # image and text positions of this row
         torch.testing.assert_close(on_hf_pixels[row, :n], expected[row, :n], rtol=1e-5, atol=1e-5)
@@ -165,12 +172,12 @@ def test_the_kept_prompt_gives_the_logits_of_whole_forwards(adapter, folder) -> 
     kept.prepare_inference(reuse_prefix=True)
     images = [smooth_image(24, 56, 1), smooth_image(56, 40, 2)]
     encoded = [adapter.encode(INSTRUCTION, image_size=(im.shape[1], im.shape[0])) for im in images]
-    ids, mask = pad_batch(encoded, adapter.pad_token_id)
+    tokens = TokenBatch.build(encoded, adapter.pad_token_id)
     start = encoded[0].image_start
-    positions = torch.arange(start, ids.shape[1]).expand(len(images), -1)
-    pixels = adapter.pixel_values([im.astype(np.float32) for im in images])
-    want = adapter.forward_logits(ids, mask, pixels, positions)
-    got = kept.forward_logits(ids, mask, pixels, positions, encoded[0].input_ids[:start])
+    positions = torch.arange(start, tokens.input_ids.shape[1]).expand(len(images), -1)
+    pixels = adapter.image_batch(floats(images))
+    want = adapter.forward_logits(tokens, pixels, positions)  # no kept prefix: whole forwards
+    got = kept.forward_logits(tokens, pixels, positions)
     assert start > 0 and kept._kept.ids == encoded[0].input_ids[:start]
     for row, seq in enumerate(encoded):
         n = len(seq.input_ids) - start
@@ -178,11 +185,10 @@ def test_the_kept_prompt_gives_the_logits_of_whole_forwards(adapter, folder) -> 
 
 
 def test_an_image_resized_after_encoding_is_one_clear_error(adapter) -> None:
-    seq = adapter.encode(INSTRUCTION, image_size=(40, 24))
-    ids, mask = pad_batch([seq], adapter.pad_token_id)
-    pixels = adapter.pixel_values([smooth_image(256, 256).astype(np.float32)])  # e.g. an aug_kld crop
-    with pytest.raises(LoganError, match="needs 88 LLaVA-NeXT image tokens but its sequence was encoded"):
-        adapter.forward_logits(ids, mask, pixels, torch.zeros((1, 1), dtype=torch.long))
+    tokens = TokenBatch.build([adapter.encode(INSTRUCTION, image_size=(40, 24))], adapter.pad_token_id)
+    pixels = adapter.image_batch(floats([smooth_image(256, 256)]))  # an image that changed size
+    with pytest.raises(LoganError, match="a 256 x 256 image met a sequence laid out for 40 x 24"):
+        pixels.check(tokens)
 
 
 @pytest.mark.parametrize("space", ["pixel", "normalized"])
@@ -214,8 +220,8 @@ def test_engine_on_mixed_sizes_is_zero_at_zero_and_batch_invariant(adapter, tmp_
 def test_generate_runs_on_a_mixed_size_batch(adapter) -> None:
     images = [smooth_image(24, 56), smooth_image(64, 32)]
     prompts = [adapter.encode(INSTRUCTION, image_size=(im.shape[1], im.shape[0])) for im in images]
-    ids, mask = pad_batch(prompts, adapter.pad_token_id, side="left")
-    out = adapter.generate(ids, mask, adapter.pixel_values([im.astype(np.float32) for im in images]), 3)
+    tokens = TokenBatch.build(prompts, adapter.pad_token_id, padding="left")
+    out = adapter.generate(tokens, adapter.image_batch(floats(images)), 3)
     assert len(out) == 2 and all(len(o) <= 3 and all(t < adapter.real_vocab for t in o) for o in out)
 
 

@@ -27,6 +27,7 @@ from logan.config import ModelConfig
 from logan.data.synthetic import make_split, vocabulary
 from logan.errors import LoganError
 from logan.models.base import TEMPLATES
+from logan.models.contract import ImageBatch, TokenBatch
 from logan.models.llava_original import image_token_count
 from logan.models.preprocess import ImageTransform
 from logan.models.registry import check_model, load_model
@@ -202,9 +203,10 @@ def reference_logits(tiny: Tiny, llm: dict, tower: dict, projector: dict, ids: l
 
 
 def adapter_logits(model, encoded, pixels: torch.Tensor) -> torch.Tensor:
-    ids = torch.tensor([encoded.input_ids])
     positions = torch.arange(len(encoded.input_ids))[None]
-    return model.forward_logits(ids, torch.ones_like(ids), pixels, positions)[0]
+    images = ImageBatch({"pixel_values": pixels}, ((0, 0),))
+    return model.forward_logits(TokenBatch.build([encoded], model.pad_token_id), images, positions)[0]
+
 
 
 def original_tokens(sp, before: str, after: str) -> list[int]:
@@ -227,7 +229,7 @@ def test_full_checkpoint_parity_bin_shards(tiny, full_bin, image) -> None:
     assert model.tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [tiny.vocab, tiny.vocab + 1]
     continuation = tiny.sp.encode("a small red circle")
     encoded = model.encode(INSTRUCTION, continuation)
-    pixels = model.pixel_values([image])
+    pixels = model.image_batch([image]).tensors["pixel_values"]
     got = adapter_logits(model, encoded, pixels)
     want = reference_logits(tiny, tiny.llm, tiny.tower, tiny.projector, list(encoded.input_ids),
                             encoded.image_start, pixels)
@@ -238,8 +240,8 @@ def test_full_checkpoint_parity_bin_shards(tiny, full_bin, image) -> None:
     fill = (np.array([int(m * 255) for m in mean]) / 255 - mean) / std
     np.testing.assert_allclose(pixels[0, :, :4, :].numpy(),
                                np.broadcast_to(fill[:, None, None], (3, 4, IMAGE)), atol=1e-5)
-    generated = model.generate(torch.tensor([encoded.input_ids[:encoded.inst_end]]),
-                               torch.ones(1, encoded.inst_end, dtype=torch.long), pixels, 3)
+    generated = model.generate(TokenBatch.build([model.encode(INSTRUCTION)], model.pad_token_id, "left"),
+                               model.image_batch([image]), 3)
     assert len(generated[0]) <= 3 and all(0 <= t < tiny.vocab for t in generated[0])
 
 
@@ -250,7 +252,7 @@ def test_safetensors_shards_with_embedded_tower(tiny, image) -> None:
     clip_dir = tiny.write_clip(tiny.root / "clip-other", other)
     model = load(settings(FULL, model_path=str(folder), vision_tower=str(clip_dir)))
     encoded = model.encode(INSTRUCTION)
-    pixels = model.pixel_values([image])
+    pixels = model.image_batch([image]).tensors["pixel_values"]
     want = reference_logits(tiny, tiny.llm, tiny.tower, tiny.projector, list(encoded.input_ids),
                             encoded.image_start, pixels)
     torch.testing.assert_close(adapter_logits(model, encoded, pixels), want, rtol=1e-5, atol=1e-5)
@@ -263,7 +265,7 @@ def test_linear_projector(tiny, image) -> None:
     folder = tiny.write_full("llava-linear", "bin", projector=projector, mm_projector_type="linear")
     model = load(settings(FULL, model_path=str(folder), vision_tower=str(tiny.clip_dir)))
     encoded = model.encode(INSTRUCTION)
-    pixels = model.pixel_values([image])
+    pixels = model.image_batch([image]).tensors["pixel_values"]
     want = reference_logits(tiny, tiny.llm, tiny.tower, projector, list(encoded.input_ids),
                             encoded.image_start, pixels)
     torch.testing.assert_close(adapter_logits(model, encoded, pixels), want, rtol=1e-5, atol=1e-5)
@@ -392,7 +394,7 @@ def test_projector_only_checkpoint_on_base_llm(tiny, image) -> None:
     caption = tiny.sp.encode(CAPTION)
     encoded = model.encode("ignored in plain", caption)
     assert list(encoded.input_ids) == [1] + [model.image_token_id] * N_IMAGE + caption
-    pixels = model.pixel_values([image])
+    pixels = model.image_batch([image]).tensors["pixel_values"]
     projector = {k: v.to(torch.bfloat16) for k, v in tiny.projector.items()}
     want = reference_logits(tiny, tiny.llm, tiny.tower, projector, list(encoded.input_ids), 1, pixels)
     torch.testing.assert_close(adapter_logits(model, encoded, pixels), want, rtol=1e-5, atol=1e-5)

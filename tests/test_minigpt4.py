@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from logan.config import ModelConfig
 from logan.errors import LoganError
+from logan.models.contract import TokenBatch
 from logan.models.minigpt4 import IMAGE_SENTINEL, SYSTEM, MiniGPT4, _resolve, image_token_count
 
 IMAGE, PATCH, VIT_WIDTH, VIT_MLP, VIT_LAYERS = 32, 4, 176, 64, 2   # 2 EVA heads of 88; 64 patches
@@ -227,14 +228,13 @@ def _images(n: int, seed: int = 0) -> list[np.ndarray]:
 def test_logits_equal_minigpt4_forward_on_the_same_tensors(files, adapters, model_type):
     from transformers import LlamaForCausalLM
 
-    from logan.models.base import pad_batch
-
     model = adapters[model_type]
     sequences = [model.encode(INSTRUCTION, [7, 8, 9, 10]), model.encode(INSTRUCTION, [11])]
-    ids, mask = pad_batch(sequences, model.pad_token_id, "right")
-    pixels = model.pixel_values(_images(2))
-    positions = torch.stack([torch.arange(ids.shape[1] - 1)] * 2)
-    got = model.forward_logits(ids, mask, pixels, positions)
+    tokens = TokenBatch.build(sequences, model.pad_token_id, "right")
+    images = model.image_batch(_images(2))
+    positions = torch.stack([torch.arange(tokens.input_ids.shape[1] - 1)] * 2)
+    got = model.forward_logits(tokens, images, positions)
+    pixels = images.tensors["pixel_values"]
 
     llm = LlamaForCausalLM.from_pretrained(files.llm).eval()
     with torch.no_grad():
@@ -254,18 +254,16 @@ def test_logits_equal_minigpt4_forward_on_the_same_tensors(files, adapters, mode
 def test_the_kept_prompt_gives_the_logits_of_whole_forwards(files, adapters, model_type):
     """inference.reuse_prefix: the text before the image runs once; right-padded forwards (a 4D padding
     mask in the LLM, widened by the kept columns) start at the image with the same logits."""
-    from logan.models.base import pad_batch
-
     kept = MiniGPT4(files.cfg(model_type), CPU, torch.float32)
     kept.prepare_inference(reuse_prefix=True)
     sequences = [kept.encode(INSTRUCTION, [7, 8, 9, 10]), kept.encode(INSTRUCTION, [11])]
-    ids, mask = pad_batch(sequences, kept.pad_token_id, "right")
+    tokens = TokenBatch.build(sequences, kept.pad_token_id, "right")
     start = sequences[0].image_start
     prefix = sequences[0].input_ids[:start]
-    positions = torch.stack([torch.arange(start, ids.shape[1] - 1)] * 2)
-    pixels = kept.pixel_values(_images(2))
-    want = adapters[model_type].forward_logits(ids, mask, pixels, positions)
-    got = kept.forward_logits(ids, mask, pixels, positions, prefix)
+    positions = torch.stack([torch.arange(start, tokens.input_ids.shape[1] - 1)] * 2)
+    images = kept.image_batch(_images(2))
+    want = adapters[model_type].forward_logits(tokens, images, positions)  # no kept prefix: whole forwards
+    got = kept.forward_logits(tokens, images, positions)
     assert start > 1 and kept._kept.ids == prefix
     for row, seq in enumerate(sequences):
         length = len(seq.input_ids) - 1 - start
@@ -273,18 +271,15 @@ def test_the_kept_prompt_gives_the_logits_of_whole_forwards(files, adapters, mod
 
 
 def test_generate_is_greedy_batch_independent_and_matches_the_logits(adapters):
-    from logan.models.base import pad_batch
-
     model = adapters["pretrain_llama2"]
     prompts = [model.encode(INSTRUCTION), model.encode("What is it?")]
-    pixels = model.pixel_values(_images(2, seed=3))
-    ids, mask = pad_batch(prompts, model.pad_token_id, "left")
-    batched = model.generate(ids, mask, pixels, 5)
+    images = _images(2, seed=3)
+    batched = model.generate(TokenBatch.build(prompts, model.pad_token_id, "left"), model.image_batch(images), 5)
     for row, prompt in enumerate(prompts):
-        one_ids, one_mask = pad_batch([prompt], model.pad_token_id, "left")
-        assert model.generate(one_ids, one_mask, pixels[row:row + 1], 5)[0] == batched[row]
+        one = TokenBatch.build([prompt], model.pad_token_id, "left")
+        assert model.generate(one, model.image_batch(images[row:row + 1]), 5)[0] == batched[row]
         last = torch.tensor([[len(prompt.input_ids) - 1]])
-        logits = model.forward_logits(one_ids, one_mask, pixels[row:row + 1], last)
+        logits = model.forward_logits(one, model.image_batch(images[row:row + 1]), last)
         logits = logits.clone()
         logits[..., model.bos_token_id] = -torch.inf  # generation never picks BOS (or padding)
         assert batched[row][0] == int(logits.argmax(-1))
@@ -303,7 +298,7 @@ def test_tiny_variants_have_their_own_counts_and_geometry(adapters):
     assert adapters["pretrain_vicuna0"].n_image_tokens == QUERIES
     for model in adapters.values():
         assert model.transform.resize_hw == (IMAGE, IMAGE) and model.transform.crop_hw is None
-        assert model.pixel_values(_images(1)).shape == (1, 3, IMAGE, IMAGE)
+        assert model.image_batch(_images(1)).tensors["pixel_values"].shape == (1, 3, IMAGE, IMAGE)
 
 
 @pytest.mark.parametrize("model_type,before,after", [

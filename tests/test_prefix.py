@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from logan.config import ModelConfig
 from logan.data.images import load_image
 from logan.engine import Engine, EngineSettings, WorkItem
-from logan.models.base import pad_batch
+from logan.models.contract import TokenBatch
 from logan.models.llava_hf import LlavaHF
 from logan.models.prefix import KEYS, prefix_attention
 
@@ -93,22 +94,23 @@ def test_another_prefix_is_captured_anew_and_generation_is_unchanged(world, item
         assert kept._kept.ids == kept.encode("Describe.").input_ids[: kept.encode("Describe.").image_start]
         for key in want:
             np.testing.assert_allclose(got[key], want[key], rtol=2e-2 if DTYPE != torch.float32 else 1e-5, atol=1e-4)
-    prompts = [kept.encode("Describe this image concisely.", None)] * 2
-    ids, mask = pad_batch(prompts, kept.pad_token_id, "left")
-    pixels = kept.pixel_values([load_image(it.sample_id)[0].astype(np.float32) for it in items[:2]])
-    assert kept.generate(ids, mask, pixels, 6) == full.generate(ids, mask, pixels, 6)
+    tokens = TokenBatch.build([kept.encode("Describe this image concisely.", None)] * 2, kept.pad_token_id, "left")
+    pixels = kept.image_batch([load_image(it.sample_id)[0].astype(np.float32) for it in items[:2]])
+    assert kept.generate(tokens, pixels, 6) == full.generate(tokens, pixels, 6)
 
 
 def test_a_batch_without_a_common_prefix_runs_whole(world, items) -> None:
     kept = adapter(world, reuse=True)
     seen = lengths_seen(kept)
     sequences = [kept.encode("Describe.", None, text_after_image=False)] * 2
-    ids, mask = pad_batch(sequences, kept.pad_token_id, "left")
+    tokens = TokenBatch.build(sequences, kept.pad_token_id, "left")
+    ids, mask = tokens.input_ids, tokens.attention_mask
     ids, mask = torch.cat([ids, ids[:, :1]], 1), torch.cat([mask, torch.zeros_like(mask[:, :1])], 1)
     mask[1] = mask[1].roll(1)  # row 1 starts with a pad: its first tokens are not the prefix
-    pixels = kept.pixel_values([load_image(it.sample_id)[0].astype(np.float32) for it in items[:2]])
+    pixels = kept.image_batch([load_image(it.sample_id)[0].astype(np.float32) for it in items[:2]])
     positions = torch.arange(sequences[0].image_start, sequences[0].image_end).expand(2, -1)
-    kept.forward_logits(ids, mask, pixels, positions, prefix=sequences[0].input_ids[: sequences[0].image_start])
+    kept.forward_logits(replace(tokens, input_ids=ids, attention_mask=mask, prefix=sequences[0].prefix), pixels,
+                        positions)
     assert seen == [ids.shape[1]] and kept._kept.ids == ()
 
 

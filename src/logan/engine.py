@@ -40,19 +40,19 @@ import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from logan.augment import N_AUGMENTATIONS, augment
-from logan.data.images import load_image
+from logan.data.images import image_size, load_image
 from logan.errors import LoganError
 from logan.metrics import fused, original
 from logan.metrics.pair import TokenPair
 from logan.metrics.registry import TokenMetric, get_metric
-from logan.models.base import Encoded, VLMAdapter, pad_batch
+from logan.models.base import VLMAdapter
+from logan.models.contract import PIXELS, Encoded, ImageBatch, ImageInput, TokenBatch, collate, pinned
 from logan.perturb import normalized_noise, perturb_pixels
 from logan.prefetch import Prefetch
 
@@ -145,6 +145,9 @@ class Engine:
         self.by_need: dict[str, dict[str, TokenMetric]] = {
             need: {m.name: m.fn for m in specs if m.needs == need} for need in ("noise", "clean", "augment")}
         self.plan = variants_for(settings.parts)
+        if settings.space == "normalized" and model.traits.channel_axis is None:
+            raise LoganError("noise.space=normalized adds noise to the colour channels of the model's pixel tensor, "
+                             "but this family flattens its pixels into patches; use noise.space=pixel.")
         groups = {"noise": {**self.by_need["noise"], _NLL: _noisy_nll},
                   "clean": {**self.by_need["clean"], f"{_NLL}_clean": _clean_nll},
                   "augment": self.by_need["augment"]}
@@ -161,11 +164,14 @@ class Engine:
     def encode(self, item: WorkItem, variant: str) -> Encoded:
         parts = self.plan[variant]
         instruction = self.settings.instruction
+        size = item.size
+        if size is None and not self.model.traits.fixed_image_tokens:
+            size = image_size(item.sample_id)
         if variant == "cap":
-            return self.model.encode(instruction, list(item.caption or ()), image_size=item.size)
+            return self.model.encode(instruction, list(item.caption or ()), image_size=size)
         needs_text = any(p != "img" for p in parts)
         continuation = list(item.description or ()) if {"desp", "inst_desp"} & set(parts) else None
-        return self.model.encode(instruction, continuation, text_after_image=needs_text, image_size=item.size)
+        return self.model.encode(instruction, continuation, text_after_image=needs_text, image_size=size)
 
     def batches(self, items: list[WorkItem]) -> list[list[WorkItem]]:
         """The batches `items` run in: longest samples first, `batch_size` per batch (deterministic)."""
@@ -229,8 +235,7 @@ class Engine:
         device = self.model.device
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        images = [load_image(it.sample_id)[0].astype(np.float32) for it in batch]
-        pixels = _pinned(self.model.pixel_values(images))
+        pixels = self.model.image_batch([load_image(it.sample_id)[0].astype(np.float32) for it in batch])
         layouts = {v: self._layout(batch, v) for v in self.plan}
         clean = {v: layout.logits(self.model, pixels) for v, layout in layouts.items()}
         for variant, layout in layouts.items():
@@ -250,7 +255,7 @@ class Engine:
     def _run_batch(self, batch: list[WorkItem], stds: list[float], steps: Prefetch) -> Iterator[_Step]:
         host: _BatchInput = next(steps)
         layouts = {v: self._layout(batch, v) for v in self.plan}
-        clean = {v: layout.logits(self.model, host.pixels) for v, layout in layouts.items()}
+        clean = {v: layout.logits(self.model, host.batch) for v, layout in layouts.items()}
         fixed = self._std_independent(host, layouts, clean)
         draws = self.settings.draws
         for std in stds:
@@ -262,7 +267,7 @@ class Engine:
                     for res, image in zip(results, noisy.saved):
                         res.image = image
                 for variant, layout in layouts.items():
-                    values = self._token_values("noise", clean[variant], layout.logits(self.model, noisy.pixels),
+                    values = self._token_values("noise", clean[variant], layout.logits(self.model, noisy.batch),
                                                 layout)
                     _accumulate(sums[variant], values)
             mean = {v: {k: t / draws for k, t in values.items()} for v, values in sums.items()}
@@ -274,10 +279,10 @@ class Engine:
         fixed = {v: self._token_values("clean", clean[v], None, layout) for v, layout in layouts.items()}
         if "augment" in self._reducers:
             sums: dict[str, dict[str, torch.Tensor]] = {v: {} for v in layouts}
-            for pixels in host.augmented:
+            for images in host.augmented:
                 for variant, layout in layouts.items():
                     _accumulate(sums[variant], self._token_values(
-                        "augment", clean[variant], layout.logits(self.model, pixels), layout))
+                        "augment", clean[variant], layout.logits(self.model, images), layout))
             for variant in layouts:
                 fixed[variant].update({k: v / N_AUGMENTATIONS for k, v in sums[variant].items()})
         return _ToHost(fixed)
@@ -291,47 +296,43 @@ class Engine:
                 loaded = list(pool.map(lambda it: load_image(it.sample_id), batch))
                 images, keys = [image for image, _ in loaded], [key for _, key in loaded]
                 kept = [it.sample_id in save for it in batch]
-                clean, _ = self._pixels(pool, images, keys, None, lambda img, key: img.astype(np.float32))
-                augmented = [self._pixels(pool, images, keys, None,
-                                          lambda img, key, i=index: augment(img, i, seed=s.seed, key=key))[0]
+                clean, _ = self._inputs(pool, images, keys, None, lambda img, key: img.astype(np.float32))
+                augmented = [collate(self._inputs(pool, images, keys, None,
+                                                  lambda img, key, i=index: augment(img, i, seed=s.seed, key=key))[0])
                              for index in range(N_AUGMENTATIONS if "augment" in self._reducers else 0)]
-                yield _BatchInput(clean, augmented)
+                yield _BatchInput(collate(clean), augmented)
                 for std in stds:
                     for draw in range(s.draws):
                         if s.space == "normalized":
-                            yield _NoisyInput(self._normalized(pool, clean, keys, std, draw), [None] * len(batch))
+                            noisy = list(pool.map(lambda args, std=std, draw=draw: self._normalized(*args, std, draw),
+                                                  zip(clean, keys)))
+                            yield _NoisyInput(collate(noisy), [None] * len(batch))
                             continue
-                        pixels, saved = self._pixels(
+                        inputs, saved = self._inputs(
                             pool, images, keys, kept if draw == 0 else None,
                             lambda img, key, std=std, draw=draw: perturb_pixels(
                                 img, std, seed=s.seed, key=key, draw=draw, quantize=s.quantize))
-                        yield _NoisyInput(pixels, saved)
+                        yield _NoisyInput(collate(inputs), saved)
 
-    def _pixels(self, pool: ThreadPoolExecutor, images: list[np.ndarray], keys: list[int], kept: list[bool] | None,
-                make: Callable[[np.ndarray, int], np.ndarray]) -> tuple[Any, list[np.ndarray | None]]:
-        """The model's (pinned) pixel tensor of make(image, key) for each image, made in the pool (with the
-        model's per-image transform when it uses the plain one), and the uint8 copies of the `kept` ones."""
-        per_image = type(self.model).pixel_values is VLMAdapter.pixel_values
+    def _inputs(self, pool: ThreadPoolExecutor, images: list[np.ndarray], keys: list[int], kept: list[bool] | None,
+                make: Callable[[np.ndarray, int], np.ndarray]) -> tuple[list[ImageInput], list[np.ndarray | None]]:
+        """The model's pixel input of make(image, key) for each image, made in the pool, and the uint8 copies of
+        the `kept` ones."""
 
-        def one(args: tuple[np.ndarray, int, bool]) -> tuple[np.ndarray, np.ndarray | None]:
+        def one(args: tuple[np.ndarray, int, bool]) -> tuple[ImageInput, np.ndarray | None]:
             image, key, keep = args
             floats = make(image, key)
             saved = np.clip(np.rint(floats), 0, 255).astype(np.uint8) if keep else None
-            return (self.model.transform(floats) if per_image else floats), saved
+            return self.model.image_input(floats), saved
 
         done = list(pool.map(one, zip(images, keys, kept or [False] * len(images))))
-        arrays = [array for array, _ in done]
-        pixels = torch.from_numpy(np.stack(arrays)) if per_image else self.model.pixel_values(arrays)
-        return _pinned(pixels), [saved for _, saved in done]
+        return [inputs for inputs, _ in done], [saved for _, saved in done]
 
-    def _normalized(self, pool: ThreadPoolExecutor, clean: Any, keys: list[int], std: float, draw: int) -> Any:
-        channel_std = np.asarray(self.model.transform.image_std)
-        tensor = clean["pixel_values"] if isinstance(clean, dict) else clean
-        noise = torch.from_numpy(np.stack(list(pool.map(
-            lambda key: normalized_noise(tuple(tensor.shape[1:]), std, channel_std, seed=self.settings.seed,
-                                         key=key, draw=draw), keys))))
-        noisy = _pinned(tensor + noise)
-        return {**clean, "pixel_values": noisy} if isinstance(clean, dict) else noisy
+    def _normalized(self, clean: ImageInput, key: int, std: float, draw: int) -> ImageInput:
+        """`noise.space=normalized`: noise of `std` grey levels added to the model's pixel tensor."""
+        shape = tuple(clean.tensors[PIXELS].shape)
+        return clean.plus(normalized_noise(shape, std, self.model.image_std, seed=self.settings.seed, key=key,
+                                           draw=draw, channel_axis=self.model.traits.channel_axis))
 
     def _token_values(self, group: str, clean: torch.Tensor, other: torch.Tensor | None,
                       layout: _Layout) -> dict[str, torch.Tensor]:
@@ -382,16 +383,16 @@ class Engine:
         this is the error it would make if it did (e.g. packing clean and noisy copies in one forward).
         """
         fn = get_metric(metric).fn
-        images = [load_image(it.sample_id)[0].astype(np.float32) for it in items]
-        pixels = _pinned(self.model.pixel_values(images))
+        inputs = [self.model.image_input(load_image(it.sample_id)[0].astype(np.float32)) for it in items]
+        pixels = collate(inputs)
         reverse = list(range(len(items)))[::-1]
         out: dict[str, list[np.ndarray]] = {"position": [], "batch_size": []}
         for variant in self.plan:
             base = self._layout(items, variant)
             reference = _rows(base, base.logits(self.model, pixels))
             flipped = self._layout([items[i] for i in reverse], variant)
-            turned = _rows(flipped, flipped.logits(self.model, _take(pixels, reverse)))[::-1]
-            alone = [_rows(layout, layout.logits(self.model, _take(pixels, [i])))[0]
+            turned = _rows(flipped, flipped.logits(self.model, collate([inputs[i] for i in reverse])))[::-1]
+            alone = [_rows(layout, layout.logits(self.model, collate([inputs[i]])))[0]
                      for i, layout in enumerate(self._layout([it], variant) for it in items)]
             for name, others in (("position", turned), ("batch_size", alone)):
                 for ref, other in zip(reference, others):
@@ -426,22 +427,6 @@ def _accumulate(sums: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) 
         sums[name] = sums[name] + value if name in sums else value
 
 
-def _pinned(pixels: Any) -> Any:
-    """Page-locked copies for CUDA (their copies to the device do not wait for the device)."""
-    if not torch.cuda.is_available():
-        return pixels
-    if isinstance(pixels, dict):
-        return {k: v.pin_memory() for k, v in pixels.items()}
-    return pixels.pin_memory()
-
-
-def _take(pixels: Any, rows: list[int]) -> Any:
-    index = torch.tensor(rows, dtype=torch.long)
-    if isinstance(pixels, dict):
-        return {k: v[index] for k, v in pixels.items()}
-    return pixels[index]
-
-
 def _rows(layout: _Layout, logits: torch.Tensor) -> list[torch.Tensor]:
     """Each row's logits at its valid positions."""
     return [logits[row, :count] for row, count in enumerate(layout.valid.sum(1).tolist())]
@@ -449,13 +434,13 @@ def _rows(layout: _Layout, logits: torch.Tensor) -> list[torch.Tensor]:
 
 @dataclass
 class _BatchInput:
-    pixels: Any                 # clean pixel tensor (or the family's dict)
-    augmented: list[Any]        # the VL-MIA augmentations' pixel tensors (aug_kld only)
+    batch: ImageBatch               # the clean images
+    augmented: list[ImageBatch]     # the VL-MIA augmentations (aug_kld only)
 
 
 @dataclass
 class _NoisyInput:
-    pixels: Any
+    batch: ImageBatch
     saved: list[np.ndarray | None]  # uint8 noisy images of the samples whose images are saved
 
 
@@ -502,15 +487,13 @@ class _Layout:
 
     sequences: list[Encoded]
     parts: list[str]
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor       # stays on the host: forward_logits reads the padding from it
+    tokens: TokenBatch                 # ids and side inputs (on the device), the mask (on the host), the prefix
     positions: torch.Tensor            # [B, S] logit positions gathered (each sample's scored rows, padded)
     valid: torch.Tensor                # [B, S] bool
     targets: torch.Tensor              # [B, S] next-token ids (-1 = argmax of the clean logits)
     part_slices: list[dict[str, slice]]
     index: torch.Tensor                # [n_valid] flat indices of the valid rows of [B * S]
     flat_targets: torch.Tensor         # [n_valid]
-    prefix: tuple[int, ...]            # the token ids before the image, when every sequence has the same
     compat: str = "logan"              # img_metrics.compat: whose slicing the parts follow
 
     @property
@@ -519,7 +502,7 @@ class _Layout:
 
     @classmethod
     def build(cls, sequences: list[Encoded], parts: list[str], pad_id: int, compat: str = "logan") -> _Layout:
-        ids, mask = pad_batch(sequences, pad_id, "right")
+        tokens = TokenBatch.build(sequences, pad_id, "right")
         spans, slices, target_rows = [], [], []
         for seq in sequences:
             span, target, part_slices = _scored_rows(seq, parts, compat)
@@ -535,22 +518,20 @@ class _Layout:
             valid[row, : len(span)] = True
             targets[row, : len(span)] = torch.from_numpy(target)
         index = valid.flatten().nonzero().squeeze(1)
-        prefix = sequences[0].input_ids[: sequences[0].image_start]
-        if any(seq.input_ids[: seq.image_start] != prefix for seq in sequences):
-            prefix = ()
-        return cls(sequences, parts, ids, mask, positions, valid, targets, slices, index, targets.flatten()[index],
-                   prefix, compat)
+        return cls(sequences, parts, tokens, positions, valid, targets, slices, index, targets.flatten()[index],
+                   compat)
 
     def to(self, device: torch.device) -> _Layout:
         """The tensors the device reads, moved there once per batch (the mask and bookkeeping stay)."""
         if device.type == "cpu":
             return self
-        move = {name: _pinned(getattr(self, name)).to(device, non_blocking=True)
-                for name in ("input_ids", "positions", "index", "flat_targets")}
-        return replace(self, attention_mask=_pinned(self.attention_mask), **move)
+        move = {name: pinned(getattr(self, name)).to(device, non_blocking=True)
+                for name in ("positions", "index", "flat_targets")}
+        return replace(self, tokens=self.tokens.to(device), **move)
 
-    def logits(self, model: VLMAdapter, pixels: Any) -> torch.Tensor:
-        return model.forward_logits(self.input_ids, self.attention_mask, pixels, self.positions, self.prefix)
+    def logits(self, model: VLMAdapter, images: ImageBatch) -> torch.Tensor:
+        images.check(self.tokens)
+        return model.forward_logits(self.tokens, images, self.positions)
 
     def scatter(self, results: list[SampleResult], per_metric: dict[str, np.ndarray]) -> None:
         """Split flattened per-token values back into per-sample, per-part arrays (NLLs become losses);

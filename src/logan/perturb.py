@@ -11,7 +11,8 @@ model's preprocessing and clipped to [0, 255], as the original does. Quantisatio
   quantisation artefact, not a noise level.
 
 In `normalized` space the noise is added to the model's pixel tensor instead (after resizing and
-normalisation), scaled so that `std` keeps its 0-255 meaning: std / 255 / channel_std per channel.
+normalisation), scaled so that `std` keeps its 0-255 meaning: std / 255 / channel_std per channel. Families
+that patchify their pixels into rows without a channel axis (Qwen2-VL) refuse it.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ def perturb_pixels(image: np.ndarray, std: float, *, seed: int, key: int, draw: 
 
 
 def normalized_noise(shape: tuple[int, ...], std: float, channel_std: np.ndarray, *, seed: int, key: int,
-                     draw: int = 0) -> np.ndarray:
-    """Noise for a (C, H, W) normalised pixel tensor, equivalent in size to `std` grey levels."""
+                     draw: int = 0, channel_axis: int = -3) -> np.ndarray:
+    """Noise for a normalised pixel tensor of `shape` (one image's: [1, C, H, W], [views, C, H, W], ...),
+    equivalent in size to `std` grey levels; `channel_axis` (negative) holds the C channels."""
     if std == 0:
         return np.zeros(shape, dtype=np.float32)
     noise = noise_rng(seed, key, std, draw).standard_normal(shape, dtype=np.float32)
-    scale = (np.float32(std) / 255.0 / channel_std.astype(np.float32)).reshape(-1, 1, 1)
-    return noise * scale
+    scale = np.float32(std) / 255.0 / channel_std.astype(np.float32)
+    return noise * scale.reshape(-1, *([1] * (-channel_axis - 1)))

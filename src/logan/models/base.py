@@ -1,21 +1,24 @@
 """The narrow model interface every family implements: prompts in, per-token logits out.
 
-An adapter encodes (instruction, optional continuation) around the image into token ids, turns float
-pixels into the model's pixel tensor, and returns float32 logits over the real vocabulary at the
-positions the engine asks for. Part slices come from the true lengths of each encoded sequence.
+An adapter encodes (instruction, optional continuation) around the image into an `Encoded` sequence,
+turns one image's float pixels into an `ImageInput`, and returns logits over the real vocabulary at the
+positions the engine asks for, for a `TokenBatch` and the `ImageBatch` that `collate` made of the images
+(the typed contract: models/contract.py). The engine has no family branches; `Traits` say what it may do.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from logan.errors import LoganError
+from logan.models.contract import PIXELS, Encoded, ImageBatch, ImageInput, Size, TokenBatch, Traits, collate
 from logan.models.preprocess import ImageTransform
+
+__all__ = ["Encoded", "ImageBatch", "ImageInput", "TokenBatch", "Traits", "VLMAdapter"]
 
 SYSTEM_HUMAN = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -32,47 +35,7 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "llava_hf": ("USER: ", "\n{instruction} ASSISTANT:"),
     "plain": ("", ""),
 }
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One token sequence: [prefix][image tokens][instruction][continuation]."""
-
-    input_ids: tuple[int, ...]
-    image_start: int
-    n_image: int
-    inst_end: int
-
-    @property
-    def image_end(self) -> int:
-        return self.image_start + self.n_image
-
-    def part_positions(self, part: str, compat: str = "logan") -> tuple[np.ndarray, np.ndarray | None]:
-        """Logit positions (rows) scored for `part` and the token id each row predicts (None for `img`,
-        whose rows are scored against their own clean argmax; -1 for a row past the last token).
-
-        `img`: the outputs at the image-token positions (they depend on the prefix and the image only).
-        Text parts, LOGAN's convention (`compat="logan"`): every token j of the part is scored from the row
-        before it, j-1, so a part's score is what all of its tokens cost (its first token is predicted from
-        the previous part's last row). The original's (`compat="original"`): the part's own rows s..e-1,
-        row t predicting token t+1; its per-token loop then drops each part's last row for every metric
-        but the Renyi divergences and aug-KL (`metrics/original.py`).
-        """
-        if part == "img":
-            return np.arange(self.image_start, self.image_end), None
-        spans = {
-            "inst": (self.image_end, self.inst_end),
-            "desp": (self.inst_end, len(self.input_ids)),
-            "caption": (self.inst_end, len(self.input_ids)),
-            "inst_desp": (self.image_end, len(self.input_ids)),
-        }
-        start, end = spans[part]
-        ids = np.asarray(self.input_ids, dtype=np.int64)
-        if compat == "original":
-            rows = np.arange(start, end)
-            return rows, np.append(ids, -1)[rows + 1]
-        tokens = np.arange(start, end)
-        return tokens - 1, ids[tokens]
+AUTO = "auto"  # conv_mode: the family's own default (default_conv_mode)
 
 
 class VLMAdapter(ABC):
@@ -88,13 +51,17 @@ class VLMAdapter(ABC):
     eos_token_id: int | None
     bos_token_id: int | None
     conv_mode: str
-    # False for families whose image positions attend to text after them (prefix-LM): then an img-only run
-    # keeps the text after the image instead of stopping the sequence there.
-    causal_image_prefix: bool = True
+    traits: Traits = Traits()
+    default_conv_mode = "llava_v1"  # what conv_mode=auto means for this family
 
     @classmethod
     def check(cls, cfg: Any) -> None:
         """Validate the model settings before anything is written (e.g. that the folder exists)."""
+
+    @classmethod
+    def resolve_conv_mode(cls, conv_mode: str | None) -> str:
+        """`target_model.conv_mode`, with `auto` (or unset) replaced by this family's default."""
+        return cls.default_conv_mode if conv_mode in (None, AUTO) else conv_mode
 
     @abstractmethod
     def tokenize(self, text: str) -> list[int]:
@@ -105,19 +72,15 @@ class VLMAdapter(ABC):
         """Text of generated token ids."""
 
     @abstractmethod
-    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       pixel_values: torch.Tensor, positions: torch.Tensor,
-                       prefix: tuple[int, ...] = ()) -> torch.Tensor:
+    def forward_logits(self, tokens: TokenBatch, images: ImageBatch, positions: torch.Tensor) -> torch.Tensor:
         """Logits [B, P, real_vocab] at `positions` [B, P] of a right-padded batch, in float32 or in the
         model's dtype (exact either way: the engine's metrics cast to float32 as they read them).
 
-        `prefix`: the token ids every row starts with, before the image; a family that keeps their keys
-        (`inference.reuse_prefix`, see models/prefix.py) forwards only what follows them, so `positions`
-        then lie after it (padding entries may be 0)."""
+        `tokens.prefix`: the token ids every row starts with, before the image; a family that keeps their
+        keys (`inference.reuse_prefix`, see models/prefix.py) forwards only what follows them."""
 
     @abstractmethod
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                 max_new_tokens: int) -> list[list[int]]:
+    def generate(self, tokens: TokenBatch, images: ImageBatch, max_new_tokens: int) -> list[list[int]]:
         """Greedy continuations (token ids, EOS excluded) of a left-padded batch."""
 
     def fingerprint(self) -> dict[str, Any]:
@@ -140,12 +103,16 @@ class VLMAdapter(ABC):
             )
         return TEMPLATES[self.conv_mode]
 
-    def image_tokens(self, image_size: tuple[int, int] | None = None) -> int:
+    def image_tokens(self, image_size: Size | None = None) -> int:
         """Number of image positions for an image of (width, height); fixed unless a family overrides it."""
         return self.n_image_tokens
 
+    def layout_size(self, image_size: Size | None) -> Size | None:
+        """The image size an encoded layout depends on: None for a fixed number of image tokens."""
+        return None
+
     def encode(self, instruction: str, continuation: list[int] | None = None, *,
-               text_after_image: bool = True, image_size: tuple[int, int] | None = None) -> Encoded:
+               text_after_image: bool = True, image_size: Size | None = None) -> Encoded:
         """Chunk-wise tokenisation around the image, as the original LLaVA does (BOS on chunk 0 only)."""
         before, after = self.template()
         ids = ([self.bos_token_id] if self.bos_token_id is not None else []) + (
@@ -153,40 +120,33 @@ class VLMAdapter(ABC):
         image_start = len(ids)
         n_image = self.image_tokens(image_size)
         ids += [self.image_token_id] * n_image
-        if text_after_image or not self.causal_image_prefix:
+        if text_after_image or not self.traits.causal_image:
             text = after.format(instruction=instruction) if after else ""
             ids += self.tokenize(text) if text else []
         inst_end = len(ids)
         if text_after_image and continuation:
             ids += list(continuation)
-        return Encoded(tuple(ids), image_start, n_image, inst_end)
+        return Encoded(tuple(ids), tuple(range(image_start, image_start + n_image)), inst_end,
+                       image_size=self.layout_size(image_size))
 
-    def pixel_values(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Float pixels (H x W x 3, 0-255) -> the model's normalised pixel tensor on its device."""
-        batch = np.stack([self.transform(image) for image in images])
-        return torch.from_numpy(batch)
+    def image_input(self, pixels: np.ndarray) -> ImageInput:
+        """One image's float pixels (H x W x 3, 0-255) -> the model's pixel tensors (called on host threads)."""
+        chw = torch.from_numpy(self.transform(pixels))
+        return ImageInput({PIXELS: chw.unsqueeze(0)}, (pixels.shape[1], pixels.shape[0]))
 
-    def to_model(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels to the model's device (without waiting, from pinned memory) and dtype (there)."""
-        return pixels.to(self.device, non_blocking=True).to(self.dtype)
+    def image_batch(self, images: list[np.ndarray]) -> ImageBatch:
+        """The batch of these float images (H x W x 3, 0-255), as the engine makes it."""
+        return collate([self.image_input(image) for image in images])
+
+    @property
+    def image_std(self) -> np.ndarray:
+        """Per-channel std of the pixel normalisation (normalized-space noise is scaled by it)."""
+        return np.asarray(self.transform.image_std, dtype=np.float32)
 
     def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None,
                           reuse_prefix: bool = False) -> None:
         """Speed options (`inference.compile`, `inference.attn_implementation`, `inference.reuse_prefix`);
         a family without them ignores them."""
-
-
-def pad_batch(sequences: list[Encoded], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token sequences to one length; returns (input_ids, attention_mask)."""
-    length = max(len(s.input_ids) for s in sequences)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        n = len(seq.input_ids)
-        cols = slice(0, n) if side == "right" else slice(length - n, length)
-        ids[row, cols] = torch.tensor(seq.input_ids, dtype=torch.long)
-        mask[row, cols] = 1
-    return ids, mask
 
 
 def right_padded(mask: torch.Tensor) -> bool:

@@ -25,6 +25,7 @@ import torch
 from logan.config import ModelConfig
 from logan.errors import LoganError
 from logan.models.base import TEMPLATES
+from logan.models.contract import PIXELS, ImageInput, Size, Traits
 from logan.models.llava_hf import LlavaHF
 from logan.models.preprocess import ImageTransform
 from logan.models.registry import register_model
@@ -40,11 +41,13 @@ class LlavaNext(LlavaHF):
     """Adapter for a local HF-format LLaVA-NeXT folder (model_type `llava_next`)."""
 
     hf_model_type, family, hf_class = "llava_next", "LLaVA-NeXT", "LlavaNextForConditionalGeneration"
+    default_conv_mode = "mistral_instruct"
+    traits = Traits(keeps_prefix=True, fixed_image_tokens=False)
 
     @classmethod
     def check(cls, cfg: ModelConfig) -> None:
         known = {**TEMPLATES, **NEXT_TEMPLATES}
-        if cfg.conv_mode not in known:
+        if cls.resolve_conv_mode(cfg.conv_mode) not in known:
             raise LoganError(
                 f"target_model.conv_mode={cfg.conv_mode} is unknown; use one of {', '.join(known)}.")
         if cfg.pad_to_square:
@@ -83,7 +86,7 @@ class LlavaNext(LlavaHF):
 
         return select_best_resolution((height, width), self.pinpoints)
 
-    def image_tokens(self, image_size: tuple[int, int] | None = None) -> int:
+    def image_tokens(self, image_size: Size | None = None) -> int:
         """Base-view features + the unpadded tile grid with one newline per row (HF's count, per image)."""
         if image_size is None:
             raise ValueError("LLaVA-NeXT's image-token count depends on the image: pass image_size=(w, h).")
@@ -120,29 +123,13 @@ class LlavaNext(LlavaHF):
                                resample=self.transform.resample)
         return plain(pixels).transpose(1, 2, 0)
 
-    def pixel_values(self, images: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """{"pixel_values": [B, views, C, H, W] (zero views pad short stacks), "image_sizes": [B, (h, w)]}."""
-        stacks = [np.stack([self.transform(view) for view in self._views(image)]) for image in images]
-        batch = np.zeros((len(stacks), max(len(s) for s in stacks), *stacks[0].shape[1:]), dtype=np.float32)
-        for row, stack in enumerate(stacks):
-            batch[row, : len(stack)] = stack
-        sizes = torch.tensor([image.shape[:2] for image in images], dtype=torch.long)
-        return {"pixel_values": torch.from_numpy(batch), "image_sizes": sizes}
+    def layout_size(self, image_size: Size | None) -> Size | None:
+        return image_size  # the image-token count follows the size
 
-    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       pixel_values: dict[str, torch.Tensor], positions: torch.Tensor,
-                       prefix: tuple[int, ...] = ()) -> torch.Tensor:
-        held = (input_ids == self.image_token_id).sum(1).tolist()
-        for have, (height, width) in zip(held, pixel_values["image_sizes"].tolist()):
-            need = self.image_tokens((width, height))
-            if have != need:
-                raise LoganError(
-                    f"a {width} x {height} image needs {need} LLaVA-NeXT image tokens but its sequence was "
-                    f"encoded with {have}: the image changed size after its prompt was built (aug_kld's "
-                    "256 x 256 crops do); leave aug_kld out of img_metrics.metrics_to_use for llava-next."
-                )
-        return super().forward_logits(input_ids, attention_mask, pixel_values, positions, prefix)
-
-    def model_inputs(self, pixel_values: dict[str, torch.Tensor]) -> dict:
-        return {"pixel_values": self.to_model(pixel_values["pixel_values"]),
-                "image_sizes": pixel_values["image_sizes"].to(self.device)}
+    def image_input(self, pixels: np.ndarray) -> ImageInput:
+        """{"pixel_values": [1, views, C, H, W], "image_sizes": [1, (h, w)]} of one image (collate pads the
+        views of a batch with zero views, as the processor does)."""
+        views = np.stack([self.transform(view) for view in self._views(pixels)])
+        sizes = torch.tensor([pixels.shape[:2]], dtype=torch.long)
+        return ImageInput({PIXELS: torch.from_numpy(views).unsqueeze(0), "image_sizes": sizes},
+                          (pixels.shape[1], pixels.shape[0]))

@@ -475,7 +475,7 @@ class LlavaOriginal(LlavaHF):
         self.tokenizer = _tokenizer(parts.tokenizer, n_real)
         _load(model, parts, n_real, device, dtype)
         self.model = model.to(device).eval()
-        self.device, self.dtype, self.conv_mode = device, dtype, cfg.conv_mode
+        self.device, self.dtype, self.conv_mode = device, dtype, self.resolve_conv_mode(cfg.conv_mode)
         config = self.model.config
         pad = cfg.pad_to_square
         if pad is None:

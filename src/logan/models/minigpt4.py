@@ -59,6 +59,8 @@ from torch import nn
 from logan.config import ModelConfig
 from logan.errors import LoganError
 from logan.models.base import VLMAdapter
+from logan.models.contract import ImageBatch, TokenBatch, Traits
+from logan.models.hf import until_eos
 from logan.models.prefix import KeptPrefix, continuation, keep_prefix
 from logan.models.preprocess import ImageTransform
 from logan.models.registry import register_model
@@ -355,6 +357,7 @@ class MiniGPT4(VLMAdapter):
     """MiniGPT-4 (pretrain_llama2 or pretrain_vicuna0) from its official checkpoint files."""
 
     _kept: KeptPrefix | None = None  # inference.reuse_prefix (models/prefix.py)
+    traits = Traits(keeps_prefix=True)
 
     @classmethod
     def check(cls, cfg: ModelConfig) -> None:
@@ -422,9 +425,9 @@ class MiniGPT4(VLMAdapter):
         paths = {k: str(getattr(f, k).resolve()) for k in PATH_KEYS if getattr(f, k) is not None}
         return {**super().fingerprint(), "model_type": f.model_type, **paths}
 
-    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def image_embeddings(self, images: ImageBatch) -> torch.Tensor:
         """[B, n_image_tokens, LLM hidden]: ViT -> ln_vision -> (Q-Former | 4-to-1 grouping) -> llama_proj."""
-        features = self.vit(pixel_values=self.to_model(pixel_values)).last_hidden_state
+        features = self.vit(**images.to(self.device, self.dtype)).last_hidden_state
         features = self.ln_vision(features.float()).to(self.dtype)
         if self.qformer is not None:
             queries = self.query_tokens.expand(features.shape[0], -1, -1)
@@ -436,7 +439,7 @@ class MiniGPT4(VLMAdapter):
             features = patches.reshape(patches.shape[0], patches.shape[1] // 4, patches.shape[2] * 4)
         return self.llama_proj(features)
 
-    def _inputs_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _inputs_embeds(self, input_ids: torch.Tensor, images: ImageBatch) -> torch.Tensor:
         ids = input_ids.to(self.device)
         image = ids == IMAGE_SENTINEL
         counts = image.sum(1)
@@ -444,8 +447,8 @@ class MiniGPT4(VLMAdapter):
             raise LoganError(f"every sequence needs {self.n_image_tokens} image positions; "
                              f"got {counts.tolist()}.")
         embeds = self.llm.get_input_embeddings()(ids.masked_fill(image, 0))
-        images = self.image_embeddings(pixel_values).to(embeds.dtype)
-        return embeds.masked_scatter(image.unsqueeze(-1), images)
+        features = self.image_embeddings(images).to(embeds.dtype)
+        return embeds.masked_scatter(image.unsqueeze(-1), features)
 
     def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None,
                           reuse_prefix: bool = False) -> None:
@@ -454,19 +457,17 @@ class MiniGPT4(VLMAdapter):
         self._kept = keep_prefix(reuse_prefix, attn_implementation, self.llm.model, self.llm.get_input_embeddings())
 
     @torch.inference_mode()
-    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       pixel_values: torch.Tensor, positions: torch.Tensor,
-                       prefix: tuple[int, ...] = ()) -> torch.Tensor:
-        skip = self._kept.skip(prefix, attention_mask) if self._kept else 0
-        embeds = self._inputs_embeds(input_ids, pixel_values)[:, skip:]
-        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask[:, skip:].to(self.device),
-                                use_cache=False, **continuation(skip, input_ids.shape[1], self.device)).last_hidden_state
+    def forward_logits(self, tokens: TokenBatch, images: ImageBatch, positions: torch.Tensor) -> torch.Tensor:
+        skip = self._kept.skip(tokens.prefix, tokens.attention_mask) if self._kept else 0
+        embeds = self._inputs_embeds(tokens.input_ids, images)[:, skip:]
+        mask = tokens.attention_mask[:, skip:].to(self.device)
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                                **continuation(skip, tokens.input_ids.shape[1], self.device)).last_hidden_state
         index = (positions.to(self.device) - skip).clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return self.llm.lm_head(torch.gather(hidden, 1, index))[..., : self.real_vocab].float()
 
     @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                 max_new_tokens: int) -> list[list[int]]:
+    def generate(self, tokens: TokenBatch, images: ImageBatch, max_new_tokens: int) -> list[list[int]]:
         from transformers import GenerationConfig
 
         rows = self.llm.lm_head.out_features
@@ -475,11 +476,6 @@ class MiniGPT4(VLMAdapter):
         settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     suppress_tokens=sorted(banned), pad_token_id=self.pad_token_id,
                                     eos_token_id=self.eos_token_id, bos_token_id=self.bos_token_id)
-        out = self.llm.generate(inputs_embeds=self._inputs_embeds(input_ids, pixel_values),
-                                attention_mask=attention_mask.to(self.device), generation_config=settings)
-        result = []
-        for ids in out.tolist():
-            if self.eos_token_id is not None and self.eos_token_id in ids:
-                ids = ids[: ids.index(self.eos_token_id)]
-            result.append(ids)
-        return result
+        out = self.llm.generate(inputs_embeds=self._inputs_embeds(tokens.input_ids, images),
+                                attention_mask=tokens.attention_mask.to(self.device), generation_config=settings)
+        return [until_eos(ids, self.eos_token_id) for ids in out.tolist()]

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from logan.config import ModelConfig
 from logan.data.images import load_image
-from logan.models.base import pad_batch
+from logan.models.contract import PIXELS, TokenBatch
 from logan.models.llava_hf import LlavaHF
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def train_captioner(folder: Path, pairs: list[tuple[str, str]], instruction: str
     for _, caption in pairs:
         continuation = adapter.tokenize(caption) + [adapter.eos_token_id]
         sequences.append(adapter.encode(instruction, continuation))
-    pixels = adapter.pixel_values([load_image(path)[0].astype(np.float32) for path, _ in pairs])
+    pixels = adapter.image_batch([load_image(path)[0].astype(np.float32) for path, _ in pairs]).tensors[PIXELS]
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     history = []
@@ -40,7 +40,8 @@ def train_captioner(folder: Path, pairs: list[tuple[str, str]], instruction: str
         total = 0.0
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            ids, mask = pad_batch([sequences[r] for r in rows], adapter.pad_token_id)
+            tokens = TokenBatch.build([sequences[r] for r in rows], adapter.pad_token_id)
+            ids, mask = tokens.input_ids, tokens.attention_mask
             labels = torch.full_like(ids, -100)
             for i, r in enumerate(rows):
                 seq = sequences[r]

@@ -10,7 +10,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +19,8 @@ from logan.config import RunConfig
 from logan.data.images import load_image
 from logan.faults import fault_point
 from logan.io import read_json, write_json
-from logan.models.base import VLMAdapter, pad_batch
+from logan.models.base import VLMAdapter
+from logan.models.contract import ImageBatch, TokenBatch
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def describe(cfg: RunConfig, model: VLMAdapter, images: list[str], cache: Path,
             following = todo[start + size:start + 2 * size]
             ahead = (following, pool.submit(_pixels, model, following)) if following else None
             try:
-                texts = _generate(cfg, model, batch, *pixels.result())
+                texts = _generate(cfg, model, batch, pixels.result())
             except torch.OutOfMemoryError:
                 if cfg.generation.batch_size != "auto" or size == 1:
                     raise
@@ -92,16 +92,14 @@ def generation_batch_size(setting: int | str, device: torch.device) -> int:
     return AUTO_GPU_BATCH if device.type == "cuda" else AUTO_CPU_BATCH
 
 
-def _pixels(model: VLMAdapter, batch: list[str]) -> tuple[Any, list[tuple[int, int]]]:
-    """The model's pixel input for a batch of images, and each image's (width, height)."""
-    arrays = [load_image(img)[0] for img in batch]
-    return model.pixel_values([a.astype(np.float32) for a in arrays]), [(a.shape[1], a.shape[0]) for a in arrays]
+def _pixels(model: VLMAdapter, batch: list[str]) -> ImageBatch:
+    """The model's pixel input for a batch of images (made on the describe thread)."""
+    return model.image_batch([load_image(img)[0].astype(np.float32) for img in batch])
 
 
-def _generate(cfg: RunConfig, model: VLMAdapter, batch: list[str], pixels: Any,
-              sizes: list[tuple[int, int]]) -> dict[str, dict]:
+def _generate(cfg: RunConfig, model: VLMAdapter, batch: list[str], images: ImageBatch) -> dict[str, dict]:
     """Greedy descriptions of one batch (tokenising stays on this thread: the tokenizer is not shared)."""
-    prompts = [model.encode(cfg.prompt.text, None, image_size=size) for size in sizes]
-    ids, mask = pad_batch(prompts, model.pad_token_id, side="left")
-    new = model.generate(ids, mask, pixels, cfg.generation.num_gen_tokens)
+    prompts = [model.encode(cfg.prompt.text, None, image_size=size) for size in images.sizes]
+    tokens = TokenBatch.build(prompts, model.pad_token_id, padding="left")
+    new = model.generate(tokens, images, cfg.generation.num_gen_tokens)
     return {img: {"ids": tokens, "text": model.decode(tokens)} for img, tokens in zip(batch, new)}
