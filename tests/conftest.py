@@ -55,3 +55,16 @@ def model(world: World):
     from logan.models.llava_hf import LlavaHF
 
     return LlavaHF(ModelConfig(model_path=str(world.model)), torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def hf_vlms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight folders of six Hugging Face VLM families (tests/hf_families.py), a second each."""
+    import warnings
+
+    from hf_families import BUILDERS
+
+    root = tmp_path_factory.mktemp("hf_vlms")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {name: build(root / name) for name, build in BUILDERS.items()}

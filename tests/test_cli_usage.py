@@ -58,7 +58,7 @@ def test_every_key_has_a_one_line_meaning() -> None:
 
 def test_help_shows_the_chosen_preset_and_the_original_keys_apart() -> None:
     out = logan_cli("tune", "target_model=minigpt-4", "--help").stdout
-    assert "target_model=llava-hf, llava-next" in out and "minigpt-4 (chosen)" in out
+    assert "target_model=auto, hf-vlm, llava-hf, llava-next" in out and "minigpt-4 (chosen)" in out
     assert re.search(r"target_model\.vocab_size=32000\s+real vocabulary", out)  # the preset's value
     legacy = out.split("kept so the original's scripts run", 1)[1]
     for name in ("data.save_datasets", "path.cache_dir", "data.augmentations.GaussianNoise.use",

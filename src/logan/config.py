@@ -74,7 +74,13 @@ class ModelConfig:
     model_base: str | None = key(None, "base LLM folder of a projector-only LLaVA checkpoint", path=True)
     ckpt: str | None = key(None, "MiniGPT-4: the projection checkpoint (pretrained_minigpt4*.pth)", path=True)
     conv_mode: str = key("llava_v1", "prompt template around the image: llava_v1 | vicuna_v1 | llava_hf | plain "
-                         "(families add their own)")
+                         "(families add their own); chat_template = the processor's (hf-vlm); auto = the family's "
+                         "default")
+    trust_remote_code: bool = key(False, "hf-vlm / auto: run the checkpoint's own Python code (only for a folder you "
+                                  "trust); recorded in the run fingerprint")
+    processor_kwargs: dict[str, Any] = key(help="hf-vlm: keyword arguments for the image processor (e.g. "
+                                           "{do_pan_and_scan: true} for Gemma 3, {max_pixels: 1003520} for Qwen2-VL)",
+                                           factory=dict)
     pad_to_square: bool | None = key(None, "null = as the image processor says; true = LLaVA-1.5's mean-colour "
                                      "square padding")
     vocab_size: int | None = key(None, "real vocabulary every softmax is cut to; null = the tokenizer's base "

@@ -73,8 +73,8 @@ class HFAdapter(VLMAdapter):
         return {**super().fingerprint(), "model_path": str(self.path.resolve())}
 
     def language_model(self) -> torch.nn.Module | None:
-        """The decoder the kept prefix runs on."""
-        return getattr(self.model.model, "language_model", None)
+        """The decoder the kept prefix runs on (transformers names it language_model, Idefics3 text_model)."""
+        return getattr(self.model.model, "language_model", None) or getattr(self.model.model, "text_model", None)
 
     def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None,
                           reuse_prefix: bool = False) -> None:
@@ -125,7 +125,8 @@ class HFAdapter(VLMAdapter):
     @torch.inference_mode()
     def generate(self, tokens: TokenBatch, images: ImageBatch, max_new_tokens: int) -> list[list[int]]:
         rows = self.model.lm_head.out_features
-        banned = {*range(self.real_vocab, rows), self.pad_token_id, self.bos_token_id} - {self.eos_token_id, None}
+        stops = list(self.stop_token_ids)
+        banned = {*range(self.real_vocab, rows), self.pad_token_id, self.bos_token_id} - {*stops, None}
         side = {k: v.to(self.device) for k, v in tokens.side.items() if k != POSITIONS}  # generate makes its own
         # one token at a time over a growing cache: compiled blocks would only recompile, so run eagerly
         with torch.compiler.set_stance("force_eager") if self._compiled else contextlib.nullcontext():
@@ -139,11 +140,17 @@ class HFAdapter(VLMAdapter):
                 num_beams=1,
                 suppress_tokens=sorted(banned),
                 pad_token_id=self.pad_token_id,
-                eos_token_id=self.eos_token_id,
+                eos_token_id=stops or None,
             )
-        return [until_eos(ids, self.eos_token_id) for ids in out[:, tokens.input_ids.shape[1]:].tolist()]
+        return [until_eos(ids, stops) for ids in out[:, tokens.input_ids.shape[1]:].tolist()]
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """The ids generation stops at (EOS; chat models add their end-of-turn)."""
+        return (self.eos_token_id,) if self.eos_token_id is not None else ()
 
 
-def until_eos(ids: list[int], eos: int | None) -> list[int]:
-    """Generated ids up to (without) the first EOS."""
-    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
+def until_eos(ids: list[int], stops: list[int] | tuple[int, ...]) -> list[int]:
+    """Generated ids up to (without) the first stop id."""
+    ends = [ids.index(stop) for stop in stops if stop in ids]
+    return ids[: min(ends)] if ends else ids

@@ -478,4 +478,4 @@ class MiniGPT4(VLMAdapter):
                                     eos_token_id=self.eos_token_id, bos_token_id=self.bos_token_id)
         out = self.llm.generate(inputs_embeds=self._inputs_embeds(tokens.input_ids, images),
                                 attention_mask=tokens.attention_mask.to(self.device), generation_config=settings)
-        return [until_eos(ids, self.eos_token_id) for ids in out.tolist()]
+        return [until_eos(ids, [self.eos_token_id] if self.eos_token_id is not None else []) for ids in out.tolist()]

@@ -1,4 +1,5 @@
-"""Float-precision image preprocessing (pad / resize / centre-crop / normalise), CLIP-style.
+"""Float-precision image preprocessing: CLIP-style pad / resize / centre-crop / normalise (ImageTransform),
+and any transformers PIL-backend image processor made to run in float (float_image_processor).
 
 The model's own image processor rounds to uint8 after resizing, which would erase noise below one
 grey level. This transform runs the same steps on float pixels (PIL's bicubic filter in 32-bit float
@@ -69,10 +70,7 @@ class ImageTransform:
             return pixels
         if (out_h, out_w) == (h, w):
             return pixels
-        channels = [
-            np.asarray(Image.fromarray(np.ascontiguousarray(pixels[:, :, c])).resize((out_w, out_h), self.resample))
-            for c in range(pixels.shape[2])
-        ]
+        channels = [resize_plane(pixels[:, :, c], out_w, out_h, self.resample) for c in range(pixels.shape[2])]
         return np.stack(channels, axis=2).astype(np.float32, copy=False)
 
     @classmethod
@@ -139,6 +137,11 @@ class ImageTransform:
         return config
 
 
+def resize_plane(plane: np.ndarray, width: int, height: int, resample: int) -> np.ndarray:
+    """One float channel resized in PIL's 32-bit float mode ('F'): no rounding, no clipping."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)).resize((width, height), resample))
+
+
 def _centre_crop(pixels: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
     h, w = pixels.shape[:2]
     ch, cw = crop_hw
@@ -148,3 +151,64 @@ def _centre_crop(pixels: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
         h, w = pixels.shape[:2]
     top, left = (h - ch) // 2, (w - cw) // 2
     return pixels[top:top + ch, left:left + cw]
+
+
+def float_image_processor(image_processor: Any) -> Any:
+    """A copy of a transformers PIL-backend image processor that runs in float: its resize works in PIL's
+    32-bit float mode (same filter, no rounding to uint8, no clipping) and RGB conversion is skipped (LOGAN
+    hands over H x W x 3 pixels). Everything else (the family's sizing rules, tiling, cropping, pan-and-scan,
+    patchifying, rescaling, normalising) stays transformers' own code, which works on any dtype: the class
+    is derived as (family class, FloatResize, PilBackend), so a family's `resize` override computes its size
+    and calls `super().resize`, which lands here. A processor of another backend is returned as it is."""
+    import copy
+
+    from transformers.image_processing_backends import PilBackend
+
+    if not isinstance(image_processor, PilBackend):
+        return image_processor
+    clone = copy.copy(image_processor)
+    clone.__class__ = _float_class(type(image_processor))
+    return clone
+
+
+_FLOAT_CLASSES: dict[type, type] = {}
+
+
+def _float_class(pil_class: type) -> type:
+    if pil_class not in _FLOAT_CLASSES:
+        from transformers.image_processing_backends import PilBackend
+
+        class FloatResize(PilBackend):
+            def resize(self, image: np.ndarray, size: Any, resample: Any = None, reducing_gap: Any = None,
+                       **kwargs: Any) -> np.ndarray:
+                height, width = _target_size(image, size)
+                filter_ = Image.Resampling.BILINEAR if resample is None else int(resample)
+                if image.shape[1:] == (height, width):
+                    return image.astype(np.float32, copy=False)
+                return np.stack([resize_plane(c, width, height, filter_) for c in image]).astype(np.float32, copy=False)
+
+            def convert_to_rgb(self, image: np.ndarray, input_data_format: Any = None) -> np.ndarray:
+                return image
+
+        _FLOAT_CLASSES[pil_class] = type(f"{pil_class.__name__}Float", (pil_class, FloatResize), {})
+    return _FLOAT_CLASSES[pil_class]
+
+
+def _target_size(chw: np.ndarray, size: Any) -> tuple[int, int]:
+    """The (height, width) transformers' PilBackend.resize gives a C x H x W image for `size` (same rules,
+    same order, same helpers)."""
+    from transformers.image_processing_backends import get_size_with_aspect_ratio
+    from transformers.image_transforms import get_resize_output_image_size
+    from transformers.image_utils import ChannelDimension, get_image_size_for_max_height_width
+
+    height, width = chw.shape[1:]
+    if size.shortest_edge and size.longest_edge:
+        return tuple(get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge))
+    if size.shortest_edge:
+        return tuple(get_resize_output_image_size(chw, size=size.shortest_edge, default_to_square=False,
+                                                  input_data_format=ChannelDimension.FIRST))
+    if size.max_height and size.max_width:
+        return tuple(get_image_size_for_max_height_width((height, width), size.max_height, size.max_width))
+    if size.height and size.width:
+        return size.height, size.width
+    raise ValueError(f"an image size without height and width, max_height and max_width or shortest_edge: {size}")

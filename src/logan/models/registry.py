@@ -33,6 +33,8 @@ _MODULES: dict[str, str] = {
     "llava-v1.5-7b": "logan.models.llava_original",
     "llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5": "logan.models.llava_original",
     "minigpt-4": "logan.models.minigpt4",
+    "hf-vlm": "logan.models.hf_vlm",
+    "auto": "logan.models.hf_vlm",
 }
 _REGISTERED: dict[str, type[VLMAdapter]] = {}
 

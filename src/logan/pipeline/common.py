@@ -96,6 +96,7 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
         "target_model": m.name, "model_path": _resolved(m.model_path), **components, "model_type": m.model_type,
         "model": m.model,
         "conv_mode": m.conv_mode, "pad_to_square": m.pad_to_square, "vocab_size": m.vocab_size,
+        "trust_remote_code": m.trust_remote_code, "processor_kwargs": m.processor_kwargs,
         "seed": cfg.seed, "quantize": n.quantize, "space": n.space, "draws": n.draws,
         "prompt": cfg.prompt.text, "num_gen_tokens": cfg.generation.num_gen_tokens,
         "parts": sorted(cfg.img_metrics.parts), "metrics": sorted(cfg.img_metrics.metrics_to_use),
@@ -136,11 +137,14 @@ def inherit_settings(cfg: RunConfig, explicit: set[str], saved: Path, keys: tupl
     return new
 
 
+DICT_KEYS = ("target_model.model", "target_model.processor_kwargs")  # keys whose value is a dict
+
+
 def _leaves(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, value) of a saved config (target_model.model stays one value)."""
+    """(dotted key, value) of a saved config (the DICT_KEYS stay one value)."""
     out = []
     for name, value in raw.items():
-        if isinstance(value, dict) and f"{prefix}{name}" != "target_model.model":
+        if isinstance(value, dict) and f"{prefix}{name}" not in DICT_KEYS:
             out += _leaves(value, f"{prefix}{name}.")
         else:
             out.append((f"{prefix}{name}", value))

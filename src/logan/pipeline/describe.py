@@ -30,7 +30,7 @@ AUTO_CPU_BATCH = 8
 
 GENERATION_KEYS = ("target_model", "model_path", "model_base", "ckpt", "vision_tower", "llama_model", "vit_model",
                    "q_former_model", "model_type", "model", "conv_mode", "pad_to_square", "vocab_size", "prompt",
-                   "num_gen_tokens", "dtype")
+                   "num_gen_tokens", "dtype", "trust_remote_code", "processor_kwargs")
 
 
 def reusable(run: Path, fingerprint: dict) -> dict:
