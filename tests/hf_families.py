@@ -152,7 +152,9 @@ def gemma3(folder: Path) -> Path:
     tok = train_bpe(transformers.GemmaTokenizer, ["<start_of_turn>", "<end_of_turn>", *named.values()],
                     byte_level=False, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
                     mask_token="<mask>", extra_special_tokens=named)
+    # final_logit_softcapping as some gemma-3 config.json files set it: Gemma3ForConditionalGeneration ignores it
     text = {**TEXT, "vocab_size": len(tok), "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32,
+            "final_logit_softcapping": 30.0,
             "layer_types": ["sliding_attention", "full_attention"], "pad_token_id": tok.pad_token_id,
             "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id}
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in named.items()}

@@ -270,3 +270,14 @@ def test_tune_select_classify_through_the_cli(world, hf_vlms, tmp_path, capsys) 
     rows = json.loads((out / "metrics.json").read_text())
     assert {r["part"] for r in rows} == {"img", "inst", "desp", "inst_desp"}
     assert all(np.isfinite(r["auc"]) for r in rows) and len({r["metric"] for r in rows}) == 18
+
+
+def test_logits_the_model_post_processes_are_refused_at_load(hf_vlms, adapters) -> None:
+    """LOGAN's forward is compared with the model's own on one image when it loads: a model that changes its
+    logits after the LM head in a way hf-vlm does not reproduce is refused (a tanh soft-cap it finds itself)."""
+    gemma = adapters["gemma3"]
+    assert gemma.model.config.text_config.final_logit_softcapping == 30.0 and gemma.logit_softcap is None
+    model = hf_vlm(hf_vlms["internvl"])
+    model.model.register_forward_hook(lambda module, args, out: out.__setitem__("logits", out["logits"] * 2))
+    with pytest.raises(LoganError, match="LOGAN's forward differs from the model's own by .* in the logits"):
+        model._verify()

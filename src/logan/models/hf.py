@@ -60,7 +60,7 @@ class HFAdapter(VLMAdapter):
     _compiled = False
     _kept: KeptPrefix | None = None     # inference.reuse_prefix (models/prefix.py)
     _no_prefix_reason = ""              # why traits.keeps_prefix is False, for the log
-    logit_softcap: float | None = None  # final_logit_softcapping of the text config (Gemma 2)
+    logit_softcap: float | None = None  # tanh soft-capping after the LM head, where the model applies it
     image_names: set[str] | None = None  # image tensors the model's forward takes (None: all)
 
     def tokenize(self, text: str) -> list[int]:

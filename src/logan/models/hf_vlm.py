@@ -193,8 +193,6 @@ class HFVLM(HFAdapter):
         self.image_names = set(inspect.signature(self.model.model.forward).parameters)
         rope = getattr(self.model.model, "get_rope_index", None)
         self._rope = rope if rope is not None and "mm_token_type_ids" in inspect.signature(rope).parameters else None
-        text = self.model.config.get_text_config(decoder=True)
-        self.logit_softcap = getattr(text, "final_logit_softcapping", None)
         rows = self.model.lm_head.out_features
         self.real_vocab = min(cfg.vocab_size or len(self.tokenizer), rows)  # len(): added special tokens too
         self.bos_token_id, self.eos_token_id = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
@@ -324,7 +322,6 @@ class HFVLM(HFAdapter):
         encoded = self.encode("Describe this image.", image_size=CHECK_SIZE)
         images = collate([self.image_input(grey)])
         positions = torch.arange(len(encoded.input_ids))[None]
-        ours = self.forward_logits(TokenBatch.build([encoded], self.pad_token_id), images, positions).float()
         bos = self.tokenizer.bos_token
         inputs = self.processor(images=[[grey]], text=[prompt], return_tensors="pt", input_data_format="channels_last",
                                 add_special_tokens=not (bos and prompt.startswith(bos)), **self.processor_kwargs)
@@ -333,12 +330,19 @@ class HFVLM(HFAdapter):
             theirs = self.model(**{k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
                                    for k, v in inputs.items() if k in names}, use_cache=False).logits
         theirs = theirs[..., : self.real_vocab].float().cpu()
-        error = float((ours.cpu() - theirs).abs().max())
         allowed = LOGIT_TOLERANCE.get(self.dtype, 1e-1) * float(theirs.abs().max()) + 1e-3
-        if not error <= allowed:
-            raise LoganError(f"{self.path}: LOGAN's forward differs from the model's own by {error:.3g} in the logits "
-                             f"(allowed {allowed:.3g}); this '{self.model_type}' model scales or post-processes its "
-                             "logits in a way hf-vlm does not reproduce.")
+        # some families soft-cap their logits as their text config says (Gemma 2), some never do (Gemma 3)
+        cap = getattr(self.model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
+        errors = []
+        for candidate in dict.fromkeys([None, cap]):
+            self.logit_softcap = candidate
+            ours = self.forward_logits(TokenBatch.build([encoded], self.pad_token_id), images, positions)
+            errors.append(float((ours.float().cpu() - theirs).abs().max()))
+            if errors[-1] <= allowed:
+                return
+        raise LoganError(f"{self.path}: LOGAN's forward differs from the model's own by {min(errors):.3g} in the logits "
+                         f"(allowed {allowed:.3g}); this '{self.model_type}' model scales or post-processes its logits "
+                         "in a way hf-vlm does not reproduce.")
 
 
 @register_model("auto")
