@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,23 @@ CORPUS = ["a red circle on a blue background", "a green square next to a yellow 
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 2048}
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A real checkpoint's shape in place of the tiny one (benchmarks/bench_families.py): config values, the
+    image processor's settings, and whether to save random weights (False: config only, the benchmark makes
+    the weights on the GPU)."""
+
+    text: dict = field(default_factory=dict)
+    vision: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    image: dict = field(default_factory=dict)
+    processor: dict = field(default_factory=dict)
+    weights: bool = True
+
+
+TINY = Shape()
 
 
 def train_bpe(tokenizer_cls: type, specials: list[str], byte_level: bool = True, **kwargs: Any) -> Any:
@@ -54,7 +72,8 @@ def train_bpe(tokenizer_cls: type, specials: list[str], byte_level: bool = True,
 
 
 def save(folder: Path, model: Any, processor_class: str, video: tuple[str, dict] | None, **parts: Any) -> Path:
-    """Save the model and its processor as a Hub folder holds them, with or without torchvision."""
+    """Save the model (a model, or only its config) and its processor as a Hub folder holds them, with or
+    without torchvision."""
     import transformers
 
     from logan.models.hf_vlm import image_only
@@ -90,12 +109,15 @@ def _chatml(image: str, system: bool = False, space: str = "\n", close: str = "\
             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def _seeded(model_cls: Any, config: Any, seed: int = 0) -> Any:
+def _seeded(model_cls: Any, config: Any, shape: Shape = TINY, seed: int = 0) -> Any:
+    """The model with seeded random weights, or its config alone (`shape.weights` False)."""
+    if not shape.weights:
+        return config
     torch.manual_seed(seed)
     return model_cls(config).eval()
 
 
-def qwen(folder: Path, version: str = "2") -> Path:
+def qwen(folder: Path, version: str = "2", shape: Shape = TINY) -> Path:
     import transformers
 
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -105,7 +127,8 @@ def qwen(folder: Path, version: str = "2") -> Path:
     # LM-head rows past the tokenizer, as Qwen2-VL-7B's 152064 rows for its 151657 tokens: logits are cut
     text = {**TEXT, "vocab_size": len(tok) + 43, "bos_token_id": None, "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": tok.pad_token_id,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}}
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            **shape.text}
     if version == "2":
         vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 4, "mlp_ratio": 2}
         names = ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor")
@@ -113,14 +136,15 @@ def qwen(folder: Path, version: str = "2") -> Path:
         vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64, "num_heads": 4,
                   "window_size": 56, "fullatt_block_indexes": [1]}
         names = ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor")
-    vision |= {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    vision |= {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, **shape.vision}
     config = getattr(transformers, names[0])(
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False)
+        tie_word_embeddings=False, **shape.config)
     size = {"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 64}  # 4 .. 64 image tokens
-    grid = {"size": size, "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}
-    return save(folder, _seeded(getattr(transformers, names[1]), config), names[2], ("Qwen2VLVideoProcessor", grid),
+    grid = {"size": size, "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, **shape.image}
+    model = _seeded(getattr(transformers, names[1]), config, shape)
+    return save(folder, model, names[2], ("Qwen2VLVideoProcessor", grid),
                 image_processor=transformers.Qwen2VLImageProcessorPil(**grid), tokenizer=tok,
                 chat_template=_chatml("<|vision_start|><|image_pad|><|vision_end|>", system=True))
 
@@ -145,7 +169,7 @@ def idefics3(folder: Path) -> Path:
                 image_processor=image, tokenizer=tok, image_seq_len=4, chat_template=template)
 
 
-def gemma3(folder: Path) -> Path:
+def gemma3(folder: Path, shape: Shape = TINY) -> Path:
     import transformers
 
     named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
@@ -156,25 +180,26 @@ def gemma3(folder: Path) -> Path:
     text = {**TEXT, "vocab_size": len(tok), "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32,
             "final_logit_softcapping": 30.0,
             "layer_types": ["sliding_attention", "full_attention"], "pad_token_id": tok.pad_token_id,
-            "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id}
+            "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id, **shape.text}
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in named.items()}
     config = transformers.Gemma3Config(
         text_config=text, vision_config={**VISION, "model_type": "siglip_vision_model", "image_size": 64,
-                                         "patch_size": 8},
-        mm_tokens_per_image=16, boi_token_index=ids["boi_token"], eoi_token_index=ids["eoi_token"],
-        image_token_index=ids["image_token"])
-    model = _seeded(transformers.Gemma3ForConditionalGeneration, config)
-    # transformers initialises the image projection to zeros: the image would not reach the text model
-    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
+                                         "patch_size": 8, **shape.vision},
+        **{"mm_tokens_per_image": 16, **shape.config}, boi_token_index=ids["boi_token"],
+        eoi_token_index=ids["eoi_token"], image_token_index=ids["image_token"])
+    model = _seeded(transformers.Gemma3ForConditionalGeneration, config, shape)
+    if shape.weights:  # transformers initialises the image projection to zeros: the image would not count
+        torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
     template = ("{{ bos_token }}{% for m in messages %}<start_of_turn>"
                 "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{% for c in m['content'] %}"
                 "{% if c['type'] == 'image' %}<start_of_image>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
                 "{% endfor %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
-    image = transformers.Gemma3ImageProcessorPil(
-        size={"height": 64, "width": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3, pan_and_scan_min_crop_size=32,
-        pan_and_scan_max_num_crops=4, pan_and_scan_min_ratio_to_activate=1.2)
-    return save(folder, model, "Gemma3Processor", None, image_processor=image, tokenizer=tok, image_seq_length=16,
-                chat_template=template)
+    image = transformers.Gemma3ImageProcessorPil(**{
+        "size": {"height": 64, "width": 64}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+        "pan_and_scan_min_crop_size": 32, "pan_and_scan_max_num_crops": 4, "pan_and_scan_min_ratio_to_activate": 1.2,
+        **shape.image})
+    return save(folder, model, "Gemma3Processor", None, image_processor=image, tokenizer=tok,
+                **{"image_seq_length": 16, **shape.processor}, chat_template=template)
 
 
 def llava_onevision(folder: Path) -> Path:

@@ -126,7 +126,8 @@ class HFAdapter(VLMAdapter):
     def generate(self, tokens: TokenBatch, images: ImageBatch, max_new_tokens: int) -> list[list[int]]:
         rows = self.model.lm_head.out_features
         stops = list(self.stop_token_ids)
-        banned = {*range(self.real_vocab, rows), self.pad_token_id, self.bos_token_id} - {*stops, None}
+        # an image token in a description would meet no image features when the description is scored
+        banned = {*range(self.real_vocab, rows), self.pad_token_id, self.bos_token_id, self.image_token_id} - {*stops, None}
         side = {k: v.to(self.device) for k, v in tokens.side.items() if k != POSITIONS}  # generate makes its own
         # one token at a time over a growing cache: compiled blocks would only recompile, so run eagerly
         with torch.compiler.set_stance("force_eager") if self._compiled else contextlib.nullcontext():
