@@ -281,3 +281,24 @@ def test_logits_the_model_post_processes_are_refused_at_load(hf_vlms, adapters) 
     model.model.register_forward_hook(lambda module, args, out: out.__setitem__("logits", out["logits"] * 2))
     with pytest.raises(LoganError, match="LOGAN's forward differs from the model's own by .* in the logits"):
         model._verify()
+
+
+def test_gemma3_pan_and_scan_crops_are_image_tokens(hf_vlms, images) -> None:
+    """target_model.processor_kwargs reach the processor: Gemma 3's pan-and-scan adds a 16-token block per crop,
+    and the crops are scored like the image (exactly 0 at std 0, the same in any batch)."""
+    from logan.compose import compose
+
+    keys = ["target_model=hf-vlm", "target_model.processor_kwargs.do_pan_and_scan=true",
+            "target_model.processor_kwargs.pan_and_scan_min_crop_size=32"]
+    kwargs = compose(keys)["target_model"]["processor_kwargs"]
+    model = hf_vlm(hf_vlms["gemma3"], processor_kwargs=kwargs)
+    items = work_items(model, images)[:4]  # 64 x 64, 90 x 60, 60 x 130, 200 x 120
+    counts = [model.encode(INSTRUCTION, image_size=it.size).n_image for it in items]
+    assert counts[0] == 16 and max(counts) > 16
+    metrics = ["max_k_no_norn_kl_div", "ppl"]
+    together, alone = (scores(model, items, [0.0, 64.0], size, ["img", "inst"], metrics) for size in (4, 1))
+    for item, count in zip(items, counts):
+        assert len(together[(64.0, item.sample_id, "img", "max_k_no_norn_kl_div")]) == count
+        assert np.all(together[(0.0, item.sample_id, "img", "max_k_no_norn_kl_div")] == 0)
+    for key, values in together.items():
+        np.testing.assert_allclose(values, alone[key], rtol=1e-5, atol=1e-9, err_msg=str(key))

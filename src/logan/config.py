@@ -78,8 +78,8 @@ class ModelConfig:
                          "default")
     trust_remote_code: bool = key(False, "hf-vlm / auto: run the checkpoint's own Python code (only for a folder you "
                                   "trust); recorded in the run fingerprint")
-    processor_kwargs: dict[str, Any] = key(help="hf-vlm: keyword arguments for the image processor (e.g. "
-                                           "{do_pan_and_scan: true} for Gemma 3, {max_pixels: 1003520} for Qwen2-VL)",
+    processor_kwargs: dict[str, Any] = key(help="hf-vlm: keyword arguments for the processor, one per key (e.g. "
+                                           "target_model.processor_kwargs.do_pan_and_scan=true for Gemma 3)",
                                            factory=dict)
     pad_to_square: bool | None = key(None, "null = as the image processor says; true = LLaVA-1.5's mean-colour "
                                      "square padding")
