@@ -81,7 +81,7 @@ def configure(command: str, overrides: Sequence[str] = (), settings: Mapping[str
     if command not in COMMANDS:
         raise LoganError(f"unknown command '{command}'.{did_you_mean(command, COMMANDS)} "
                          f"Commands: {', '.join(COMMANDS)}.")
-    overrides = list(overrides)
+    overrides = command_overrides(command, overrides)
     dotted = _dotted(settings or {})
     groups = {k: v for k, v in dotted.items() if k == "target_model"}
     for name, value in groups.items():
@@ -100,6 +100,16 @@ def configure(command: str, overrides: Sequence[str] = (), settings: Mapping[str
 
         cfg = inherit_selection(cfg, explicit)
     return cfg
+
+
+def command_overrides(command: str, overrides: Sequence[str]) -> list[str]:
+    """A command's arguments as overrides: `prepare NAME source=DIR ...` names its converter and takes its
+    own keys bare (they become prepare.*)."""
+    if command == "prepare":
+        from logan.pipeline.prepare import prepare_overrides
+
+        return prepare_overrides(list(overrides))
+    return list(overrides)
 
 
 def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None) -> Result | None:
@@ -174,10 +184,10 @@ def demo(overrides: Sequence[str] = (), /, **settings: Any) -> DemoResult:
 
 def prepare(name: str, overrides: Sequence[str] = (), /, **settings: Any) -> PrepareResult:
     """Convert a downloaded dataset (vlmia, llava-instruct, sharegpt4o) to LOGAN's JSON lists."""
-    from logan.pipeline.prepare import PREPARE_KEYS, prepare_overrides
+    from logan.pipeline.prepare import PREPARE_KEYS
 
     settings = {f"prepare.{k}" if k in PREPARE_KEYS else k: v for k, v in settings.items()}
-    return _typed("prepare")(prepare_overrides([name, *overrides]), **settings)
+    return _typed("prepare")([name, *overrides], **settings)
 
 
 def merge(overrides: Sequence[str] = (), /, **settings: Any) -> Result:

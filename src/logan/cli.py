@@ -44,10 +44,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(command: str, args: list[str]) -> None:
     from logan import api
 
-    if command == "prepare":  # `logan prepare vlmia source=DIR ...`: the name and bare keys are prepare.*
-        from logan.pipeline.prepare import prepare_overrides
-
-        args = prepare_overrides(args)
     result = api.run(command, args)
     if result is not None:
         sys.stdout.write(result.summary().rstrip() + "\n")
@@ -94,10 +90,6 @@ def _print_config(command: str, args: list[str]) -> None:
     if args[at + 1:at + 2] != ["job"]:
         raise LoganError("--cfg takes 'job': 'logan <command> [key=value ...] --cfg job' prints the resolved config.")
     overrides = args[:at] + args[at + 2:]
-    if command == "prepare":
-        from logan.pipeline.prepare import prepare_overrides
-
-        overrides = prepare_overrides(overrides)
     sys.stdout.write(to_yaml(asdict(configure(command, overrides))))
 
 
@@ -153,7 +145,8 @@ def command_help(command: str, overrides: list[str]) -> str:
     from logan.cli_help import describe_keys
 
     spec = COMMANDS[command]
-    lines = [f"usage: logan {command} [key=value ...] [--cfg job]", "", spec.purpose, ""]
+    name = " NAME" if command == "prepare" else ""
+    lines = [f"usage: logan {command}{name} [key=value ...] [--cfg job]", "", spec.purpose, ""]
     lines += describe_keys(command, overrides)
     return "\n".join([*lines, "", EXIT_CODES]) + "\n"
 
