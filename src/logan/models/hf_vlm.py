@@ -139,18 +139,19 @@ def load_processor(folder: Path, model_type: str, trust_remote_code: bool) -> An
     from transformers import AutoProcessor
 
     cls = processor_class(folder, model_type)
-    attempts = ([("pil", {"backend": "pil"}), ("default", {})] if cls is not None else [])
-    for _, options in attempts:
+    problem: Exception | None = None
+    if cls is not None:
         plain = image_only(cls)
         extra = {"video_processor": None} if plain is not cls else {}
-        try:
-            return plain.from_pretrained(folder, **options, **extra)
-        except (ImportError, ValueError, KeyError, TypeError, AttributeError) as error:
-            problem = error
+        for options in ({"backend": "pil"}, {}):  # the PIL image processor wherever the family has one
+            try:
+                return plain.from_pretrained(folder, **options, **extra)
+            except (ImportError, ValueError, KeyError, TypeError, AttributeError) as error:
+                problem = problem or error
     try:
         return AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as error:  # noqa: BLE001 - one user-facing line
-        problem = error if not attempts else problem
+        problem = problem or error
     if "torchvision" in str(problem).lower():
         raise LoganError(f"the image processor of {folder} exists only for torchvision; install a torchvision "
                          "that matches your torch.") from None
@@ -235,7 +236,7 @@ class HFVLM(HFAdapter):
     def _traits(self) -> Traits:
         """What the engine may do with this family, from its config and what its processor makes."""
         text = self.model.config.get_text_config(decoder=True)
-        ids, _, side, _ = self._layout(self.prompt("Describe."), CHECK_SIZE)
+        _, _, side, _ = self._layout(self.prompt("Describe."), CHECK_SIZE)
         pixels = self.image_input(np.zeros((CHECK_SIZE[1], CHECK_SIZE[0], 3), np.float32)).tensors[PIXELS]
         reasons = []
         if self.language_model() is None:
@@ -353,9 +354,8 @@ class AutoVLM(HFVLM):
     def check(cls, cfg: ModelConfig) -> None:
         get_model_factory(auto_family(cfg)).check(cfg)
 
-    def __new__(cls, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> VLMAdapter:  # noqa: D102
+    def __new__(cls, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> VLMAdapter:
         # an instance of another class: Python does not call AutoVLM.__init__ on it
         name = auto_family(cfg)
-        log.info("target_model=auto: %s holds a '%s' checkpoint; adapter %s", cfg.model_path,
-                 read_config(cfg).model_type, name)
+        log.info("target_model=auto: adapter %s for %s", name, cfg.model_path)
         return get_model_factory(name)(cfg, device, dtype)
