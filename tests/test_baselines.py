@@ -1,4 +1,5 @@
-"""VL-MIA baselines against float64 references, aggregation edges, bootstrap, blind baseline, augmentations."""
+"""VL-MIA baselines against the float64 references (tests/reference_metrics.py), aggregation edges, bootstrap,
+blind baseline, augmentations."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from reference_metrics import close, per_token
 
 from logan.augment import N_AUGMENTATIONS, augment
 from logan.data.synthetic import make_split
@@ -15,51 +17,6 @@ from logan.metrics.aggregate import k_means
 from logan.metrics.pair import TokenPair
 from logan.report.blind import blind_baseline
 from logan.report.scoring import bootstrap_auc_interval, roc_summary
-
-CLAMP = 1e-10
-
-
-def softmax64(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = logits.astype(np.float64)
-    logp = x - x.max(-1, keepdims=True)
-    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-    return np.exp(logp), logp
-
-
-def reference(name: str, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """VL-MIA's metric_util formulas, written out in float64 (one value per token)."""
-    p, logp = softmax64(logits)
-    rows = np.arange(len(targets))
-    pc = np.clip(p, CLAMP, 1 - CLAMP)
-    if name in ("ppl", "mink"):
-        return -logp[rows, targets]
-    if name == "mink_plus_plus":
-        mu = (p * logp).sum(-1)
-        sigma = np.sqrt((p * logp ** 2).sum(-1) - mu ** 2)
-        return -(logp[rows, targets] - mu) / sigma
-    if name == "max_prob_gap":
-        top = np.sort(logp, -1)
-        return -(top[:, -1] - top[:, -2])
-    if "_entro" in name or name.startswith("renyi_"):
-        tag = name.split("_")[-2] if name.endswith("_entro") else name.split("_")[-1]
-        if name.startswith("mod_renyi"):
-            alpha = {"05": 0.5, "1": 1.0, "2": 2.0}[tag]
-            py = pc[rows, targets]
-            others = np.ones_like(pc, dtype=bool)
-            others[rows, targets] = False
-            if alpha == 1.0:
-                return -(1 - py) * np.log(py) - np.where(others, pc * np.log(1 - pc), 0).sum(-1)
-            a = abs(1 - alpha)
-            rest = np.where(others, pc * (1 - pc) ** a - pc, 0).sum(-1)
-            return -((1 - py) * py ** a - (1 - py) + rest) / a
-        alpha = {"05": 0.5, "1": 1.0, "2": 2.0, "inf": np.inf}[tag]
-        if alpha == 1.0:
-            return -(pc * np.log(pc)).sum(-1)
-        if alpha == np.inf:
-            return -logp.max(-1)
-        return np.log((pc ** alpha).sum(-1)) / (1 - alpha)
-    raise KeyError(name)
-
 
 CLEAN = sorted(n for n, s in all_metrics().items() if s.needs == "clean")
 
@@ -72,8 +29,8 @@ def test_clean_metric_matches_float64_reference(name: str, scale: float) -> None
     targets = rng.integers(0, 300, 40)
     targets[:10] = logits[:10].argmax(-1)  # image positions: the argmax is the target
     got = get_metric(name).fn(TokenPair(torch.from_numpy(logits), None, torch.from_numpy(targets))).double().numpy()
-    want = reference(name, logits, targets)
-    np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-5 * max(1.0, scale))
+    want = per_token(name, "logan", logits, logits, targets, [])
+    assert close(got, want), (name, np.abs(got - want).max())
 
 
 def test_ties_give_a_zero_gap_and_uniform_entropies() -> None:

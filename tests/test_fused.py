@@ -36,12 +36,13 @@ def interpreter():
         yield
 
 
-def reference(clean: torch.Tensor, noisy: torch.Tensor, targets: torch.Tensor, double: bool) -> torch.Tensor:
+def reference(clean: torch.Tensor, noisy: torch.Tensor, targets: torch.Tensor, double: bool,
+              compat: str = "logan") -> torch.Tensor:
     """The PyTorch metrics (float32 as the engine runs them, or float64: the truth to compare with)."""
     pair = TokenPair(clean, noisy, torch.where(targets < 0, clean.argmax(-1), targets))
     if double:
         pair.clean, pair.noisy = clean.double(), noisy.double()
-    values = [get_metric(name).fn(pair) for name in NOISE]
+    values = [get_metric(name, compat=compat).fn(pair) for name in NOISE]
     nll = -torch.log_softmax(pair.noisy, -1).gather(-1, pair.targets[:, None]).squeeze(-1)
     return torch.stack([*values, nll]).double().cpu()
 
@@ -54,13 +55,27 @@ def logits(rows: int, vocab: int, scale: float, dtype: torch.dtype, seed: int = 
     return clean.to(dtype).to(DEVICE), noisy.to(dtype).to(DEVICE)
 
 
+def clipped_renyi64(clean: torch.Tensor, noisy: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The original's Renyi divergence, written out in float64: 1/(a-1) log(sum p_c^a q_c^(1-a) + 1e-12),
+    p, q clipped to [1e-12, 1]."""
+    p = torch.softmax(clean.double(), -1).clamp(1e-12, 1.0)
+    q = torch.softmax(noisy.double(), -1).clamp(1e-12, 1.0)
+    return torch.log((p ** alpha * q ** (1 - alpha)).sum(-1) + 1e-12) / (alpha - 1)
+
+
+@pytest.mark.parametrize("compat", ["logan", "original"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("scale", [1e-3, 0.05, 2.0, 40.0])
-def test_fused_kernel_is_as_close_to_float64_as_the_pytorch_reference(dtype, scale) -> None:
+def test_fused_kernel_is_as_close_to_float64_as_the_pytorch_reference(dtype, scale, compat) -> None:
     clean, noisy = logits(6, 1500, scale, dtype)
     targets = torch.tensor([-1, 3, -1, 7, 1499, -1], device=DEVICE)
-    out = fused.fused_values(clean, noisy, torch.arange(6, device=DEVICE), targets).double().cpu()
-    truth, torch32 = reference(clean, noisy, targets, True), reference(clean, noisy, targets, False)
+    out = fused.fused_values(clean, noisy, torch.arange(6, device=DEVICE), targets,
+                             original=compat == "original").double().cpu()
+    truth, torch32 = reference(clean, noisy, targets, True, compat), reference(clean, noisy, targets, False, compat)
+    if compat == "original":  # the truth of the original's Renyi divergences: its formula in float64
+        for alpha, tag in ((0.25, "025"), (0.5, "05"), (2.0, "2"), (4.0, "4")):
+            truth[fused.OUTPUTS.index(f"max_k_renyi_divergence_{tag}")] = clipped_renyi64(
+                clean.cpu(), noisy.cpu(), alpha)
     assert out.shape == (len(fused.OUTPUTS), 6)
     for k, name in enumerate(fused.OUTPUTS):
         err, ref_err = (out[k] - truth[k]).abs(), (torch32[k] - truth[k]).abs()
@@ -76,6 +91,20 @@ def test_identical_logits_give_exactly_zero() -> None:
     assert torch.all(out[:9] == 0)
     nll = -torch.log_softmax(clean.float(), -1).max(-1).values.cpu()
     torch.testing.assert_close(out[9], nll, rtol=1e-5, atol=1e-5)
+
+
+def test_identical_logits_under_the_original_convention() -> None:
+    """The original's Renyi divergences are not 0 at identical inputs: 1/(a-1) log(1 + (m + 1) 1e-12) for
+    m entries below its clip (negative for a < 1); its KLs are 0 as LOGAN's."""
+    clean, _ = logits(5, 1200, 0.0, torch.float16)
+    out = fused.fused_values(clean, clean.clone(), torch.arange(5, device=DEVICE),
+                             torch.full((5,), -1, device=DEVICE), original=True).double().cpu()
+    assert torch.all(out[:5] == 0)
+    for alpha, tag in ((0.25, "025"), (0.5, "05"), (2.0, "2"), (4.0, "4")):
+        got = out[fused.OUTPUTS.index(f"max_k_renyi_divergence_{tag}")]
+        want = clipped_renyi64(clean.cpu(), clean.cpu(), alpha)
+        assert torch.all((want < 0) if alpha < 1 else (want > 0))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-12)
 
 
 def test_rows_are_picked_by_index_from_a_strided_view() -> None:
@@ -110,9 +139,9 @@ def items(world, model) -> list[WorkItem]:
             for i, e in enumerate(entries)]
 
 
-def scores(model, items, metric_kernel: str, metrics: list[str]) -> dict:
+def scores(model, items, metric_kernel: str, metrics: list[str], compat: str = "logan") -> dict:
     engine = Engine(model, EngineSettings(parts=["img", "desp"], metrics=metrics, instruction="Describe this image.",
-                                          batch_size=2, metric_kernel=metric_kernel))
+                                          batch_size=2, metric_kernel=metric_kernel, compat=compat))
     out = {}
     for std, results in engine.run(items, [0.0, 8.0]):
         for res in results:
@@ -121,9 +150,11 @@ def scores(model, items, metric_kernel: str, metrics: list[str]) -> dict:
     return out
 
 
-def test_engine_with_the_fused_kernel_matches_the_pytorch_engine(model, items, monkeypatch) -> None:
-    """Runs on the tiny LLaVA: every part's per-token values agree, std 0 stays exactly 0, and a per-std
-    metric the kernel does not cover runs through PyTorch beside it."""
+@pytest.mark.parametrize("compat", ["logan", "original"])
+def test_engine_with_the_fused_kernel_matches_the_pytorch_engine(model, items, monkeypatch, compat) -> None:
+    """Runs on the tiny LLaVA: every part's per-token values agree, std 0 stays exactly 0 (LOGAN's
+    divergences; the original's Renyi divergences are not 0 there), and a per-std metric the kernel does
+    not cover runs through PyTorch beside it."""
     if DEVICE.type != "cpu":
         pytest.skip("the tiny LLaVA runs on the CPU (the kernel under triton's interpreter)")
     extra = "test_mean_abs_logit_change"
@@ -132,11 +163,11 @@ def test_engine_with_the_fused_kernel_matches_the_pytorch_engine(model, items, m
     metrics = [*METRICS, extra]
     engine = Engine(model, EngineSettings(parts=["img"], metrics=metrics, instruction="x", metric_kernel="triton"))
     assert engine._fused == [*METRICS, fused.NOISY_NLL] and engine._reducers["noise"][0] == [extra]
-    reference_scores = scores(model, items, "torch", metrics)
-    fast = scores(model, items, "triton", metrics)
+    reference_scores = scores(model, items, "torch", metrics, compat)
+    fast = scores(model, items, "triton", metrics, compat)
     assert fast.keys() == reference_scores.keys()
     for key, values in reference_scores.items():
-        if key[0] == 0.0 and key[-1] != "losses":
+        if key[0] == 0.0 and key[-1] != "losses" and not (compat == "original" and "divergence" in key[-1]):
             assert np.all(fast[key] == 0), key
         else:
             np.testing.assert_allclose(fast[key], values, rtol=1e-4, atol=1e-9, err_msg=str(key))
@@ -156,6 +187,7 @@ def test_a_kernel_that_does_not_run_falls_back_under_auto_and_stops_under_triton
     """The trial run on one row: a GPU or triton the kernel does not support is caught before the run."""
     monkeypatch.setattr(fused, "available", lambda device: True)
     assert fused.resolve("auto", DEVICE, (torch.float16, 700)) == "triton"  # compiles and runs here
+    assert fused.resolve("auto", DEVICE, (torch.float16, 700), original=True) == "triton"  # compat's variant
 
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel image is available for execution on the device")

@@ -176,6 +176,9 @@ class MetricsConfig:
     get_raw_images: int = key(0, "perturbed PNGs of the first x members and x non-members at every std")
     get_token_labels: int = key(0, "must stay 0: token labels are not saved (tokens.parquet has per-token "
                                 "values)", legacy=ORIGINAL)
+    compat: str = key("logan", "whose metric definitions and slicing: logan (LOGAN's; README, \"Metric "
+                      "conventions\") | original (the original code's at 225fb67c, to reproduce its numbers)",
+                      choices=("logan", "original"))
 
 
 @dataclass

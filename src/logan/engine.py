@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from logan.augment import N_AUGMENTATIONS, augment
 from logan.data.images import load_image
 from logan.errors import LoganError
-from logan.metrics import fused
+from logan.metrics import fused, original
 from logan.metrics.pair import TokenPair
 from logan.metrics.registry import TokenMetric, get_metric
 from logan.models.base import Encoded, VLMAdapter, pad_batch
@@ -90,6 +90,7 @@ class EngineSettings:
     max_batch_size: int = 64         # upper bound for batch_size="auto"
     workers: int = 0                 # host threads for decoding / noise / preprocessing (0: up to 8)
     prefetch: int = 2                # host steps prepared ahead of the model (0: inline, no thread)
+    compat: str = "logan"            # img_metrics.compat: LOGAN's metric definitions, or the original's
 
 
 @dataclass
@@ -140,7 +141,7 @@ class Engine:
     def __init__(self, model: VLMAdapter, settings: EngineSettings) -> None:
         self.model = model
         self.settings = settings
-        specs = [get_metric(name) for name in settings.metrics]
+        specs = [get_metric(name, compat=settings.compat) for name in settings.metrics]
         self.by_need: dict[str, dict[str, TokenMetric]] = {
             need: {m.name: m.fn for m in specs if m.needs == need} for need in ("noise", "clean", "augment")}
         self.plan = variants_for(settings.parts)
@@ -243,7 +244,8 @@ class Engine:
 
     def _layout(self, batch: list[WorkItem], variant: str) -> _Layout:
         sequences = [self.encode(it, variant) for it in batch]
-        return _Layout.build(sequences, self.plan[variant], self.model.pad_token_id).to(self.model.device)
+        return _Layout.build(sequences, self.plan[variant], self.model.pad_token_id,
+                             self.settings.compat).to(self.model.device)
 
     def _run_batch(self, batch: list[WorkItem], stds: list[float], steps: Prefetch) -> Iterator[_Step]:
         host: _BatchInput = next(steps)
@@ -341,7 +343,8 @@ class Engine:
         index, all_targets = (t.to(clean.device, non_blocking=True) for t in (layout.index, layout.flat_targets))
         values: dict[str, torch.Tensor] = {}
         if group == "noise" and self._fused:
-            out = fused.fused_values(clean_rows, other_rows, index, all_targets)
+            out = fused.fused_values(clean_rows, other_rows, index, all_targets,
+                                     original=self.settings.compat == "original")
             values = {name: out[row] for name, row in self._fused_rows}
         if group in self._reducers:
             values.update(self._reduced(group, clean_rows, other_rows, layout, index, all_targets))
@@ -495,42 +498,34 @@ class _Step:
 
 @dataclass
 class _Layout:
-    """A right-padded batch of one variant and where each part's tokens sit in the gathered span."""
+    """A right-padded batch of one variant and where each part's rows sit among the gathered rows."""
 
     sequences: list[Encoded]
     parts: list[str]
     input_ids: torch.Tensor
     attention_mask: torch.Tensor       # stays on the host: forward_logits reads the padding from it
-    positions: torch.Tensor            # [B, S] logit positions gathered (span per sample, padded)
+    positions: torch.Tensor            # [B, S] logit positions gathered (each sample's scored rows, padded)
     valid: torch.Tensor                # [B, S] bool
     targets: torch.Tensor              # [B, S] next-token ids (-1 = argmax of the clean logits)
     part_slices: list[dict[str, slice]]
     index: torch.Tensor                # [n_valid] flat indices of the valid rows of [B * S]
     flat_targets: torch.Tensor         # [n_valid]
     prefix: tuple[int, ...]            # the token ids before the image, when every sequence has the same
+    compat: str = "logan"              # img_metrics.compat: whose slicing the parts follow
 
     @property
     def n_valid(self) -> int:
         return int(self.index.shape[0])
 
     @classmethod
-    def build(cls, sequences: list[Encoded], parts: list[str], pad_id: int) -> _Layout:
+    def build(cls, sequences: list[Encoded], parts: list[str], pad_id: int, compat: str = "logan") -> _Layout:
         ids, mask = pad_batch(sequences, pad_id, "right")
         spans, slices, target_rows = [], [], []
         for seq in sequences:
-            located = {p: seq.part_positions(p) for p in parts}
-            lo = min(int(pos[0]) for pos, _ in located.values() if len(pos)) if any(
-                len(pos) for pos, _ in located.values()) else 0
-            hi = max((int(pos[-1]) + 1 for pos, _ in located.values() if len(pos)), default=lo)
-            span = np.arange(lo, hi)
-            target = np.full(len(span), -1, dtype=np.int64)
-            for pos, tgt in located.values():
-                if tgt is not None and len(pos):
-                    target[pos - lo] = tgt
+            span, target, part_slices = _scored_rows(seq, parts, compat)
             spans.append(span)
             target_rows.append(target)
-            slices.append({p: slice(int(pos[0]) - lo, int(pos[-1]) + 1 - lo) if len(pos) else slice(0, 0)
-                           for p, (pos, _) in located.items()})
+            slices.append(part_slices)
         width = max(len(s) for s in spans)
         positions = torch.zeros((len(sequences), width), dtype=torch.long)
         valid = torch.zeros((len(sequences), width), dtype=torch.bool)
@@ -544,7 +539,7 @@ class _Layout:
         if any(seq.input_ids[: seq.image_start] != prefix for seq in sequences):
             prefix = ()
         return cls(sequences, parts, ids, mask, positions, valid, targets, slices, index, targets.flatten()[index],
-                   prefix)
+                   prefix, compat)
 
     def to(self, device: torch.device) -> _Layout:
         """The tensors the device reads, moved there once per batch (the mask and bookkeeping stay)."""
@@ -558,16 +553,42 @@ class _Layout:
         return model.forward_logits(self.input_ids, self.attention_mask, pixels, self.positions, self.prefix)
 
     def scatter(self, results: list[SampleResult], per_metric: dict[str, np.ndarray]) -> None:
-        """Split flattened per-token values back into per-sample, per-part arrays (NLLs become losses)."""
+        """Split flattened per-token values back into per-sample, per-part arrays (NLLs become losses);
+        under the original's convention its metrics that loop over rows drop each part's last row."""
         counts = self.valid.sum(1).tolist()
         offsets = np.concatenate([[0], np.cumsum(counts)])
         clean_nll, noisy_nll = per_metric.pop(f"{_NLL}_clean"), per_metric.pop(_NLL)
+        scored = original.loop_rows if self.compat == "original" else lambda name, rows: rows
         for row, res in enumerate(results):
             lo = offsets[row]
             for part, sl in self.part_slices[row].items():
-                rows = slice(lo + sl.start, lo + sl.stop)
+                span = slice(lo + sl.start, lo + sl.stop)
                 for name, values in per_metric.items():
-                    res.tokens[(part, name)] = values[rows].astype(np.float32)
-                n = sl.stop - sl.start
+                    res.tokens[(part, name)] = values[scored(name, span)].astype(np.float32)
+                rows = scored(_NLL, span)
+                n = rows.stop - rows.start
                 res.losses[part] = (float(clean_nll[rows].mean()) if n else float("nan"),
                                     float(noisy_nll[rows].mean()) if n else float("nan"), n)
+
+
+def _scored_rows(seq: Encoded, parts: list[str], compat: str) -> tuple[np.ndarray, np.ndarray, dict[str, slice]]:
+    """The rows one sequence gathers: (positions, targets; -1 = the clean argmax), each (position, target)
+    once, in position order, and each part's slice of them.
+
+    A position that two parts score against different targets is gathered twice: under LOGAN's slicing the
+    last image row is scored against its own clean argmax for `img` and predicts the first instruction
+    token for `inst`, so a part's values never depend on which other parts run (one more row per sample,
+    in the same forward pass; an img-only run gathers exactly the image rows)."""
+    keyed = {}
+    for part in parts:
+        positions, targets = seq.part_positions(part, compat)
+        targets = np.full(len(positions), -1, dtype=np.int64) if targets is None else targets
+        keyed[part] = (positions.astype(np.int64) << 32) | (targets + 1)  # sorts by position, then target
+    keys = np.concatenate(list(keyed.values()))
+    if len(keyed) > 1:  # one part's keys are already sorted and unique
+        keys = np.unique(keys)
+    slices = {}
+    for part, part_keys in keyed.items():
+        start = int(np.searchsorted(keys, part_keys[0])) if len(part_keys) else 0
+        slices[part] = slice(start, start + len(part_keys))
+    return keys >> 32, (keys & 0xFFFFFFFF) - 1, slices

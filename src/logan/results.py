@@ -33,7 +33,7 @@ from PIL import Image
 from logan.engine import SampleResult
 from logan.faults import fault_point
 from logan.io import atomic_dir, read_json, write_json
-from logan.metrics.aggregate import k_means
+from logan.metrics.aggregate import aggregate
 from logan.metrics.registry import MetricSpec
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ class StdWriter:
             for (part, metric), values in res.tokens.items():
                 if metric not in self.specs:
                     continue
-                largest = self.specs[metric].aggregate == "max_k"
-                for k, value in zip(self.ratios, k_means(values, self.ratios, largest)):
+                for k, value in zip(self.ratios, aggregate(values, self.ratios, self.specs[metric].aggregate)):
                     score_rows.append((res.sample_id, res.label, part, metric, k, float(value)))
                 if self.tokens is not None and _chosen(self.selection.tokens, res.sample_id):
                     token_rows.append((res.sample_id, res.label, part, metric, values))

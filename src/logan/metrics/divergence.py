@@ -56,6 +56,26 @@ def renyi_from_centred(log_weights: torch.Tensor, d: torch.Tensor, alpha: float,
     return value.clamp(min=0.0)
 
 
+def _split_top(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(max, x - max, log1p of the sum of exp(x - max) over all but one maximal entry), last axis kept."""
+    top, at = x.max(-1, keepdim=True)
+    shifted = x - top
+    return top, shifted, torch.log1p(shifted.exp().scatter(-1, at, 0.0).sum(-1, keepdim=True))
+
+
+def exact_log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """log-softmax over the last axis, exact also where one entry takes nearly all the mass: its value is
+    -log1p(rest), where float32's log(1 + rest) is 0 for rest below 6e-8."""
+    _, shifted, log1p_rest = _split_top(x)
+    return shifted - log1p_rest
+
+
+def exact_logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last axis as max + log1p(rest): relative precision also near 0 (one dominant entry)."""
+    top, _, log1p_rest = _split_top(x)
+    return (top + log1p_rest).squeeze(-1)
+
+
 def epsilon_term(weights: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """sum_v w_v [log(p_v + eps) - log p_v - log(q_v + eps) + log q_v]: the original's epsilon, exactly."""
     soft = torch.nn.functional.softplus

@@ -12,6 +12,10 @@ sweeps over the vocabulary, per row:
 4. the floors of the plain KL, the normalisations' centring shifts;
 5. the normalisations' KLs; 6. their epsilon terms.
 
+With `original=True` (`img_metrics.compat=original`, a variant compiled on its own; the default kernel is
+unchanged) sweep 4 also sums the original's clipped Renyi terms and the Renyi outputs are its clipped
+divergences (`metrics/original.py`).
+
 The work is transcendental functions, so the kernel keeps them few and fast (`fused_kernel.py`). On an
 H200 at 32 000 vocabulary entries it takes 0.57 ms per 576-row (image, std) pair against 1.62 ms for
 the compiled PyTorch reduction, and its values are within 3e-6 (relative) of PyTorch's
@@ -50,12 +54,14 @@ def available(device: torch.device) -> bool:
     return True
 
 
-def resolve(setting: str, device: torch.device, trial: tuple[torch.dtype, int] | None = None) -> str:
+def resolve(setting: str, device: torch.device, trial: tuple[torch.dtype, int] | None = None,
+            original: bool = False) -> str:
     """`inference.metric_kernel`: triton / torch, or auto = triton wherever it can run.
 
     `trial` = (dtype, vocabulary size) of the model's logits: the kernel is compiled and run once on one
-    row first (a GPU or triton version it does not support fails here, not mid-run); under `auto` a
-    failure falls back to PyTorch with a warning, under `triton` it is an error.
+    row first (a GPU or triton version it does not support fails here, not mid-run), in the variant the
+    run uses (`original`: `img_metrics.compat=original`); under `auto` a failure falls back to PyTorch with
+    a warning, under `triton` it is an error.
     """
     if setting == "torch":
         return setting
@@ -68,7 +74,7 @@ def resolve(setting: str, device: torch.device, trial: tuple[torch.dtype, int] |
         try:
             one = torch.zeros((1, trial[1]), dtype=trial[0], device=device)
             index = torch.zeros(1, dtype=torch.long, device=device)
-            fused_values(one, one, index, index - 1)
+            fused_values(one, one, index, index - 1, original=original)
         except Exception as exc:  # triton's compile and launch errors have no common base class
             if setting == "triton":
                 raise LoganError(f"inference.metric_kernel=triton: the fused kernel does not run here ({exc}); "
@@ -79,9 +85,10 @@ def resolve(setting: str, device: torch.device, trial: tuple[torch.dtype, int] |
 
 
 def fused_values(clean: torch.Tensor, noisy: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
-                 block: int = BLOCK, warps: int = WARPS) -> torch.Tensor:
+                 block: int = BLOCK, warps: int = WARPS, original: bool = False) -> torch.Tensor:
     """[len(OUTPUTS), len(rows)] float32: every output for clean[rows[i]] vs noisy[rows[i]] (logits [R, V],
-    unit stride along V, any float dtype); targets[i] = -1 scores the clean argmax."""
+    unit stride along V, any float dtype); targets[i] = -1 scores the clean argmax. `original`: the Renyi
+    divergences by the original's definition (`metrics/original.py`, compiled as a variant of its own)."""
     if clean.stride(1) != 1 or noisy.stride(1) != 1:
         clean, noisy = clean.contiguous(), noisy.contiguous()
     out = torch.empty((len(OUTPUTS), rows.shape[0]), dtype=torch.float32, device=clean.device)
@@ -91,5 +98,5 @@ def fused_values(clean: torch.Tensor, noisy: torch.Tensor, rows: torch.Tensor, t
         with torch.cuda.device(clean.device) if clean.is_cuda else contextlib.nullcontext():
             divergences_kernel[(rows.shape[0],)](
                 clean, noisy, clean.stride(0), noisy.stride(0), rows, targets, out, rows.shape[0], clean.shape[1],
-                BLOCK=block, num_warps=warps)
+                BLOCK=block, ORIGINAL=original, num_warps=warps)
     return out

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from logan.metrics.divergence import _LARGE, LOG_EPS
 from logan.metrics.logan import ARGMAX_FLIP_KL
+from logan.metrics.original import CLIP, FAR, LOG_CLIP
 from logan.metrics.pair import CLAMP_LOG
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -44,6 +45,9 @@ SERIES = tl.constexpr(0.5)     # below this |x|, exp(x) - 1 - x comes from its s
 CLAMP = tl.constexpr(CLAMP_LOG)
 EPS = tl.constexpr(LOG_EPS)
 FLIP = tl.constexpr(ARGMAX_FLIP_KL)
+CLIP12 = tl.constexpr(CLIP)        # the original's clip of p and q in its Renyi divergence (compat=original)
+LOG_CLIP12 = tl.constexpr(LOG_CLIP)
+FAR_LOG = tl.constexpr(FAR)
 NEVER = tl.constexpr(2147483647)
 
 
@@ -53,6 +57,12 @@ def _expm1_minus_x(x):
     series = x * x * (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x * (1 / 720 + x * (
         1 / 5040 + x * (1 / 40320 + x * (1 / 362880 + x / 3628800))))))))
     return tl.where(tl.abs(x) < SERIES, series, tl.exp(tl.minimum(x, LARGE)) - 1.0 - x)
+
+
+@triton.jit
+def _expm1(x):
+    """exp(x) - 1 without cancellation near 0 and without a cap above (inf where exp overflows)."""
+    return tl.where(tl.abs(x) < SERIES, _expm1_minus_x(x) + x, tl.exp(x) - 1.0)
 
 
 @triton.jit
@@ -157,8 +167,30 @@ def _centred(near, m, s, x, log_w, w, far, mask):
 
 
 @triton.jit
+def _clipped(change, total, lp, lq, lp_k, lq_k, alpha, beta, cut, mask):
+    """The original's clipped Renyi sum per lane (beta = 1 - alpha): p_c^a q_c^b, and on clipped entries the
+    change the clip makes, p_c^a q_c^b - p^a q^b, as a difference (no cancellation)."""
+    clipped = lp_k * alpha + lq_k * beta
+    e = tl.exp(clipped)
+    total += tl.where(mask, e, 0.0)
+    change += tl.where(cut, -e * _expm1((lp * alpha + lq * beta) - clipped), 0.0)
+    return change, total
+
+
+@triton.jit
+def _original_renyi(exact, am1, change, total):
+    """1/(a - 1) log(sum p_c^a q_c^(1-a) + 1e-12) (am1 = a - 1): from the exact divergence and the clip's
+    change near identical inputs, from the clipped sum far from them (as `original.clipped_renyi`)."""
+    log_s = exact * am1
+    ratio = (change + CLIP12) * tl.exp(-tl.minimum(tl.maximum(log_s, -FAR_LOG), FAR_LOG))
+    near = exact + _log1p(ratio) / am1
+    far = _log(total + CLIP12) / am1
+    return tl.where((tl.abs(log_s) <= FAR_LOG) & (ratio > -0.5), near, far)
+
+
+@triton.jit
 def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targets_ptr, out_ptr, n_rows,
-                       vocab: tl.constexpr, BLOCK: tl.constexpr):
+                       vocab: tl.constexpr, BLOCK: tl.constexpr, ORIGINAL: tl.constexpr):
     i = tl.program_id(0)
     row = tl.load(rows_ptr + i).to(tl.int64)
     c_row = clean_ptr + row * stride_c
@@ -228,8 +260,10 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
     lse05, lse1, lse2 = -0.5 * log_sc + _log(s05_row), -log_sc + _log(s1_row), -2.0 * log_sc + _log(s2_row)
     inv05, inv1, inv2 = 1.0 / s05_row, 1.0 / s1_row, 1.0 / s2_row
 
-    # 4: the plain KL's floors; the normalisations' centring shifts and the minima of their log-ratios
+    # 4: the plain KL's floors; the normalisations' centring shifts and the minima of their log-ratios;
+    #    under ORIGINAL the clipped Renyi sums (c: what the clip changes, t: the clipped sum)
     extra, eps_term, sh05, sh1, sh2, low05, low1, low2 = zero, zero, zero, zero, zero, pinf, pinf, pinf
+    c025, t025, c05, t05, c2, t2, c4, t4 = zero, zero, zero, zero, zero, zero, zero, zero
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
@@ -248,6 +282,19 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
         _, w, ad = _normalised(lp, lq, logp_diff, r * r, 2.0, lse2, inv2)
         sh2 += tl.where(mask, w * ad, 0.0)
         low2 = tl.minimum(low2, tl.where(mask, ad, float("inf")))
+        if ORIGINAL:
+            lp_k = tl.maximum(lp, LOG_CLIP12)
+            lq_k = tl.maximum(lq, LOG_CLIP12)
+            cut = mask & ((lp < LOG_CLIP12) | (lq < LOG_CLIP12))
+            c025, t025 = _clipped(c025, t025, lp, lq, lp_k, lq_k, 0.25, 0.75, cut, mask)
+            c05, t05 = _clipped(c05, t05, lp, lq, lp_k, lq_k, 0.5, 0.5, cut, mask)
+            c2, t2 = _clipped(c2, t2, lp, lq, lp_k, lq_k, 2.0, -1.0, cut, mask)
+            c4, t4 = _clipped(c4, t4, lp, lq, lp_k, lq_k, 4.0, -3.0, cut, mask)
+    if ORIGINAL:
+        renyi025 = _original_renyi(renyi025, -0.75, tl.sum(c025, 0), tl.sum(t025, 0))
+        renyi05 = _original_renyi(renyi05, -0.5, tl.sum(c05, 0), tl.sum(t05, 0))
+        renyi2 = _original_renyi(renyi2, 1.0, tl.sum(c2, 0), tl.sum(t2, 0))
+        renyi4 = _original_renyi(renyi4, 3.0, tl.sum(c4, 0), tl.sum(t4, 0))
     kl_plain = tl.maximum(kl + tl.sum(extra, 0) + tl.sum(eps_term, 0), 0.0)
     shift05, shift1, shift2 = tl.sum(sh05, 0), tl.sum(sh1, 0), tl.sum(sh2, 0)
 

@@ -7,9 +7,16 @@ one value per token; the `max_k_` prefix says that a sample's score is the mean 
 - `max_k_*_kl_div`: KL(clean || noisy) on a normalisation of the probabilities: none (plain softmax),
   Renyi-alpha p^a / sum p^a for alpha 0.5, 1, 2 (probabilities clamped at 1e-10 first, as the
   original), and alpha = inf (one-hot at the argmax: ln(1e12) = 27.63 when the argmax flips, else 0).
-  The original's floors (probabilities clamped at 1e-10, eps = 1e-12 inside the logs) are kept.
+  The original's floors (probabilities clamped below at 1e-10, eps = 1e-12 inside the logs) are kept on
+  purpose, in both conventions: they are part of how the original defines these normalisations, they
+  give exactly 0 at identical inputs, and they cap a token's log-ratio at ln(1e10) / ln(1e12). The
+  original's clamp at 1 - 1e-10 is a no-op in its float32 and is not applied. A row's value is clamped
+  at 0 (the original's floored KL can come out at -1e-10 on rows where the floors break normalisation).
 - `max_k_renyi_divergence_*`: the Renyi divergence D_alpha(clean || noisy) for alpha 0.25, 0.5, 2, 4,
-  on the exact softmax (no floors).
+  exact, on the exact softmax (no floors): 0 at identical inputs and monotone in alpha. The original
+  clips probabilities at 1e-12 and adds 1e-12 inside the log, which makes identical inputs nonzero and
+  puts alpha = 2 / 4 1.9 % / 12 % below the divergence at large noise; `compat=original` reproduces it
+  (`metrics/original.py`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from functools import cached_property
 
 import torch
 
-from logan.metrics.divergence import centred, epsilon_term, kl_from_centred
+from logan.metrics.divergence import centred, epsilon_term, exact_log_softmax, kl_from_centred
 
 CLAMP_LOG = math.log(1e-10)  # the original clamps probabilities to [1e-10, 1 - 1e-10]
 
@@ -41,9 +41,19 @@ class TokenPair:
         return self.clean_logp.exp()
 
     @cached_property
+    def exact_logp(self) -> torch.Tensor:
+        """The clean log-softmax, exact also for near-deterministic rows (the baselines read it; the
+        divergences, whose forms are exact in their own way, read `clean_logp`)."""
+        return exact_log_softmax(self.clean)
+
+    @cached_property
+    def exact_p(self) -> torch.Tensor:
+        return self.exact_logp.exp()
+
+    @cached_property
     def target_logp(self) -> torch.Tensor:
         """log p(target) under the clean distribution, [N]."""
-        return self.clean_logp.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
+        return self.exact_logp.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
 
     @cached_property
     def centred_delta(self) -> torch.Tensor:

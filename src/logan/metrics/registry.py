@@ -4,7 +4,8 @@ Every metric returns one value per token and says how it is used:
 
 - `needs`: "noise" (clean vs noisy pass, per std: LOGAN), "clean" (the clean pass and the target tokens
   only: perplexity, Min-K%, entropies), or "augment" (clean vs the VL-MIA augmentations: aug-KL);
-- `aggregate`: "max_k" (mean of the K % largest values; K = 0: the largest) or "min_k" (the smallest);
+- `aggregate`: "max_k" (mean of the K % largest values; K = 0: the largest), "min_k" (the smallest) or
+  "max_k_sum" (their sum: the original's aug-KL);
 - `member_when`: "low" if members have lower values (score = -value) or "high" (score = +value), so every
   score is "higher = more likely member" and the orientation is written down once, here;
 - `description`: one line for `logan list metrics` (default: the first line of the function's docstring).
@@ -16,6 +17,12 @@ input the engine does not give it fails at import, not in the middle of a run.
 A metric family is one module listed in `_FAMILIES`; adding a metric is one function with the decorator.
 Families of other installed distributions come through the `logan.metrics` entry points
 (`logan.plugins`) and are imported the first time metrics are looked up or listed; a built-in name wins.
+
+Conventions (`img_metrics.compat`): "logan" (the default: LOGAN's documented definitions) or "original"
+(the original code's, to reproduce published numbers). A metric the original defines otherwise is
+registered once more with `compat="original"` (`metrics/original.py`); `get_metric(name, compat=...)`
+gives the convention's definition, LOGAN's where the two agree. `DEFINITIONS` names each convention's set
+of definitions in every run's fingerprint, so a run folder never mixes results of two.
 """
 
 from __future__ import annotations
@@ -38,13 +45,17 @@ log = logging.getLogger(__name__)
 TokenMetric = Callable[[TokenPair], torch.Tensor]
 
 NEEDS = ("noise", "clean", "augment")
-AGGREGATES = ("max_k", "min_k")
+AGGREGATES = ("max_k", "min_k", "max_k_sum")
 MEMBER_WHEN = ("low", "high")
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]*")  # a plain word in Hydra's lists; "_..." names are the engine's
 TKN_SUFFIX = "_tkn_vals"  # <metric>_tkn_vals: its per-token values in img_metrics.get_proc_meta_metrics
 
-_FAMILIES = ("logan.metrics.logan", "logan.metrics.vlmia")
-_METRICS: dict[str, MetricSpec] = {}
+_FAMILIES = ("logan.metrics.logan", "logan.metrics.vlmia", "logan.metrics.original")
+COMPAT = ("logan", "original")
+# bump a convention's entry whenever one of its definitions (a formula, a floor, a slicing) changes
+DEFINITIONS = {"logan": "logan-2", "original": "original-225fb67c-1"}
+_METRICS: dict[str, MetricSpec] = {}                               # LOGAN's definitions
+_OVERRIDES: dict[str, dict[str, MetricSpec]] = {"original": {}}    # a convention's own, where it differs
 _PLUGIN_FAILURES: list[str] = []   # one error line per metric plugin family that failed to import
 _plugins_loaded = False
 _loading: str | None = None        # the origin of the plugin family being imported
@@ -71,14 +82,15 @@ class MetricSpec:
 
 
 def register_metric(name: str, *, needs: str = "noise", aggregate: str = "max_k", member_when: str = "low",
-                    description: str | None = None) -> Callable[[TokenMetric], TokenMetric]:
-    """Decorator: register a per-token metric under `name`; bad settings raise LoganError here."""
+                    description: str | None = None, compat: str = "logan") -> Callable[[TokenMetric], TokenMetric]:
+    """Decorator: register a per-token metric under `name` (`compat`: the convention whose definition it
+    is; "original" for a metric the original code defines otherwise); bad settings raise LoganError here."""
     where = f"register_metric({name!r})"
     if not isinstance(name, str) or not NAME.fullmatch(name) or name.endswith(TKN_SUFFIX):
         raise LoganError(f"{where}: a metric name is a letter followed by letters, digits or _ . + - "
                          f"and does not end in {TKN_SUFFIX}.")
     for key, value, allowed in (("needs", needs, NEEDS), ("aggregate", aggregate, AGGREGATES),
-                                ("member_when", member_when, MEMBER_WHEN)):
+                                ("member_when", member_when, MEMBER_WHEN), ("compat", compat, COMPAT)):
         if value not in allowed:
             raise LoganError(f"{where}: {key}={value!r} is not one the engine provides;"
                              f"{did_you_mean(str(value), allowed)} Use one of {', '.join(allowed)}.")
@@ -90,7 +102,11 @@ def register_metric(name: str, *, needs: str = "noise", aggregate: str = "max_k"
         module = getattr(fn, "__module__", None) or "?"
         origin = plugins.BUILT_IN if module.startswith("logan.") else _loading or f"module {module}"
         text = plugins.summary(fn) if description is None else description.strip()
-        _add(MetricSpec(name, fn, needs, aggregate, member_when, text, origin))
+        spec = MetricSpec(name, fn, needs, aggregate, member_when, text, origin)
+        if compat == "logan":
+            _add(spec)
+        else:
+            _OVERRIDES[compat][name] = spec
         return fn
 
     return wrap
@@ -165,18 +181,19 @@ def _load_plugins() -> None:
             _loading = None
 
 
-def all_metrics() -> dict[str, MetricSpec]:
-    """Every registered metric: the built-in families, then the installed plugin families."""
+def all_metrics(compat: str = "logan") -> dict[str, MetricSpec]:
+    """Every registered metric as the convention `compat` defines it: the built-in families, then the
+    installed plugin families."""
     for module in _FAMILIES:
         importlib.import_module(module)
     _load_plugins()
-    return dict(_METRICS)
+    return {**_METRICS, **_OVERRIDES.get(compat, {})}
 
 
-def get_metric(name: str, kind: str = "metric") -> MetricSpec:
-    """The metric registered as `name`; an unknown name is a LoganError (`kind` says where it was given)
-    that also names any metric plugin that failed to import."""
-    metrics = all_metrics()
+def get_metric(name: str, kind: str = "metric", *, compat: str = "logan") -> MetricSpec:
+    """The metric registered as `name`, by the convention `compat`; an unknown name is a LoganError (`kind`
+    says where it was given) that also names any metric plugin that failed to import."""
+    metrics = all_metrics(compat)
     if name not in metrics:
         error = unknown(kind, name, metrics)
         if _PLUGIN_FAILURES:  # the name may belong to a plugin that did not load: say so

@@ -47,11 +47,16 @@ class Encoded:
     def image_end(self) -> int:
         return self.image_start + self.n_image
 
-    def part_positions(self, part: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logit positions scored for `part` and the token ids they predict (None for `img`).
+    def part_positions(self, part: str, compat: str = "logan") -> tuple[np.ndarray, np.ndarray | None]:
+        """Logit positions (rows) scored for `part` and the token id each row predicts (None for `img`,
+        whose rows are scored against their own clean argmax; -1 for a row past the last token).
 
-        `img` scores the outputs at the image-token positions (they depend on the prefix and the image
-        only); text parts score the logits that predict their tokens (position j-1 for token j).
+        `img`: the outputs at the image-token positions (they depend on the prefix and the image only).
+        Text parts, LOGAN's convention (`compat="logan"`): every token j of the part is scored from the row
+        before it, j-1, so a part's score is what all of its tokens cost (its first token is predicted from
+        the previous part's last row). The original's (`compat="original"`): the part's own rows s..e-1,
+        row t predicting token t+1; its per-token loop then drops each part's last row for every metric
+        but the Renyi divergences and aug-KL (`metrics/original.py`).
         """
         if part == "img":
             return np.arange(self.image_start, self.image_end), None
@@ -62,8 +67,12 @@ class Encoded:
             "inst_desp": (self.image_end, len(self.input_ids)),
         }
         start, end = spans[part]
+        ids = np.asarray(self.input_ids, dtype=np.int64)
+        if compat == "original":
+            rows = np.arange(start, end)
+            return rows, np.append(ids, -1)[rows + 1]
         tokens = np.arange(start, end)
-        return tokens - 1, np.asarray(self.input_ids, dtype=np.int64)[tokens]
+        return tokens - 1, ids[tokens]
 
 
 class VLMAdapter(ABC):

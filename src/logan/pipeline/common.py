@@ -15,15 +15,23 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from logan import __version__
 from logan.config import RunConfig, is_number, parse_std_values, walk
 from logan.data.images import check_image, image_size
 from logan.distributed import ShardInfo
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
 from logan.errors import LoganError
 from logan.faults import fault_point
-from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
+from logan.io import (
+    FINGERPRINT_FILE,
+    RunLock,
+    check_fingerprint,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+)
 from logan.metrics import fused
-from logan.metrics.registry import TKN_SUFFIX, all_metrics, get_metric
+from logan.metrics.registry import DEFINITIONS, TKN_SUFFIX, all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_compile, resolve_device, resolve_dtype
 from logan.models.registry import check_model, load_model
 from logan.runlog import run_log
@@ -79,7 +87,8 @@ def check_samples(frame: pd.DataFrame, cfg: RunConfig) -> None:
 
 
 def fingerprint(cfg: RunConfig) -> dict[str, Any]:
-    """The settings a run folder's per-std results depend on."""
+    """The settings a run folder's per-std results depend on, with the package version and the metric
+    definitions (`img_metrics.compat`'s, see `metrics/registry.py`): a folder never mixes results of two."""
     m, n = cfg.target_model, cfg.noise
     components = {key: _resolved(getattr(m, key)) for key in
                   ("model_base", "ckpt", "vision_tower", "llama_model", "vit_model", "q_former_model")}
@@ -91,7 +100,16 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
         "prompt": cfg.prompt.text, "num_gen_tokens": cfg.generation.num_gen_tokens,
         "parts": sorted(cfg.img_metrics.parts), "metrics": sorted(cfg.img_metrics.metrics_to_use),
         "ratio": [float(k) for k in cfg.img_metrics.ratio], "dtype": cfg.dtype,
+        "logan_version": __version__, "metric_definitions": DEFINITIONS[cfg.img_metrics.compat],
     }
+
+
+def check_definitions(folder: Path) -> None:
+    """A run folder written before runs recorded their metric definitions holds results of other ones."""
+    path = folder / FINGERPRINT_FILE
+    if path.exists() and "metric_definitions" not in read_json(path).get("fingerprint", {}):
+        raise LoganError(f"{folder} was written by an earlier LOGAN with other metric definitions and cannot be "
+                         "resumed; choose a new path.output_dir.")
 
 
 def inherit_settings(cfg: RunConfig, explicit: set[str], saved: Path, keys: tuple[str, ...],
@@ -170,6 +188,7 @@ def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None,
         with run_log(work):
             work.mkdir(parents=True, exist_ok=True)
             with RunLock(work):
+                check_definitions(out)
                 check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command)
                 write_json(out / "config.json", asdict(cfg))
                 remove_stale_temporaries(work)
@@ -269,8 +288,9 @@ def _engine(cfg: RunConfig, model: VLMAdapter) -> Engine:
         parts=list(m.parts), metrics=list(m.metrics_to_use), instruction=cfg.prompt.text,
         batch_size=inf.batch_size, draws=cfg.noise.draws, quantize=cfg.noise.quantize,
         space=cfg.noise.space, seed=cfg.seed, compile=resolve_compile(inf.compile, model.device),
-        metric_kernel=fused.resolve(inf.metric_kernel, model.device, (model.dtype, model.real_vocab)),
-        max_batch_size=inf.max_batch_size, workers=inf.workers, prefetch=inf.prefetch))
+        metric_kernel=fused.resolve(inf.metric_kernel, model.device, (model.dtype, model.real_vocab),
+                                    m.compat == "original"),
+        max_batch_size=inf.max_batch_size, workers=inf.workers, prefetch=inf.prefetch, compat=m.compat))
 
 
 @dataclass(frozen=True)
@@ -285,7 +305,7 @@ class _Writing:
     @classmethod
     def of(cls, cfg: RunConfig, target: pd.DataFrame) -> _Writing:
         m = cfg.img_metrics
-        specs = {name: get_metric(name) for name in m.metrics_to_use}
+        specs = {name: get_metric(name, compat=m.compat) for name in m.metrics_to_use}
         selection = Selection(
             tokens=first_of_each_class(target, m.get_proc_meta_examples),
             losses=first_of_each_class(target, m.get_raw_meta_examples),

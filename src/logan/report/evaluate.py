@@ -3,7 +3,9 @@
 Orientation: every score is "higher = more likely member". Each metric states its direction once, in
 its registry entry: LOGAN's divergences and the loss / entropy baselines give score = -value (members
 diverge less, are predicted with lower loss); aug-KL gives score = +value (VL-MIA's convention).
-Nothing is flipped after the fact.
+Nothing is flipped after the fact. Under `img_metrics.compat=original` every row also carries
+`auc_original_orientation`: the AUC as the original's evaluate reports it (it ranks larger LOGAN
+divergence as member, so 1 - ours for those nine; the baselines agree in orientation).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from logan.config import RunConfig
 from logan.errors import LoganError
 from logan.io import write_json, write_parquet
+from logan.metrics.original import auc_in_original_orientation
 from logan.metrics.registry import get_metric
 from logan.pipeline.common import StdPlan
 from logan.report.blind import save_blind_baseline
@@ -49,9 +52,9 @@ def score_table(cfg: RunConfig, target: pd.DataFrame, stds: list[float]) -> pd.D
     return scores.rename(columns={"sample_id": "image"})[["image", "label", *KEYS, "value", "score"]]
 
 
-def metric_rows(scores: pd.DataFrame, ci_k: float, seed: int) -> list[dict[str, Any]]:
+def metric_rows(scores: pd.DataFrame, ci_k: float, seed: int, compat: str = "logan") -> list[dict[str, Any]]:
     """One metrics.json row per std x part x metric x K (bootstrap interval at K = ci_k); non-finite
-    scores are dropped and counted."""
+    scores are dropped and counted. `compat=original` adds the AUC in the original's orientation."""
     rows = []
     for (std, part, metric, k), group in scores.groupby(KEYS, sort=True):
         ok = np.isfinite(group.score.to_numpy())
@@ -61,6 +64,8 @@ def metric_rows(scores: pd.DataFrame, ci_k: float, seed: int) -> list[dict[str, 
         rows.append({"metric": metric, "part": part, "std": float(std), "k": float(k), **summary,
                      "n_dropped": int((~ok).sum()), "needs": spec.needs,
                      "orientation": f"higher score = member (score = {'-' if spec.member_when == 'low' else '+'}value)"})
+        if compat == "original":
+            rows[-1]["auc_original_orientation"] = auc_in_original_orientation(metric, summary["auc"])
     return rows
 
 
@@ -109,7 +114,8 @@ def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan) -> list[dict[s
     scores = score_table(cfg, target, plan.stds)
     if plan.per_part is not None:
         scores = scores[[plan.per_part.get(p) == s for p, s in zip(scores.part, scores["std"])]]
-    rows = _order(metric_rows(scores, k, cfg.seed), cfg.img_metrics.parts, cfg.img_metrics.metrics_to_use)
+    rows = _order(metric_rows(scores, k, cfg.seed, cfg.img_metrics.compat), cfg.img_metrics.parts,
+                  cfg.img_metrics.metrics_to_use)
     write_json(out / "metrics.json", rows)
     write_parquet(out / "scores.parquet", scores)
     blind = save_blind_baseline(target, out / "blind_baseline.json", cfg.seed)

@@ -20,6 +20,11 @@ td:first-child,td:nth-child(2),th{text-align:left}.warn{background:#fff3cd;paddi
 .ok{background:#e8f5e9;padding:8px;border-left:4px solid #2e7d32}img{max-width:100%}code{font-size:12px}"""
 
 
+ORIGINAL_NOTE = ("<p>Metrics by the original code's definitions (<code>img_metrics.compat=original"
+                 "</code>). \"AUC (original's orientation)\" is the AUC the original's evaluate reports: it ranks "
+                 "larger LOGAN divergence as member, so it is 1 - AUC for LOGAN's nine divergences.</p>")
+
+
 def _image(path: Path) -> str:
     if not path.exists():
         return ""
@@ -34,12 +39,15 @@ def _cell(value: Any, estimable: bool = True) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = ["part", "metric", "AUC", "95% CI", "acc", "TPR@5%FPR", "TPR@1%FPR", "TPR@0.1%FPR", "members",
-            "non-members"]
+    original = any("auc_original_orientation" in r for r in rows)  # img_metrics.compat=original
+    head = ["part", "metric", "AUC", *(["AUC (original's orientation)"] if original else []), "95% CI", "acc",
+            "TPR@5%FPR", "TPR@1%FPR", "TPR@0.1%FPR", "members", "non-members"]
     body = []
     for r in rows:
         ci = f"{r.get('auc_ci_low', float('nan')):.2f} – {r.get('auc_ci_high', float('nan')):.2f}"
-        cells = [r["part"], r["metric"], _cell(r["auc"]), ci, _cell(r["acc"])]
+        cells = [r["part"], r["metric"], _cell(r["auc"])]
+        cells += [_cell(r.get("auc_original_orientation", float("nan")))] if original else []
+        cells += [ci, _cell(r["acc"])]
         cells += [_cell(r[f"tpr_at_{key}_fpr"], r.get(f"tpr_at_{key}_fpr_estimable", True))
                   + (f" <small>(FPR {r[f'fpr_at_{key}_fpr']:.3f})</small>" if f"fpr_at_{key}_fpr" in r else "")
                   for key in ("5pct", "1pct", "0.1pct")]
@@ -58,6 +66,7 @@ def write_report(cfg: RunConfig, rows: list[dict[str, Any]], blind: dict[str, An
              f"<p>Model <code>{html.escape(str(cfg.target_model.name))}</code> at "
              f"<code>{html.escape(str(cfg.target_model.model_path))}</code>; every score is oriented "
              "<b>higher = more likely member</b>.</p>",
+             *([ORIGINAL_NOTE] if cfg.img_metrics.compat == "original" else []),
              "<h2>Model-free baseline</h2>",
              f"<p class='{verdict_class}'>{html.escape(str(blind.get('verdict', '')))} "
              f"<small>({html.escape(str(blind.get('classifier', '')))})</small></p>"]
