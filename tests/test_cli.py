@@ -30,11 +30,16 @@ def test_tune_writes_the_contract(tuned: Path) -> None:
     datasets = tuned / "datasets"
     for name in ("member_target_dataset", "non_member_target_dataset", "target_dataset", "reference_dataset"):
         frame = pd.read_parquet(datasets / f"{name}.parquet")
-        assert {"image", "label"} <= set(frame.columns)
+        assert {"sample_id", "label", "path", "origin", "row"} <= set(frame.columns)
     target = pd.read_parquet(datasets / "target_dataset.parquet")
-    assert len(target) == 16 and int(target.label.sum()) == 8
+    assert len(target) == 16 and int(target.label.sum()) == 8 and target.sample_id.str.startswith("sha256:").all()
     reference = pd.read_parquet(datasets / "reference_dataset.parquet")
-    assert set(reference.image) == set(target[target.label == 0].image)  # reference_datasets_list=[]
+    assert set(reference.sample_id) == set(target[target.label == 0].sample_id)  # reference_datasets_list=[]
+    provenance = json.loads((tuned / "provenance.json").read_text())
+    assert [d["key"] for d in provenance["datasets"]] == ["data.member_dataset", "data.nonmember_dataset"]
+    assert provenance["datasets"][0]["used"] == {"members": 8, "nonmembers": 0}
+    assert provenance["models"]["target_model.model_path"]["path"] == str(Path(provenance["models"][
+        "target_model.model_path"]["value"]).resolve())
     optimal = json.loads((tuned / "optimal_std.json").read_text())
     assert {"optimal_std", "selection_metric", "rule", "curves"} <= set(optimal)
     assert optimal["optimal_std"] in (2.0, 20.0, 200.0)

@@ -111,9 +111,10 @@ def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any]
     cfg = configure(command, overrides, settings)
     spec = COMMANDS[command]
     if spec.loads_weights:  # the checkpoint comes off the disk while torch imports and the data is checked
+        from logan.models.hub import local_model
         from logan.models.readahead import read_ahead, weight_files
 
-        read_ahead(weight_files(cfg.target_model))
+        read_ahead(weight_files(local_model(cfg)))  # Hub ids resolved (commit recorded) before anything is written
     with run_log(_log_folder(cfg, command)):
         returned = spec.run(cfg)
     if returned is None:
