@@ -149,3 +149,22 @@ def test_a_moved_branch_is_named_on_resume(cached):
     assert old == same and moved_revision(old, same, Path("OUT")) is None
     message = moved_revision(old, moved, Path("OUT"))
     assert f"at commit {A}, but the revision now resolves to {B}" in message and "\n" not in message
+
+
+def test_the_original_llava_configs_vision_tower_id_resolves_too(hub_cache, tmp_path):
+    from logan.config import RunConfig
+    from logan.models.hub import local_model
+
+    folder = tmp_path / "llava-v1.5-7b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"mm_vision_tower": "openai/clip-vit-large-patch14-336"}))
+    cfg = RunConfig.from_dict({"target_model": {"name": "llava-v1.5-7b", "model_path": str(folder)}})
+    with pytest.raises(LoganError, match=r"hf download openai/clip-vit-large-patch14-336`.*Or set "
+                                         r"target_model.vision_tower=CLIP_DIR"):
+        local_model(cfg)
+    clip = add_snapshot(hub_cache, "openai/clip-vit-large-patch14-336", {"config.json": b"{}"}, B)
+    assert local_model(cfg).vision_tower == str(clip) and cfg.target_model.vision_tower is None
+    assert cfg.resolved["target_model.vision_tower"] | {"path": None} == {
+        "value": "openai/clip-vit-large-patch14-336", "repo": "openai/clip-vit-large-patch14-336",
+        "revision": "main", "commit": B, "file": None, "uri": f"hf://openai/clip-vit-large-patch14-336@{B}",
+        "path": None, "implicit": "mm_vision_tower"}

@@ -98,7 +98,9 @@ def _print_config(command: str, args: list[str]) -> None:
         from logan.pipeline.prepare import prepare_overrides
 
         overrides = prepare_overrides(overrides)
-    sys.stdout.write(to_yaml(asdict(configure(command, overrides))))
+    config = asdict(configure(command, overrides))
+    config.pop("resolved", None)  # written by a run, not a setting
+    sys.stdout.write(to_yaml(config))
 
 
 def _setup_logging() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from array import array
+from fnmatch import fnmatch
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -244,10 +245,10 @@ def _chosen(configs: dict[str, dict[str, Any]], name: str | None) -> dict[str, A
 
 def _patterns(config: dict[str, Any]) -> dict[str, list[str]]:
     """split -> the file patterns of one README config (`data_files` as a string, a list, or {split, path}
-    entries; or a `data_dir`)."""
+    entries; or a `data_dir`), matched as fnmatch does (and as huggingface_hub's allow_patterns do)."""
     files, data_dir = config.get("data_files"), config.get("data_dir")
     if files is None:
-        return {"train": [f"{data_dir}/**" if data_dir else "**"]}
+        return {"train": [f"{data_dir}/*" if data_dir else "*"]}
     out: dict[str, list[str]] = {}
     for item in files if isinstance(files, list) else [files]:
         split, paths = (item.get("split", "train"), item.get("path")) if isinstance(item, dict) else ("train", item)
@@ -257,8 +258,9 @@ def _patterns(config: dict[str, Any]) -> dict[str, list[str]]:
 
 def _split_files(folder: Path, config: dict[str, Any], entry: Entry, key: str) -> dict[str, list[str]]:
     """split -> the files of a README config that are there (a split none of whose files are there is none)."""
-    found = {split: sorted({str(f) for pattern in patterns for f in folder.glob(pattern) if f.is_file()
-                            and f.name != "README.md"}) for split, patterns in _patterns(config).items()}
+    every = [f.relative_to(folder).as_posix() for f in sorted(folder.rglob("*")) if f.is_file()]
+    found = {split: [str(folder / f) for f in every if f != "README.md" and any(fnmatch(f, p) for p in patterns)]
+             for split, patterns in _patterns(config).items()}
     found = {split: files for split, files in found.items() if files}
     if entry.split not in found:
         raise LoganError(f"{key}={entry.text()}: Bad split: {entry.split}. Available splits: {sorted(found)}")
