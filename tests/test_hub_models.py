@@ -119,6 +119,12 @@ def test_tune_by_hub_id_records_the_commit_and_a_missing_revision_writes_nothing
     assert json.loads((out / "provenance.json").read_text())["models"]["target_model.model_path"]["commit"] == A
     assert json.loads((out / "optimal_std.json").read_text())["provenance"]["models"][
         "target_model.model_path"]["commit"] == A
+    # classify on the tuning run scores with the commit the tuning run used
+    classify = tmp_path / "classify"
+    assert main(["classify", f"noise.std={out / 'optimal_std.json'}", f"path.output_dir={classify}"]) == 0
+    theirs = json.loads((classify / "config.json").read_text())
+    assert theirs["target_model"]["model_path"] == f"hf://{REPO}@{A}" and theirs["target_model"]["revision"] is None
+    assert theirs["resolved"]["target_model.model_path"]["commit"] == A
     # the same run pinned by its commit resumes; the branch `dev` (another commit) is refused in one line
     assert main(["tune", f"target_model.model_path=hf://{REPO}@{A}", *args]) == 0
     capsys.readouterr()
