@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # keyword argument -> dotted config key (a group name: the preset of that group)
 SETTINGS: dict[str, str] = {
     "output_dir": "path.output_dir", "model": "target_model", "model_path": "target_model.model_path",
+    "revision": "target_model.revision",
     "members": "data.member_dataset", "nonmembers": "data.nonmember_dataset", "dataset": "data.dataset",
     "reference": "data.reference_datasets_list", "target_set_size": "data.target_set_size",
     "std": "noise.std", "std_sets": "noise.std_sets", "per_part": "noise.per_part", "parts": "img_metrics.parts",
