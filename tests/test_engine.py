@@ -228,3 +228,21 @@ def test_changed_settings_are_refused(world, tmp_path: Path) -> None:
         run("tune", world.overrides(out, "img_metrics.parts=[img]", "noise.std_sets=[[1.0]]", "noise.quantize=floor"))
     after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "logan.log"}
     assert after == before and std_folder(out, 1.0) / "done.json" in before  # the finished run is left as it was
+
+
+def test_keying_samples_by_image_content_changes_no_score(model, items) -> None:
+    """A sample keyed by the sha256 of its bytes and read from the bytes scores exactly as the same image keyed
+    and read by its path did before: the noise is seeded from the bytes either way."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from logan.data.images import sample_id
+
+    by_content = [replace(it, sample_id=sample_id(Path(it.sample_id).read_bytes()),
+                          image=Path(it.sample_id).read_bytes()) for it in items]
+    ids = {it.sample_id: c.sample_id for it, c in zip(items, by_content)}
+    parts = ["img", "inst", "desp", "caption"]
+    old, new = scores(model, items, [2.0, 64.0], parts), scores(model, by_content, [2.0, 64.0], parts)
+    assert {(k[0], ids[k[1]], *k[2:]) for k in old} == set(new)
+    for key, values in old.items():
+        np.testing.assert_array_equal(values, new[(key[0], ids[key[1]], *key[2:])])

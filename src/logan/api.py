@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # keyword argument -> dotted config key (a group name: the preset of that group)
 SETTINGS: dict[str, str] = {
     "output_dir": "path.output_dir", "model": "target_model", "model_path": "target_model.model_path",
+    "revision": "target_model.revision",
     "members": "data.member_dataset", "nonmembers": "data.nonmember_dataset", "dataset": "data.dataset",
     "reference": "data.reference_datasets_list", "target_set_size": "data.target_set_size",
     "std": "noise.std", "std_sets": "noise.std_sets", "per_part": "noise.per_part", "parts": "img_metrics.parts",
@@ -121,9 +122,10 @@ def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any]
     cfg = configure(command, overrides, settings)
     spec = COMMANDS[command]
     if spec.loads_weights:  # the checkpoint comes off the disk while torch imports and the data is checked
+        from logan.models.hub import local_model
         from logan.models.readahead import read_ahead, weight_files
 
-        read_ahead(weight_files(cfg.target_model))
+        read_ahead(weight_files(local_model(cfg)))  # Hub ids resolved (commit recorded) before anything is written
     with run_log(_log_folder(cfg, command)):
         returned = spec.run(cfg)
     if returned is None:

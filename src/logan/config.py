@@ -60,8 +60,8 @@ class PathConfig:
     """Where a run writes."""
 
     output_dir: str = key("outputs/logan", "the run folder; rerunning the same command resumes it", path=True)
-    cache_dir: str | None = key(None, "the original's cache folder; LOGAN reads models from target_model.* (must "
-                                "stay null)", path=True, legacy=ORIGINAL)
+    cache_dir: str | None = key(None, "Hugging Face cache folder for Hub models and datasets (null = HF_HUB_CACHE / "
+                                "HF_HOME, as huggingface_hub sets it)", path=True)
 
 
 @dataclass
@@ -69,10 +69,13 @@ class ModelConfig:
     """The model under attack: a family (`target_model=NAME` picks a preset) and its files."""
 
     name: str = key("llava-hf", "model family (adapter); `logan list models` shows them all")
-    model_path: str | None = key(None, "the checkpoint folder (Hugging Face format, or the family's own)",
-                                 path=True)
-    model_base: str | None = key(None, "base LLM folder of a projector-only LLaVA checkpoint", path=True)
-    ckpt: str | None = key(None, "MiniGPT-4: the projection checkpoint (pretrained_minigpt4*.pth)", path=True)
+    model_path: str | None = key(None, "the checkpoint: a local folder, a Hub id ORG/NAME or hf://ORG/NAME@REVISION "
+                                 "(Hugging Face format, or the family's own)", path=True)
+    revision: str | None = key(None, "branch, tag or commit of a Hub model_path (null = main); the commit is "
+                               "recorded")
+    model_base: str | None = key(None, "base LLM of a projector-only LLaVA checkpoint (folder or Hub id)", path=True)
+    ckpt: str | None = key(None, "MiniGPT-4: the projection checkpoint (pretrained_minigpt4*.pth; a file or "
+                           "hf://ORG/NAME@REVISION/FILE)", path=True)
     conv_mode: str = key("llava_v1", "prompt template around the image: llava_v1 | vicuna_v1 | llava_hf | plain "
                          "(families add their own)")
     pad_to_square: bool | None = key(None, "null = as the image processor says; true = LLaVA-1.5's mean-colour "
@@ -80,12 +83,14 @@ class ModelConfig:
     vocab_size: int | None = key(None, "real vocabulary every softmax is cut to; null = the tokenizer's base "
                                  "vocabulary")
     device_map: str | None = key(None, "auto: spread a model too large for one GPU over this node's GPUs")
-    vision_tower: str | None = key(None, "a local CLIP folder, when a checkpoint does not embed its vision tower",
-                                   path=True)
+    vision_tower: str | None = key(None, "a CLIP folder or Hub id, when a checkpoint does not embed its vision tower "
+                                   "(null: the checkpoint's mm_vision_tower)", path=True)
     model_type: str | None = key(None, "family variant, e.g. MiniGPT-4's pretrain_llama2 | pretrain_vicuna0")
-    llama_model: str | None = key(None, "MiniGPT-4: the LLM folder (Llama-2-7b-chat or Vicuna v0)", path=True)
-    vit_model: str | None = key(None, "MiniGPT-4: the EVA ViT-g weights (eva_vit_g.pth)", path=True)
-    q_former_model: str | None = key(None, "MiniGPT-4 (Vicuna): the BLIP-2 Q-Former weights", path=True)
+    llama_model: str | None = key(None, "MiniGPT-4: the LLM folder or Hub id (Llama-2-7b-chat or Vicuna v0)", path=True)
+    vit_model: str | None = key(None, "MiniGPT-4: the EVA ViT-g weights (eva_vit_g.pth; a file or hf://.../FILE)",
+                                path=True)
+    q_former_model: str | None = key(None, "MiniGPT-4 (Vicuna): the BLIP-2 Q-Former weights (a file or "
+                                     "hf://.../FILE)", path=True)
     model: dict[str, Any] = key(help="the seed's MiniGPT-4 keys (arch, model_type, ckpt, image_size)",
                                 factory=dict, legacy=ORIGINAL)
 
@@ -132,10 +137,12 @@ class DataConfig:
 
     @property
     def reference_paths(self) -> list[str]:
-        """`reference_datasets_list` as a list of paths (the original also accepts one path as a string)."""
+        """`reference_datasets_list` as a list of entries (the original also accepts one path as a string)."""
+        from logan.data.sources import is_dataset_source
+
         value = self.reference_datasets_list
-        paths = [value] if isinstance(value, (str, Path)) else list(value or [])
-        return [str(Path(str(p)).expanduser()) for p in paths]
+        paths = [str(value)] if isinstance(value, (str, Path)) else [str(p) for p in value or []]
+        return [p if is_dataset_source(p) else str(Path(p).expanduser()) for p in paths]
 
 
 @dataclass
@@ -286,6 +293,9 @@ class RunConfig:
     device: str = key("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = key("auto", "auto (float16 on a GPU, as the original; float32 on the CPU) | float32 | bfloat16 | "
                      "float16", choices=("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"))
+    # written by the run, not a setting: every model path setting made local (`logan.models.hub`), with the
+    # Hub commit of each; recorded in config.json
+    resolved: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
@@ -351,6 +361,8 @@ def walk(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any, dataclasses.Fie
     cls = obj if isinstance(obj, type) else type(obj)
     hints = typing.get_type_hints(cls)
     for spec in dataclasses.fields(cls):
+        if spec.metadata.get("internal"):
+            continue
         name, hint = f"{prefix}{spec.name}", hints[spec.name]
         value = hint if isinstance(obj, type) and dataclasses.is_dataclass(hint) else (
             _default(spec) if isinstance(obj, type) else getattr(obj, spec.name))
@@ -387,9 +399,6 @@ def _check_original_keys(cfg: RunConfig) -> None:
     if not cfg.data.save_datasets:
         raise LoganError("data.save_datasets=false is not supported: the target and reference sets are always saved "
                          "under OUT/datasets (select, classify and resumed runs read them); drop the key.")
-    if cfg.path.cache_dir:
-        raise LoganError(f"path.cache_dir={cfg.path.cache_dir} is not used by LOGAN: models load from "
-                         "target_model.model_path; drop the key.")
     if cfg.img_metrics.get_token_labels:
         raise LoganError("img_metrics.get_token_labels is not supported: per-token values are saved in "
                          "per_std/*/tokens.parquet (img_metrics.get_proc_meta_examples); drop the key.")

@@ -72,6 +72,12 @@ class WorkItem:
     description: tuple[int, ...] | None = None
     caption: tuple[int, ...] | None = None
     size: tuple[int, int] | None = None  # (width, height) of the original image
+    image: str | bytes | None = None     # the image file or its bytes (None: sample_id is the file's path)
+
+    @property
+    def source(self) -> str | bytes:
+        """What `load_image` reads for this sample."""
+        return self.sample_id if self.image is None else self.image
 
 
 @dataclass
@@ -229,7 +235,7 @@ class Engine:
         device = self.model.device
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        images = [load_image(it.sample_id)[0].astype(np.float32) for it in batch]
+        images = [load_image(it.source)[0].astype(np.float32) for it in batch]
         pixels = _pinned(self.model.pixel_values(images))
         layouts = {v: self._layout(batch, v) for v in self.plan}
         clean = {v: layout.logits(self.model, pixels) for v, layout in layouts.items()}
@@ -288,7 +294,7 @@ class Engine:
         s = self.settings
         with ThreadPoolExecutor(self.workers, thread_name_prefix="logan-host") as pool:
             for batch in batches:
-                loaded = list(pool.map(lambda it: load_image(it.sample_id), batch))
+                loaded = list(pool.map(lambda it: load_image(it.source), batch))
                 images, keys = [image for image, _ in loaded], [key for _, key in loaded]
                 kept = [it.sample_id in save for it in batch]
                 clean, _ = self._pixels(pool, images, keys, None, lambda img, key: img.astype(np.float32))
@@ -382,7 +388,7 @@ class Engine:
         this is the error it would make if it did (e.g. packing clean and noisy copies in one forward).
         """
         fn = get_metric(metric).fn
-        images = [load_image(it.sample_id)[0].astype(np.float32) for it in items]
+        images = [load_image(it.source)[0].astype(np.float32) for it in items]
         pixels = _pinned(self.model.pixel_values(images))
         reverse = list(range(len(items)))[::-1]
         out: dict[str, list[np.ndarray]] = {"position": [], "batch_size": []}

@@ -18,9 +18,9 @@ import logging
 from pathlib import Path
 
 from logan.config import RunConfig
-from logan.data.sets import SET_FILES, build_target
+from logan.data.sets import SET_FILES, DataSets, build_target
 from logan.distributed import init_process_group, quiet_other_ranks, shard_info
-from logan.io import write_parquet
+from logan.io import read_json
 from logan.pipeline.common import (
     has_pending,
     inherit_settings,
@@ -47,12 +47,30 @@ def inherit_tuning(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     if saved is None or not saved.is_file():
         return cfg
     new = inherit_settings(cfg, explicit, saved, INHERITED, "classify")
+    _pin_hub_models(new, explicit, read_json(saved).get("resolved") or {})
     d = new.data
     target = saved.parent / "datasets" / SET_FILES["target"]
     if not (d.dataset or d.member_dataset or d.nonmember_dataset) and target.is_file():
         d.dataset = str(target)
         log.info("classify: the target set of the tuning run: data.dataset=%s", target)
     return new
+
+
+def _pin_hub_models(cfg: RunConfig, explicit: set[str], resolved: dict[str, dict]) -> None:
+    """Hub models taken from the tuning run are pinned to the commits it used (a branch that moved since
+    would otherwise score the target set with other weights)."""
+    if "target_model" in explicit:
+        return
+    for key, record in resolved.items():
+        name = key.removeprefix("target_model.")
+        if record.get("commit") and key not in explicit and "." not in name and not record.get("implicit") \
+                and getattr(cfg.target_model, name) == record["value"]:
+            if name == "model_path" and "target_model.revision" in explicit:
+                continue
+            setattr(cfg.target_model, name, record["uri"])
+            if name == "model_path":
+                cfg.target_model.revision = None
+            log.info("classify: %s pinned to the tuning run's commit: %s", key, record["uri"])
 
 
 def classify(cfg: RunConfig) -> list[dict] | None:
@@ -62,10 +80,10 @@ def classify(cfg: RunConfig) -> list[dict] | None:
     init_process_group(shard)
     quiet_other_ranks(shard)
     plan = std_plan(cfg)
-    target = build_target(cfg.data, cfg.seed)
+    target = build_target(cfg.data, cfg.seed, cfg.path.cache_dir)
     with run_folder(cfg, "classify", target, shard) as work:
-        write_parquet(out / "datasets" / SET_FILES["target"], target)
-        mine = target[[shard.owns(img) for img in target.image]] if shard.sharded else target
+        DataSets(target, target[target.label == 0], True).save(out / "datasets", ("target",))
+        mine = target[[shard.owns(s) for s in target.sample_id]] if shard.sharded else target
         if has_pending(cfg, work, plan.stds):
             model = open_model(cfg)
             items = work_items(cfg, model, mine, work)

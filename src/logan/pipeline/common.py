@@ -17,22 +17,18 @@ from tqdm.auto import tqdm
 
 from logan import __version__
 from logan.config import RunConfig, is_number, parse_std_values, walk
-from logan.data.images import check_image, image_size
+from logan.data.images import check_image, sample_id
+from logan.data.saved import image_source, sample_bytes
 from logan.distributed import ShardInfo
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
 from logan.errors import LoganError
 from logan.faults import fault_point
-from logan.io import (
-    FINGERPRINT_FILE,
-    RunLock,
-    check_fingerprint,
-    read_json,
-    remove_stale_temporaries,
-    write_json,
-)
+from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
+from logan.provenance import PROVENANCE, run_provenance
 from logan.metrics import fused
 from logan.metrics.registry import DEFINITIONS, TKN_SUFFIX, all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_compile, resolve_device, resolve_dtype
+from logan.models.hub import local_model, moved_revision, provenance
 from logan.models.registry import check_model, load_model
 from logan.runlog import run_log
 from logan.results import (
@@ -48,6 +44,7 @@ from logan.results import (
 log = logging.getLogger(__name__)
 
 DESCRIPTIONS = "descriptions.json"
+SAMPLE_IDS = "sha256"   # fingerprint["sample_ids"]: samples are keyed by the sha256 of their image bytes
 
 
 def check_metrics(cfg: RunConfig) -> None:
@@ -76,13 +73,19 @@ def check_metrics(cfg: RunConfig) -> None:
 
 
 def check_samples(frame: pd.DataFrame, cfg: RunConfig) -> None:
-    """Every image exists and decodes; captions exist when the `caption` part is asked for."""
+    """Every image is there, unchanged (its bytes still hash to its sample id) and decodes; captions exist when
+    the `caption` part is asked for."""
     for i, row in enumerate(frame.itertuples(index=False)):
-        check_image(row.image, f"entry {i} of the {'member' if row.label == 1 else 'non-member'} samples")
+        shown = row.path or f"{row.name} ({row.origin}, row {row.row})"
+        data = sample_bytes(row)
+        if sample_id(data) != row.sample_id:
+            raise LoganError(f"image {shown} changed since the set was saved (its sha256 is another); restore it, "
+                             "or choose a new path.output_dir.")
+        check_image(data, f"{shown} (entry {i} of the {'member' if row.label == 1 else 'non-member'} samples)")
         if "caption" in cfg.img_metrics.parts and not row.caption:
             raise LoganError(
-                f"img_metrics.parts has 'caption' but {row.image} has no caption; add a \"caption\" field to "
-                "every entry or drop the part."
+                f"img_metrics.parts has 'caption' but {shown} has no caption; add a \"caption\" field to "
+                "every entry (a caption= column for a dataset) or drop the part."
             )
 
 
@@ -90,26 +93,29 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     """The settings a run folder's per-std results depend on, with the package version and the metric
     definitions (`img_metrics.compat`'s, see `metrics/registry.py`): a folder never mixes results of two."""
     m, n = cfg.target_model, cfg.noise
-    components = {key: _resolved(getattr(m, key)) for key in
-                  ("model_base", "ckpt", "vision_tower", "llama_model", "vit_model", "q_former_model")}
+    files = {key: provenance(cfg, key) for key in
+             ("model_path", "model_base", "ckpt", "vision_tower", "llama_model", "vit_model", "q_former_model")}
+    nested = {k: provenance(cfg, f"model.{k}") or v for k, v in (m.model or {}).items()}
     return {
-        "target_model": m.name, "model_path": _resolved(m.model_path), **components, "model_type": m.model_type,
-        "model": m.model,
+        "target_model": m.name, **files, "model_type": m.model_type, "model": nested,
         "conv_mode": m.conv_mode, "pad_to_square": m.pad_to_square, "vocab_size": m.vocab_size,
         "seed": cfg.seed, "quantize": n.quantize, "space": n.space, "draws": n.draws,
         "prompt": cfg.prompt.text, "num_gen_tokens": cfg.generation.num_gen_tokens,
         "parts": sorted(cfg.img_metrics.parts), "metrics": sorted(cfg.img_metrics.metrics_to_use),
         "ratio": [float(k) for k in cfg.img_metrics.ratio], "dtype": cfg.dtype,
         "logan_version": __version__, "metric_definitions": DEFINITIONS[cfg.img_metrics.compat],
+        "sample_ids": SAMPLE_IDS,
     }
 
 
-def check_definitions(folder: Path) -> None:
-    """A run folder written before runs recorded their metric definitions holds results of other ones."""
-    path = folder / FINGERPRINT_FILE
-    if path.exists() and "metric_definitions" not in read_json(path).get("fingerprint", {}):
-        raise LoganError(f"{folder} was written by an earlier LOGAN with other metric definitions and cannot be "
-                         "resumed; choose a new path.output_dir.")
+def why_refused(old: dict[str, Any], new: dict[str, Any], out: Path) -> str | None:
+    """The one line for a run folder that cannot be resumed for a reason a user can act on: written by an
+    earlier LOGAN (other metric definitions, samples keyed by path), or a Hub revision that now resolves to
+    another commit."""
+    if "metric_definitions" not in old or old.get("sample_ids") != SAMPLE_IDS:
+        return (f"{out} was written by an earlier LOGAN (other metric definitions, samples keyed by image path) and "
+                "cannot be resumed; choose a new path.output_dir.")
+    return moved_revision(old, new, out)
 
 
 def inherit_settings(cfg: RunConfig, explicit: set[str], saved: Path, keys: tuple[str, ...],
@@ -155,13 +161,9 @@ def _assign(cfg: RunConfig, dotted: str, value: Any) -> None:
     setattr(node, last, value)
 
 
-def _resolved(path: str | None) -> str | None:
-    return str(Path(path).expanduser().resolve()) if path else None
-
-
 def open_model(cfg: RunConfig) -> VLMAdapter:
     device = resolve_device(cfg.device)
-    model = load_model(cfg.target_model, device, resolve_dtype(cfg.dtype, device))
+    model = load_model(local_model(cfg), device, resolve_dtype(cfg.dtype, device))
     model.prepare_inference(resolve_compile(cfg.inference.compile, device), cfg.inference.attn_implementation,
                             cfg.inference.reuse_prefix)
     fault_point("model_loaded")
@@ -172,13 +174,14 @@ def open_model(cfg: RunConfig) -> VLMAdapter:
 def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None,
                shard: ShardInfo = ShardInfo()) -> Iterator[Path]:
     """Check everything that needs no model, then claim the run folder (lock + fingerprint) for the run;
-    yields the folder this process writes its results to (its shard's folder when sharded).
+    yields the folder this process writes its results to (its shard's folder when sharded). `data`'s
+    `attrs["sources"]` (the datasets' provenance) goes with the models' into OUT/provenance.json.
 
     Nothing is written before the checks pass. If the run stops on a LoganError before it finished any
     result in a folder it created, the folder is removed again: bad input leaves nothing behind.
     """
     check_metrics(cfg)
-    check_model(cfg.target_model)
+    check_model(local_model(cfg))
     fused.resolve(cfg.inference.metric_kernel, resolve_device(cfg.device))
     if data is not None:
         check_samples(data, cfg)
@@ -188,9 +191,10 @@ def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None,
         with run_log(work):
             work.mkdir(parents=True, exist_ok=True)
             with RunLock(work):
-                check_definitions(out)
-                check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command)
+                check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command, why_refused)
                 write_json(out / "config.json", asdict(cfg))
+                if data is not None and (not (out / PROVENANCE).exists() or data.attrs.get("sources")):
+                    write_json(out / PROVENANCE, run_provenance(cfg, data.attrs.get("sources", [])))
                 remove_stale_temporaries(work)
                 drop_finished_chunks(work)
                 yield work
@@ -218,13 +222,14 @@ def work_items(cfg: RunConfig, model: VLMAdapter, samples: pd.DataFrame, out: Pa
         donors = []
         if cfg.data.dataset and Path(cfg.data.dataset).parent.name == "datasets":
             donors.append(reusable(Path(cfg.data.dataset).parent.parent, fingerprint(cfg)))
-        descriptions = describe(cfg, model, list(samples.image), out / DESCRIPTIONS, donors)
+        sources = {row.sample_id: image_source(row) for row in samples.itertuples(index=False)}
+        descriptions = describe(cfg, model, sources, out / DESCRIPTIONS, donors)
     items = []
     for row in samples.itertuples(index=False):
         caption = tuple(model.tokenize(row.caption)) if "cap" in plan and row.caption else None
-        desc = descriptions.get(row.image)
-        items.append(WorkItem(row.image, int(row.label), tuple(desc) if desc is not None else None, caption,
-                              image_size(row.image)))
+        desc = descriptions.get(row.sample_id)
+        items.append(WorkItem(row.sample_id, int(row.label), tuple(desc) if desc is not None else None, caption,
+                              check_image(sample_bytes(row), row.name), image_source(row)))
     return items
 
 

@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 
 from logan.config import RunConfig
-from logan.data.sets import SET_FILES, read_list
+from logan.data.saved import read_set
+from logan.data.sets import SET_FILES
 from logan.errors import LoganError
 from logan.io import write_json
 from logan.pipeline.common import inherit_settings
+from logan.provenance import read_provenance
 from logan.report.plots import tuning_curve
 from logan.report.scoring import roc_summary
 from logan.results import done_stds, load_scores
@@ -79,8 +81,8 @@ def select(cfg: RunConfig) -> dict[str, Any]:
     folder = out / "datasets"
     if not (folder / SET_FILES["target"]).exists():
         raise LoganError(f"{out} is not a tuning folder (no datasets/{SET_FILES['target']}); run 'logan tune' first.")
-    target = set(read_list(folder / SET_FILES["target"], "target set").image)
-    reference = set(read_list(folder / SET_FILES["reference"], "reference set").image)
+    target = set(read_set(folder / SET_FILES["target"], "target set").sample_id)
+    reference = set(read_set(folder / SET_FILES["reference"], "reference set").sample_id)
     if not done_stds(out):
         raise LoganError(f"{out} holds no finished std yet; run 'logan tune' with path.output_dir={out}.")
     all_curves = curves_of(out, s.k, target, reference)
@@ -108,6 +110,7 @@ def select(cfg: RunConfig) -> dict[str, Any]:
         "n_target": len(target), "n_reference": len(reference),
         "curves": curves,
         "per_part": per_part,
+        "provenance": read_provenance(out),
     }
     write_json(out / "optimal_std.json", result)
     tuning_curve(curves, metric, optimal, out / "tuning_curve.png")

@@ -28,8 +28,9 @@ def tune(cfg: RunConfig) -> dict | None:
     shard = shard_info(cfg.data)
     init_process_group(shard)
     quiet_other_ranks(shard)
-    sets, reloaded = build_sets(cfg.data, cfg.seed, out / "datasets")
+    sets, reloaded = build_sets(cfg.data, cfg.seed, out / "datasets", cfg.path.cache_dir)
     samples = sets.all_samples()
+    samples.attrs["sources"] = sets.sources
     with run_folder(cfg, "tune", samples, shard) as work:
         if not reloaded:
             sets.save(out / "datasets")
@@ -40,7 +41,7 @@ def tune(cfg: RunConfig) -> dict | None:
                  " (the target non-members)" if sets.reference_is_target_nonmembers else "",
                  sum(len(g) for g in std_sets), len(std_sets),
                  f"; shard {shard.shard_id + 1} of {shard.num_shards}" if shard.sharded else "")
-        mine = samples[[shard.owns(img) for img in samples.image]] if shard.sharded else samples
+        mine = samples[[shard.owns(s) for s in samples.sample_id]] if shard.sharded else samples
         if has_pending(cfg, work, [s for group in std_sets for s in group]):
             model = open_model(cfg)
             items = work_items(cfg, model, mine, work)

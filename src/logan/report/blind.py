@@ -10,12 +10,14 @@ split is distribution-shifted, and an MIA AUC on it cannot be read as membership
 from __future__ import annotations
 
 import logging
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from logan.data.saved import sample_bytes
 from logan.report.scoring import roc_summary
 
 log = logging.getLogger(__name__)
@@ -23,9 +25,9 @@ log = logging.getLogger(__name__)
 SHIFT_WARNING_AUC = 0.6
 
 
-def image_features(path: str) -> np.ndarray:
+def image_features(data: bytes) -> np.ndarray:
     """Colour histograms (8 bins per RGB channel), a radial frequency profile, size and format."""
-    with Image.open(path) as img:
+    with Image.open(BytesIO(data)) as img:
         fmt = (img.format or "").upper()
         width, height = img.size
         rgb = np.asarray(img.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32)
@@ -50,7 +52,7 @@ def blind_baseline(target: pd.DataFrame, folds: int = 5, seed: int = 0) -> dict[
     folds = int(min(folds, np.bincount(labels, minlength=2).min()))
     if folds < 2:
         return {"auc": float("nan"), "verdict": "not estimable (fewer than 2 samples of a class)"}
-    features = np.stack([image_features(p) for p in target.image])
+    features = np.stack([image_features(sample_bytes(row)) for row in target.itertuples(index=False)])
     classifier = RandomForestClassifier(n_estimators=200, min_samples_leaf=2, random_state=seed, n_jobs=1)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     scores = cross_val_predict(classifier, features, labels, cv=splitter, method="predict_proba")[:, 1]

@@ -38,18 +38,20 @@ def score_table(cfg: RunConfig, target: pd.DataFrame, stds: list[float]) -> pd.D
 
     Std-independent baselines are repeated at every std so each std's table is complete.
     """
-    images = set(target.image)
+    ids = set(target.sample_id)
     noise = load_scores(cfg.output_dir, stds)
     fixed = load_baselines(cfg.output_dir)
-    frames = [noise[noise.sample_id.isin(images)]]
+    frames = [noise[noise.sample_id.isin(ids)]]
     for std in stds:
-        frames.append(fixed[fixed.sample_id.isin(images)].assign(std=float(std)))
+        frames.append(fixed[fixed.sample_id.isin(ids)].assign(std=float(std)))
     scores = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else noise
     if scores.empty:
         raise LoganError(f"{cfg.output_dir} holds no results for std {stds}; run 'logan classify' on it first.")
     sign = scores.metric.map({m: get_metric(m).sign for m in scores.metric.unique()}).to_numpy(dtype=float)
     scores["score"] = sign * scores.value.to_numpy()
-    return scores.rename(columns={"sample_id": "image"})[["image", "label", *KEYS, "value", "score"]]
+    shown = {row.sample_id: row.path or row.name for row in target.itertuples(index=False)}
+    scores["image"] = scores.sample_id.map(shown)  # the file, or the dataset row's image name
+    return scores[["sample_id", "image", "label", *KEYS, "value", "score"]]
 
 
 def metric_rows(scores: pd.DataFrame, ci_k: float, seed: int, compat: str = "logan") -> list[dict[str, Any]]:
