@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from logan.config import RunConfig, parse_std_values, walk
 from logan.data.images import check_image, image_size
 from logan.distributed import ShardInfo
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
-from logan.errors import LoganError
+from logan.errors import LoganError, count
 from logan.faults import fault_point
 from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
 from logan.metrics import fused
@@ -68,14 +70,29 @@ def check_metrics(cfg: RunConfig) -> None:
 
 
 def check_samples(frame: pd.DataFrame, cfg: RunConfig) -> None:
-    """Every image exists and decodes; captions exist when the `caption` part is asked for."""
-    for i, row in enumerate(frame.itertuples(index=False)):
-        check_image(row.image, f"entry {i} of the {'member' if row.label == 1 else 'non-member'} samples")
-        if "caption" in cfg.img_metrics.parts and not row.caption:
+    """Every image exists and decodes with the loader the run uses (so no image fails once the model has
+    loaded); captions exist when the `caption` part is asked for. Images with several frames or an EXIF
+    rotation are reported once: the first frame and the pixels as stored are used."""
+    rows = list(frame.itertuples(index=False))
+    if "caption" in cfg.img_metrics.parts:
+        lacking = next((row.image for row in rows if not row.caption), None)
+        if lacking:
             raise LoganError(
-                f"img_metrics.parts has 'caption' but {row.image} has no caption; add a \"caption\" field to "
+                f"img_metrics.parts has 'caption' but {lacking} has no caption; add a \"caption\" field to "
                 "every entry or drop the part."
             )
+    where = [f"entry {i} of the {'member' if row.label == 1 else 'non-member'} samples" for i, row in enumerate(rows)]
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="logan-check") as pool:
+        facts = list(pool.map(check_image, [row.image for row in rows], where))
+    frames = [row.image for row, f in zip(rows, facts) if f.frames > 1]
+    if frames:
+        log.warning("%s several frames (animated GIF / PNG, multi-page TIFF): the first frame of each is used "
+                    "(first: %s)", count(len(frames), "image has", "images have"), frames[0])
+    rotated = [row.image for row, f in zip(rows, facts) if f.rotated]
+    if rotated:
+        log.warning("%s an EXIF rotation: the pixels are used as stored, not rotated, as the original LOGAN and "
+                    "LLaVA's loaders read them (first: %s)", count(len(rotated), "image carries", "images carry"),
+                    rotated[0])
 
 
 def fingerprint(cfg: RunConfig) -> dict[str, Any]:
