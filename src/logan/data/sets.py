@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from logan.config import DataConfig
-from logan.errors import LoganError
+from logan.errors import LoganError, count
 from logan.io import write_parquet
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,18 @@ def read_list(path: str | Path, what: str) -> pd.DataFrame:
     if frame.empty:
         raise LoganError(f"{what} {path} is empty: it must hold at least one entry.")
     frame["image"] = [_resolve(p, path.parent) for p in frame["image"]]
-    dupes = frame["image"].duplicated()
-    if dupes.any():
-        log.warning("%s %s lists %d images twice; each is used once", what, path, int(dupes.sum()))
-        frame = frame[~dupes].reset_index(drop=True)
+    labels = frame.groupby("image", sort=False).label.nunique()
+    both = labels.index[labels > 1]
+    if len(both):
+        raise LoganError(f"{what} {path} labels {count(len(both), 'image')} both member (1) and non-member (0) "
+                         f"(first: {both[0]}); fix the labels.")
+    times = frame.image.value_counts()
+    repeated = times[times > 1]
+    if len(repeated):
+        how = "twice" if repeated.max() == 2 else "more than once"
+        log.warning("%s %s lists %s %s (first: %s); each is used once", what, path, count(len(repeated), "image"),
+                    how, repeated.index[0])
+        frame = frame[~frame.image.duplicated()].reset_index(drop=True)
     return frame
 
 
@@ -90,9 +98,13 @@ def _read_parquet(path: Path, what: str) -> pd.DataFrame:
 
 def _read_json(path: Path, what: str) -> pd.DataFrame:
     try:
-        entries = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not content
+        entries = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LoganError(f"{what} {path} is not valid JSON ({exc}).")
+        lines = text.lstrip().startswith("{") and "Extra data" in str(exc)
+        raise LoganError(f"{what} {path} is not valid JSON ({exc})"
+                         + ("; it looks like JSON Lines (one object per line): wrap the objects in one JSON list "
+                            "[{...}, {...}]." if lines else "."))
     if not isinstance(entries, list):
         raise LoganError(
             f"{what} {path} must be a JSON list of {{\"image\": path, \"label\": 1|0}} objects, "
@@ -113,9 +125,15 @@ def _normalise(entries: list[Any], path: Path, what: str) -> pd.DataFrame:
             raise LoganError(
                 f"{what} {path}, entry {i}: label {entry['label']!r} is not 1 (member) or 0 (non-member)."
             )
-        caption = entry.get("caption", entry.get("text"))
-        rows.append({"image": str(entry["image"]), "label": label,
-                     "caption": "" if caption is None or caption != caption else str(caption)})
+        image, caption = entry["image"], entry.get("caption", entry.get("text"))
+        if not isinstance(image, (str, Path)) or not str(image).strip():
+            raise LoganError(f"{what} {path}, entry {i}: 'image' must be the path of an image file, got "
+                             f"{str(image)[:80]!r} (images stored inside a dataset: convert it with 'logan prepare').")
+        missing = caption is None or (isinstance(caption, float) and np.isnan(caption))  # NaN: Parquet's null
+        if not missing and not isinstance(caption, str):
+            raise LoganError(f"{what} {path}, entry {i}: 'caption' must be text, got {type(caption).__name__} "
+                             f"{str(caption)[:60]}.")
+        rows.append({"image": str(image), "label": label, "caption": "" if missing else caption})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -167,6 +185,7 @@ def build_target(cfg: DataConfig, seed: int) -> pd.DataFrame:
                           cfg.member_dataset, "data.member_dataset")
     nonmembers = _take_label(read_list(cfg.nonmember_dataset, "data.nonmember_dataset"), 0,
                              cfg.nonmember_dataset, "data.nonmember_dataset")
+    _refuse_members(nonmembers, set(members.image), "data.nonmember_dataset", "data.member_dataset")
     parquet = [p for p in (cfg.member_dataset, cfg.nonmember_dataset) if str(p).endswith(".parquet")]
     if len(parquet) == 2:
         return pd.concat([members, nonmembers], ignore_index=True)
@@ -191,14 +210,17 @@ def build_target(cfg: DataConfig, seed: int) -> pd.DataFrame:
                 f"entries from data.{key}, which holds {len(frame)}. Lower data.target_set_size."
             )
     rng = np.random.default_rng([seed, 1])
-    target = pd.concat([_sample(members, n_members, rng), _sample(nonmembers, n_nonmembers, rng)],
-                       ignore_index=True)
-    overlap = set(target[target.label == 1].image) & set(target[target.label == 0].image)
-    if overlap:
-        raise LoganError(
-            f"image {sorted(overlap)[0]} is listed as both member and non-member; fix the two lists."
-        )
-    return target
+    return pd.concat([_sample(members, n_members, rng), _sample(nonmembers, n_nonmembers, rng)],
+                     ignore_index=True)
+
+
+def _refuse_members(frame: pd.DataFrame, members: set[str], what: str, where: str) -> None:
+    """Non-member entries (a non-member list or a reference pool) must not name a member: checked on the
+    whole lists, before any sampling."""
+    both = [image for image in frame.image if image in members]
+    if both:
+        raise LoganError(f"{count(len(both), 'image')} of {what} {'is' if len(both) == 1 else 'are'} also in "
+                         f"{where} (first: {both[0]}): an image cannot be both member and non-member; fix the lists.")
 
 
 def _check_both_classes(target: pd.DataFrame, path: str) -> None:
@@ -214,12 +236,21 @@ def build_reference(cfg: DataConfig, target: pd.DataFrame, seed: int) -> tuple[p
     paths = [str(p) for p in (paths or [])]
     if not paths:
         return target[target.label == 0].reset_index(drop=True), True
+    members = set(target[target.label == 1].image)
     if len(paths) == 1 and paths[0].endswith(".parquet"):
-        reference = read_list(paths[0], "data.reference_datasets_list")
-        return _take_label(reference, 0, paths[0], "reference set"), False
+        reference = _take_label(read_list(paths[0], "data.reference_datasets_list"), 0, paths[0], "reference set")
+        _refuse_members(reference, members, f"the reference set {paths[0]}", "the target set's members")
+        return reference, False
     weights = _distribution(cfg.reference_set_sample_distribution, len(paths))
     pools = [_take_label(read_list(p, "reference set"), 0, p, "reference set") for p in paths]
+    for path, pool in zip(paths, pools):
+        _refuse_members(pool, members, f"the reference list {path}", "the target set's members")
     in_target = set(target.image)
+    for path, pool in zip(paths, pools):
+        shared = int(pool.image.isin(in_target).sum())
+        if shared:
+            log.info("reference list %s: %s of the target set's non-members left out (the reference set is drawn "
+                     "from images outside the target set)", path, count(shared, "image"))
     pools = [pool[~pool.image.isin(in_target)].reset_index(drop=True) for pool in pools]
     size = cfg.reference_set_size or cfg.target_set_size
     counts = _split_counts(size, weights)
