@@ -347,8 +347,22 @@ class StdPlan:
 
 
 def std_plan(cfg: RunConfig) -> StdPlan:
-    """`noise.std` (a number, a list, or an optimal_std.json) and `noise.per_part` as a StdPlan."""
-    value = cfg.noise.std
+    """`noise.std` (a number, a list, or an optimal_std.json; else the original's
+    `data.augmentations.GaussianNoise.std`, which its evaluation read) and `noise.per_part` as a StdPlan.
+    Std 0 is refused where a metric depends on the noise: every divergence is 0 there."""
+    value, legacy = cfg.noise.std, cfg.data.augmentations.GaussianNoise.std
+    if legacy and value is not None:
+        raise LoganError(f"noise.std={value} and data.augmentations.GaussianNoise.std={list(legacy)} both give the "
+                         "std to classify at; give one of them.")
+    plan = _std_plan(cfg, list(legacy) if legacy else value)
+    plan = StdPlan(list(dict.fromkeys(plan.stds)), plan.per_part, plan.source)
+    if 0.0 in plan.stds and any(get_metric(name).needs == "noise" for name in cfg.img_metrics.metrics_to_use):
+        raise LoganError("noise.std holds 0, which adds no noise: every LOGAN divergence is exactly 0 there; give "
+                         "std values > 0.")
+    return plan
+
+
+def _std_plan(cfg: RunConfig, value: Any) -> StdPlan:
     if not (isinstance(value, str) and not _is_number(value)):
         if cfg.noise.per_part:
             raise LoganError("noise.per_part=true needs noise.std=<a tuning run's optimal_std.json> (it holds each "
