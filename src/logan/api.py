@@ -119,7 +119,10 @@ def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any]
     from logan.runlog import run_log
     from logan.runs import load_run
 
+    from logan.io import check_writable
+
     cfg = configure(command, overrides, settings)
+    check_writable(cfg.output_dir)
     spec = COMMANDS[command]
     if spec.loads_weights:  # the checkpoint comes off the disk while torch imports and the data is checked
         from logan.models.hub import local_model

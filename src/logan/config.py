@@ -312,7 +312,13 @@ class RunConfig:
         """The tuning grid: the original's `data.augmentations.GaussianNoise.std` wins when given."""
         legacy = self.data.augmentations.GaussianNoise.std
         sets = [list(legacy)] if legacy else self.noise.std_sets
-        return [[_std_value(s, "noise.std_sets") for s in group] for group in sets]
+        if not isinstance(sets, (list, tuple)) or not all(isinstance(g, (list, tuple)) for g in sets):
+            raise LoganError(f"noise.std_sets={sets} must be a list of lists of std values, e.g. [[0.5,2.6],[4.0]].")
+        grid = [[_std_value(s, "noise.std_sets") for s in group] for group in sets]
+        if not any(grid):
+            raise LoganError(f"noise.std_sets={sets} holds no std value: give at least one, e.g. "
+                             "noise.std_sets=[[0.5,2.6,4.0]] (the default is the original's 32 values in 4 sets).")
+        return grid
 
     def validate(self) -> None:
         """Check values that need no file or model; raise LoganError naming the key and the fix."""
@@ -347,9 +353,22 @@ class RunConfig:
         if self.inference.max_batch_size < 1 or self.inference.workers < 0 or self.inference.prefetch < 0:
             raise LoganError("inference.max_batch_size must be at least 1, inference.workers and "
                              "inference.prefetch at least 0.")
-        for k in self.img_metrics.ratio:
+        m = self.img_metrics
+        if not m.ratio:
+            raise LoganError("img_metrics.ratio is empty: give the Max-K% ratios, e.g. [0.0,0.1,1.0] "
+                             "(K = 1.0: the mean over tokens).")
+        for k in m.ratio:
             if not 0.0 <= float(k) <= 1.0:
                 raise LoganError(f"img_metrics.ratio holds {k}: every Max-K% ratio must lie in [0, 1].")
+        m.parts, m.metrics_to_use, m.ratio = (list(dict.fromkeys(v)) for v in (m.parts, m.metrics_to_use, m.ratio))
+        if self.seed < 0:
+            raise LoganError(f"seed={self.seed} must be a non-negative integer.")
+        if {"desp", "inst_desp"} & set(m.parts) and self.generation.num_gen_tokens < 1:
+            raise LoganError(f"generation.num_gen_tokens={self.generation.num_gen_tokens}: the parts desp / inst_desp "
+                             "need a description of at least 1 token; raise it or drop those parts.")
+        if self.data.reference_set_size is not None and self.data.reference_set_size < 1:
+            raise LoganError(f"data.reference_set_size={self.data.reference_set_size} must be at least 1 "
+                             "(null: as many as data.target_set_size).")
         if not 0.0 <= self.selection.k <= 1.0:
             raise LoganError(f"selection.k={self.selection.k} must lie in [0, 1].")
         self.std_sets()

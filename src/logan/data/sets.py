@@ -25,7 +25,7 @@ from logan.config import DataConfig
 from logan.data.images import ID_PREFIX, read_bytes
 from logan.data.saved import COLUMNS, empty_set, read_set, saved_metadata, typed, write_images, write_set
 from logan.data.sources import Rows, Source, fetch, index, open_source, parse_entry
-from logan.errors import LoganError
+from logan.errors import LoganError, count
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +81,30 @@ def read_list(path: str | Path, what: str) -> pd.DataFrame:
     if frame.empty:
         raise LoganError(f"{what} {path} is empty: it must hold at least one entry.")
     frame["image"] = [_resolve(p, path.parent) for p in frame["image"]]
-    dupes = frame["image"].duplicated()
-    if dupes.any():
-        log.warning("%s %s lists %d images twice; each is used once", what, path, int(dupes.sum()))
-        frame = frame[~dupes].reset_index(drop=True)
+    labels = frame.groupby("image", sort=False).label.nunique()
+    both = labels.index[labels > 1]
+    if len(both):
+        raise LoganError(f"{what} {path} labels {count(len(both), 'image')} both member (1) and non-member (0) "
+                         f"(first: {both[0]}); fix the labels.")
+    times = frame.image.value_counts()
+    repeated = times[times > 1]
+    if len(repeated):
+        how = "twice" if repeated.max() == 2 else "more than once"
+        log.warning("%s %s lists %s %s (first: %s); each is used once", what, path, count(len(repeated), "image"),
+                    how, repeated.index[0])
+        frame = frame[~frame.image.duplicated()].reset_index(drop=True)
     return frame
 
 
 def _read_json(path: Path, what: str) -> pd.DataFrame:
     try:
-        entries = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not content
+        entries = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LoganError(f"{what} {path} is not valid JSON ({exc}).")
+        lines = text.lstrip().startswith("{") and "Extra data" in str(exc)
+        raise LoganError(f"{what} {path} is not valid JSON ({exc})"
+                         + ("; it looks like JSON Lines (one object per line): wrap the objects in one JSON list "
+                            "[{...}, {...}]." if lines else "."))
     if not isinstance(entries, list):
         raise LoganError(
             f"{what} {path} must be a JSON list of {{\"image\": path, \"label\": 1|0}} objects, "
@@ -113,9 +125,15 @@ def _normalise(entries: list[Any], path: Path, what: str) -> pd.DataFrame:
             raise LoganError(
                 f"{what} {path}, entry {i}: label {entry['label']!r} is not 1 (member) or 0 (non-member)."
             )
-        caption = entry.get("caption", entry.get("text"))
-        rows.append({"image": str(entry["image"]), "label": label,
-                     "caption": "" if caption is None or caption != caption else str(caption)})
+        image, caption = entry["image"], entry.get("caption", entry.get("text"))
+        if not isinstance(image, (str, Path)) or not str(image).strip():
+            raise LoganError(f"{what} {path}, entry {i}: 'image' must be the path of an image file, got "
+                             f"{str(image)[:80]!r} (images stored inside a dataset: convert it with 'logan prepare').")
+        missing = caption is None or (isinstance(caption, float) and np.isnan(caption))  # NaN: Parquet's null
+        if not missing and not isinstance(caption, str):
+            raise LoganError(f"{what} {path}, entry {i}: 'caption' must be text, got {type(caption).__name__} "
+                             f"{str(caption)[:60]}.")
+        rows.append({"image": str(image), "label": label, "caption": "" if missing else caption})
     return pd.DataFrame(rows, columns=LIST_COLUMNS)
 
 
@@ -283,6 +301,7 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
         pools = [open_pool(cfg.member_dataset, "data.member_dataset", 1, cache_dir),
                  open_pool(cfg.nonmember_dataset, "data.nonmember_dataset", 0, cache_dir)]
         classes = [(pools[0].records, "data.member_dataset"), (pools[1].records, "data.nonmember_dataset")]
+    _refuse_members(classes[1][0], _ids(classes[0][0]), classes[1][1], classes[0][1])
     for n, (records, key), what in zip((n_members, n_nonmembers), classes, ("members", "non-members")):
         if n > len(records):
             raise LoganError(
@@ -291,15 +310,24 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
             )
     rng = np.random.default_rng([seed, 1])
     members, nonmembers = _draw(classes[0][0], n_members, rng), _draw(classes[1][0], n_nonmembers, rng)
-    overlap = {r["sample_id"]: r for r in members if r["sample_id"] in {n["sample_id"] for n in nonmembers}}
-    if overlap:
-        first = next(iter(overlap.values()))
-        shown = first.get("path") or f"{first['sample_id']} (row {first['row']})"
-        raise LoganError(f"image {shown} is listed as both member and non-member; fix the two lists.")
     provenance = _finish(pools, [members + nonmembers] if cfg.dataset else [members, nonmembers])
     target = _frame(members + nonmembers)
     target.attrs["sources"] = provenance
     return target
+
+
+def _refuse_members(records: Rows, members: set[str], what: str, where: str) -> None:
+    """Non-member entries (a non-member list or a reference pool) must not hold a member: checked on the
+    whole sources, by image content, before any sampling."""
+    both = [r for r in (records[i] for i in range(len(records))) if r["sample_id"] in members]
+    if both:
+        first = both[0].get("path") or f"{both[0]['sample_id']} (row {both[0]['row']})"
+        raise LoganError(f"{count(len(both), 'image')} of {what} {'is' if len(both) == 1 else 'are'} also in "
+                         f"{where} (first: {first}): an image cannot be both member and non-member; fix the lists.")
+
+
+def _ids(records: Rows) -> set[str]:
+    return {records[i]["sample_id"] for i in range(len(records))}
 
 
 def _check_both_classes(target: pd.DataFrame, path: str) -> None:
@@ -322,6 +350,13 @@ def build_reference(cfg: DataConfig, target: pd.DataFrame, seed: int,
     pools = [open_pool(p, "reference set", 0, cache_dir) for p in paths]
     in_target = set(target.sample_id)
     usable = [pool.records.where(lambda r: r["sample_id"] not in in_target) for pool in pools]
+    members = set(target[target.label == 1].sample_id)
+    for path, pool in zip(paths, pools):
+        _refuse_members(pool.records, members, f"the reference list {path}", "the target set's members")
+        shared = len(pool.records) - len(pool.records.where(lambda r: r["sample_id"] not in in_target))
+        if shared:
+            log.info("reference list %s: %s of the target set's non-members left out (the reference set is drawn "
+                     "from images outside the target set)", path, count(shared, "image"))
     size = cfg.reference_set_size or cfg.target_set_size
     counts = _split_counts(size, weights)
     explicit = cfg.reference_set_size is not None

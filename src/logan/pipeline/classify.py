@@ -31,6 +31,7 @@ from logan.pipeline.common import (
     work_items,
 )
 from logan.pipeline.merge import finish
+from logan.pipeline.select import check_k
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def _pin_hub_models(cfg: RunConfig, explicit: set[str], resolved: dict[str, dict
 
 def classify(cfg: RunConfig) -> list[dict] | None:
     """Returns metrics.json's rows (None for a shard that leaves the merge to another)."""
+    check_k(cfg)
     out = cfg.output_dir
     shard = shard_info(cfg.data)
     init_process_group(shard)

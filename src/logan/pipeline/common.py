@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,11 +19,11 @@ from tqdm.auto import tqdm
 
 from logan import __version__
 from logan.config import RunConfig, is_number, parse_std_values, walk
-from logan.data.images import check_image, sample_id
+from logan.data.images import ImageFacts, check_image, image_size, sample_id
 from logan.data.saved import image_source, sample_bytes
 from logan.distributed import ShardInfo
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
-from logan.errors import LoganError
+from logan.errors import LoganError, count
 from logan.faults import fault_point
 from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
 from logan.provenance import PROVENANCE, run_provenance
@@ -73,20 +75,39 @@ def check_metrics(cfg: RunConfig) -> None:
 
 
 def check_samples(frame: pd.DataFrame, cfg: RunConfig) -> None:
-    """Every image is there, unchanged (its bytes still hash to its sample id) and decodes; captions exist when
-    the `caption` part is asked for."""
-    for i, row in enumerate(frame.itertuples(index=False)):
-        shown = row.path or f"{row.name} ({row.origin}, row {row.row})"
-        data = sample_bytes(row)
-        if sample_id(data) != row.sample_id:
-            raise LoganError(f"image {shown} changed since the set was saved (its sha256 is another); restore it, "
-                             "or choose a new path.output_dir.")
-        check_image(data, f"{shown} (entry {i} of the {'member' if row.label == 1 else 'non-member'} samples)")
-        if "caption" in cfg.img_metrics.parts and not row.caption:
+    """Every image is there, unchanged (its bytes still hash to its sample id) and decodes with the loader the
+    run uses (so no image fails once the model has loaded); captions exist when the `caption` part is asked
+    for. Images with several frames or an EXIF rotation are reported once: the first frame and the pixels as
+    stored are used."""
+    rows = list(frame.itertuples(index=False))
+    shown = [row.path or f"{row.name} ({row.origin}, row {row.row})" for row in rows]
+    if "caption" in cfg.img_metrics.parts:
+        lacking = next((name for name, row in zip(shown, rows) if not row.caption), None)
+        if lacking:
             raise LoganError(
-                f"img_metrics.parts has 'caption' but {shown} has no caption; add a \"caption\" field to "
+                f"img_metrics.parts has 'caption' but {lacking} has no caption; add a \"caption\" field to "
                 "every entry (a caption= column for a dataset) or drop the part."
             )
+
+    def check(i: int) -> ImageFacts:
+        row, data = rows[i], sample_bytes(rows[i])
+        if sample_id(data) != row.sample_id:
+            raise LoganError(f"image {shown[i]} changed since the set was saved (its sha256 is another); restore "
+                             "it, or choose a new path.output_dir.")
+        return check_image(data, f"{shown[i]} (entry {i} of the {'member' if row.label == 1 else 'non-member'} "
+                                 "samples)")
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="logan-check") as pool:
+        facts = list(pool.map(check, range(len(rows))))
+    frames = [name for name, f in zip(shown, facts) if f.frames > 1]
+    if frames:
+        log.warning("%s several frames (animated GIF / PNG, multi-page TIFF): the first frame of each is used "
+                    "(first: %s)", count(len(frames), "image has", "images have"), frames[0])
+    rotated = [name for name, f in zip(shown, facts) if f.rotated]
+    if rotated:
+        log.warning("%s an EXIF rotation: the pixels are used as stored, not rotated, as the original LOGAN and "
+                    "LLaVA's loaders read them (first: %s)", count(len(rotated), "image carries", "images carry"),
+                    rotated[0])
 
 
 def fingerprint(cfg: RunConfig) -> dict[str, Any]:
@@ -229,7 +250,7 @@ def work_items(cfg: RunConfig, model: VLMAdapter, samples: pd.DataFrame, out: Pa
         caption = tuple(model.tokenize(row.caption)) if "cap" in plan and row.caption else None
         desc = descriptions.get(row.sample_id)
         items.append(WorkItem(row.sample_id, int(row.label), tuple(desc) if desc is not None else None, caption,
-                              check_image(sample_bytes(row), row.name), image_source(row)))
+                              image_size(sample_bytes(row)), image_source(row)))
     return items
 
 
@@ -355,8 +376,22 @@ class StdPlan:
 
 
 def std_plan(cfg: RunConfig) -> StdPlan:
-    """`noise.std` (a number, a list, or an optimal_std.json) and `noise.per_part` as a StdPlan."""
-    value = cfg.noise.std
+    """`noise.std` (a number, a list, or an optimal_std.json; else the original's
+    `data.augmentations.GaussianNoise.std`, which its evaluation read) and `noise.per_part` as a StdPlan.
+    Std 0 is refused where a metric depends on the noise: every divergence is 0 there."""
+    value, legacy = cfg.noise.std, cfg.data.augmentations.GaussianNoise.std
+    if legacy and value is not None:
+        raise LoganError(f"noise.std={value} and data.augmentations.GaussianNoise.std={list(legacy)} both give the "
+                         "std to classify at; give one of them.")
+    plan = _std_plan(cfg, list(legacy) if legacy else value)
+    plan = StdPlan(list(dict.fromkeys(plan.stds)), plan.per_part, plan.source)
+    if 0.0 in plan.stds and any(get_metric(name).needs == "noise" for name in cfg.img_metrics.metrics_to_use):
+        raise LoganError("noise.std holds 0, which adds no noise: every LOGAN divergence is exactly 0 there; give "
+                         "std values > 0.")
+    return plan
+
+
+def _std_plan(cfg: RunConfig, value: Any) -> StdPlan:
     if not (isinstance(value, str) and not is_number(value)):
         if cfg.noise.per_part:
             raise LoganError("noise.per_part=true needs noise.std=<a tuning run's optimal_std.json> (it holds each "

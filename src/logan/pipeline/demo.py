@@ -27,7 +27,7 @@ from logan.models.tiny import build_tiny_llava
 from logan.models.train import train_captioner
 from logan.pipeline.classify import classify
 from logan.pipeline.tune import tune
-from logan.report.evaluate import format_tpr
+from logan.report.evaluate import estimable_only, format_tpr
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def demo(cfg: RunConfig) -> dict[str, Any]:
         "seconds": round(time.time() - started, 1),
         "stages": stages,
         "optimal_std": {name: sel["optimal_std"] for name, (sel, _) in results.items()},
-        "best": {name: max(rows, key=lambda r: r["auc"]) for name, (_, rows) in results.items()},
+        "best": {name: estimable_only(max(rows, key=lambda r: r["auc"])) for name, (_, rows) in results.items()},
         "table": table,
     }
     write_json(out / "demo_summary.json", summary)

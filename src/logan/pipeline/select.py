@@ -23,6 +23,7 @@ from logan.data.saved import read_set
 from logan.data.sets import SET_FILES
 from logan.errors import LoganError
 from logan.io import write_json
+from logan.metrics.registry import get_metric
 from logan.pipeline.common import inherit_settings
 from logan.provenance import read_provenance
 from logan.report.plots import tuning_curve
@@ -55,15 +56,59 @@ def curves_of(out: Path, k: float, target: set[str], reference: set[str]) -> dic
     return curves
 
 
+def excluded(points: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """The curve's points no rule may select, each with why: std 0 (no noise, so every divergence is 0
+    there) and points without a finite gap."""
+    out = []
+    for p in points:
+        if p["std"] <= 0:
+            out.append({"std": p["std"], "why": "std 0 adds no noise: every divergence is 0 there"})
+        elif not np.isfinite(p["gap"]):
+            out.append({"std": p["std"], "why": "no finite values at this std"})
+    return out
+
+
 def pick(points: list[dict[str, float]], rule: str) -> float:
-    usable = [p for p in points if p["std"] > 0 and np.isfinite(p["gap"])]
+    """The std `rule` selects among the curve's points that are not `excluded`."""
+    skip = {e["std"] for e in excluded(points)}
+    usable = [p for p in points if p["std"] not in skip]
     if not usable:
-        raise LoganError("no std > 0 has finite results yet: run 'logan tune' first.")
+        raise LoganError("the run holds no std > 0 with finite results (std 0 adds no noise and is never "
+                         "selected): run 'logan tune' with std values > 0.")
     if rule == "min_gap":
         return min(usable, key=lambda p: p["gap"])["std"]
     if rule == "max_abs_gap":
         return max(usable, key=lambda p: abs(p["gap"]))["std"]
     return max(usable, key=lambda p: p["tune_auc"] if np.isfinite(p["tune_auc"]) else -1)["std"]
+
+
+def check_k(cfg: RunConfig) -> None:
+    """selection.k must be one of img_metrics.ratio: the curves and classify's tables are read at it."""
+    if not any(np.isclose(float(k), cfg.selection.k) for k in cfg.img_metrics.ratio):
+        raise LoganError(f"selection.k={cfg.selection.k:g} is not one of img_metrics.ratio "
+                         f"({', '.join(f'{float(k):g}' for k in cfg.img_metrics.ratio)}): the tuning curve and "
+                         "classify's tables are read at K = selection.k; pick one of them or add it to the list.")
+
+
+def check_selection(cfg: RunConfig, grid: bool = True) -> None:
+    """What selecting a std needs from the settings, checked before tune or select does any work: a
+    noise-dependent metric to draw the curve of, selection.metric / part / k among the run's metrics,
+    parts and ratios, and (`grid`) a tuning grid with a std > 0."""
+    check_k(cfg)
+    m, s = cfg.img_metrics, cfg.selection
+    noise = [name for name in m.metrics_to_use if get_metric(name).needs == "noise"]
+    if not noise:
+        raise LoganError(f"img_metrics.metrics_to_use=[{','.join(m.metrics_to_use)}] holds no metric that depends "
+                         "on the noise, so there is no std to tune; add one of LOGAN's divergences, e.g. "
+                         "max_k_no_norn_kl_div (or run 'logan classify' for the std-independent baselines).")
+    if s.metric is not None and s.metric not in noise:
+        why = "does not depend on the noise" if s.metric in m.metrics_to_use else "is not in img_metrics.metrics_to_use"
+        raise LoganError(f"selection.metric={s.metric} {why}; use one of {', '.join(noise)}.")
+    if s.part is not None and s.part not in m.parts:
+        raise LoganError(f"selection.part={s.part} is not in img_metrics.parts ({', '.join(m.parts)}).")
+    if grid and not any(std > 0 for group in cfg.std_sets() for std in group):
+        raise LoganError("noise.std_sets holds only std 0, which adds no noise and is never selected; add std "
+                         "values > 0.")
 
 
 def inherit_selection(cfg: RunConfig, explicit: set[str]) -> RunConfig:
@@ -78,6 +123,7 @@ def select(cfg: RunConfig) -> dict[str, Any]:
     s = cfg.selection
     if s.rule not in RULES:
         raise LoganError(f"selection.rule={s.rule} is unknown; use one of {', '.join(RULES)}.")
+    check_selection(cfg, grid=False)
     folder = out / "datasets"
     if not (folder / SET_FILES["target"]).exists():
         raise LoganError(f"{out} is not a tuning folder (no datasets/{SET_FILES['target']}); run 'logan tune' first.")
@@ -106,12 +152,15 @@ def select(cfg: RunConfig) -> dict[str, Any]:
     result = {
         "optimal_std": optimal, "selection_metric": metric, "rule": s.rule, "part": part, "k": s.k,
         "alternatives": {rule: pick(curves[metric], rule) for rule in RULES},
+        "excluded": excluded(curves[metric]),
         "reference_is_target_nonmembers": reference <= target,
         "n_target": len(target), "n_reference": len(reference),
         "curves": curves,
         "per_part": per_part,
         "provenance": read_provenance(out),
     }
+    for point in result["excluded"]:
+        log.info("std %g is not a candidate for the optimal std: %s", point["std"], point["why"])
     write_json(out / "optimal_std.json", result)
     tuning_curve(curves, metric, optimal, out / "tuning_curve.png")
     best_gap = next(p for p in curves[metric] if p["std"] == optimal)["gap"]

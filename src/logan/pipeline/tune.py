@@ -18,12 +18,14 @@ from logan.data.sets import build_sets
 from logan.pipeline.common import has_pending, open_model, run_folder, run_stds, work_items
 from logan.distributed import init_process_group, quiet_other_ranks, shard_info
 from logan.pipeline.merge import finish
+from logan.pipeline.select import check_selection
 
 log = logging.getLogger(__name__)
 
 
 def tune(cfg: RunConfig) -> dict | None:
     """Returns optimal_std.json's content (None for a shard that leaves the merge to another)."""
+    check_selection(cfg)
     out = cfg.output_dir
     shard = shard_info(cfg.data)
     init_process_group(shard)

@@ -71,6 +71,13 @@ def metric_rows(scores: pd.DataFrame, ci_k: float, seed: int, compat: str = "log
     return rows
 
 
+def estimable_only(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with every TPR at an FPR this many non-members cannot resolve set to None (its value there is
+    a bound reached at FPR 0, not an estimate), for summaries that show the number without the flag."""
+    return {k: None if k.startswith("tpr_at_") and not k.endswith("_estimable")
+            and row.get(f"{k}_estimable") is False else v for k, v in row.items()}
+
+
 def format_tpr(row: dict[str, Any], key: str) -> str:
     value = row.get(f"tpr_at_{key}_fpr", float("nan"))
     return f"{value:7.3f}" if row.get(f"tpr_at_{key}_fpr_estimable", True) else "    n/e"

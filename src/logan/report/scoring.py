@@ -44,16 +44,20 @@ def roc_summary(labels: np.ndarray, scores: np.ndarray, bootstrap_seed: int | No
 
 def bootstrap_auc_interval(labels: np.ndarray, scores: np.ndarray, seed: int,
                            resamples: int = N_BOOTSTRAP) -> tuple[float, float]:
-    """Stratified bootstrap 95 % interval of the AUC (rank formula, all resamples at once)."""
+    """Stratified bootstrap 95 % interval of the AUC."""
+    low, high = np.percentile(bootstrap_aucs(labels, scores, seed, resamples), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def bootstrap_aucs(labels: np.ndarray, scores: np.ndarray, seed: int, resamples: int = N_BOOTSTRAP) -> np.ndarray:
+    """The AUCs of `resamples` stratified bootstrap resamples (rank formula, all resamples at once)."""
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xB007])
     pos, neg = scores[labels == 1], scores[labels == 0]
     draws_pos = pos[rng.integers(0, len(pos), (resamples, len(pos)))]
     draws_neg = neg[rng.integers(0, len(neg), (resamples, len(neg)))]
     ranks = rankdata(np.concatenate([draws_pos, draws_neg], axis=1), axis=1)
     n_pos, n_neg = len(pos), len(neg)
-    aucs = (ranks[:, :n_pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    low, high = np.percentile(aucs, [2.5, 97.5])
-    return float(low), float(high)
+    return (ranks[:, :n_pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
