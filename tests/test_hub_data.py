@@ -210,7 +210,7 @@ def test_a_run_folder_of_an_earlier_logan_is_refused(world, tmp_path, capsys):
     del fingerprint["fingerprint"]["sample_ids"]
     (out / "run_fingerprint.json").write_text(json.dumps(fingerprint))
     assert main(["tune", *args]) == 2
-    assert "was written by an earlier LOGAN (samples keyed by image path" in capsys.readouterr().err
+    assert "was written by an earlier LOGAN (other metric definitions, samples keyed by image path)" in capsys.readouterr().err
 
 
 def test_prepare_vlmia_reads_the_hub_id_through_the_same_code(repo, hub_cache, tmp_path):
