@@ -76,7 +76,7 @@ COMMANDS: dict[str, Command] = {
 
 def configure(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None) -> RunConfig:
     """The validated configuration `command` would run with (what `--cfg job` prints)."""
-    from logan.compose import compose, explicit_keys
+    from logan.compose import command_defaults, compose, explicit_keys
     from logan.config import RunConfig
 
     if command not in COMMANDS:
@@ -90,8 +90,8 @@ def configure(command: str, overrides: Sequence[str] = (), settings: Mapping[str
             raise LoganError(f"{name} names a preset: give its name as a string, e.g. model='llava-hf'.")
         overrides.insert(0, f"{name}={value}")
         del dotted[name]
-    cfg = RunConfig.from_dict(compose(overrides, dotted))
     explicit = explicit_keys(overrides, dotted)
+    cfg = RunConfig.from_dict(compose(overrides, command_defaults(command, overrides, dotted)))
     if command == "classify":
         from logan.pipeline.classify import inherit_tuning
 

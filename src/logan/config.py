@@ -40,6 +40,11 @@ DEFAULT_STD_SETS = (
     (220.0, 340.0, 540.0, 840.0, 1300.0, 2100.0, 3200.0, 5000.0),
 )
 
+# defaults a command sets apart from the schema's, unless the caller gives the key (shown by its --help)
+COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "demo": {"selection.split": "holdout"},  # its table reports AUCs on samples the std was not chosen on
+}
+
 
 def key(default: Any = MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
         choices: tuple[Any, ...] = (), path: bool = False, verbatim: bool = False, legacy: str = "") -> Any:
@@ -227,12 +232,20 @@ class InferenceConfig:
 class SelectionConfig:
     """How the optimal std is chosen from the tuning curves."""
 
-    rule: str = key("min_gap", "min_gap (the original README's rule) | max_abs_gap | max_tune_auc",
-                    choices=("min_gap", "max_abs_gap", "max_tune_auc"))
+    rule: str = key("max_tune_auc", "max_tune_auc (the std whose target-vs-reference AUC is highest; README, "
+                    "\"Optimal std\", has the measured comparison) | min_gap (the curve's minimum, as the original's "
+                    "README describes it; its code has no selection) | max_abs_gap",
+                    choices=("max_tune_auc", "min_gap", "max_abs_gap"))
     metric: str | None = key(None, "metric of the curve; null = the first of img_metrics.metrics_to_use")
     part: str | None = key(None, "part of the curve; null = the first of img_metrics.parts")
     k: float = key(1.0, "Max-K% ratio of the per-sample value on the curve (1.0 = mean over tokens); also the K "
                    "of classify's tables")
+    split: str = key("none", "none: choose the std on the whole target set | holdout: on a selection part, and "
+                     "classify reports AUCs on the rest only | crossfit: on each of two folds, and classify scores "
+                     "each sample at the other fold's std (stratified by label, seeded by `seed`)",
+                     choices=("none", "holdout", "crossfit"))
+    fraction: float = key(0.5, "holdout / crossfit: the share of each label's target samples in the selection part "
+                          "(fold 0)")
 
 
 @dataclass
@@ -371,6 +384,9 @@ class RunConfig:
                              "(null: as many as data.target_set_size).")
         if not 0.0 <= self.selection.k <= 1.0:
             raise LoganError(f"selection.k={self.selection.k} must lie in [0, 1].")
+        if not 0.0 < self.selection.fraction < 1.0:
+            raise LoganError(f"selection.fraction={self.selection.fraction} must lie strictly between 0 and 1 (the "
+                             "selection part's share of the target set).")
         self.std_sets()
 
 

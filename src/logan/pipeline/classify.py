@@ -6,10 +6,13 @@
 
 With `noise.std` naming a tuning run's optimal_std.json, the run's model, parts, prompt, noise settings
 and target set are those of the tuning run unless given on the command line (a differing value is
-reported); `noise.per_part=true` scores each part at the std its own tuning curve selected.
+reported); `noise.per_part=true` scores each part at the std its own tuning curve selected. When that
+file was written with `selection.split=holdout`, AUCs count only the samples the std was not chosen on;
+with `crossfit`, every sample at the std chosen on the other fold (OUT2/std_plan.json records which).
 
 Writes OUT2/metrics.json (one row per std x part x metric x K), OUT2/scores.parquet (per-sample scores,
-higher = more likely member), OUT2/roc.png, histograms, the model-free baseline and report.html.
+higher = more likely member), OUT2/std_plan.json, OUT2/roc.png, histograms, the model-free baseline and
+report.html.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ def classify(cfg: RunConfig) -> list[dict] | None:
     quiet_other_ranks(shard)
     plan = std_plan(cfg)
     target = build_target(cfg.data, cfg.seed, cfg.path.cache_dir)
+    plan.check(target)
     with run_folder(cfg, "classify", target, shard) as work:
         DataSets(target, target[target.label == 0], True).save(out / "datasets", ("target",))
         mine = target[[shard.owns(s) for s in target.sample_id]] if shard.sharded else target

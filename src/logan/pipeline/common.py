@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -364,27 +366,81 @@ def _run_chunk(engine: Engine, batches: list[list[WorkItem]], run: list[float],
 
 @dataclass(frozen=True)
 class StdPlan:
-    """The std values a classify run scores, and which part is reported at which."""
+    """The std values a classify run computes, and which (sample, part) is reported at which std."""
 
     stds: list[float]                      # every std the run computes
     per_part: dict[str, float] | None      # part -> its own selected std (noise.per_part), else every part at every std
     source: Path | None = None             # the tuning run's optimal_std.json, when noise.std names one
+    split: str = "none"                    # that file's selection.split
+    chosen_on: frozenset[str] = frozenset()  # holdout: the samples the std was chosen on; never reported
+    folds: tuple[tuple[frozenset[str], dict[str, float]], ...] = ()  # crossfit: (fold, part -> std chosen on the other)
+    note: str = ""                         # whether the std was chosen with membership labels, and on which samples
+    label_informed: bool = False           # chosen with the membership labels of the very samples reported
 
-    def parts_at(self, std: float, parts: list[str]) -> list[str]:
-        """The parts reported at `std`."""
-        return [p for p in parts if self.per_part is None or self.per_part.get(p) == std]
+    @property
+    def own_std(self) -> bool:
+        """Whether each part (or sample) is reported at its own std rather than every part at every std."""
+        return self.per_part is not None or bool(self.folds)
+
+    def mask(self, scores: pd.DataFrame) -> np.ndarray:
+        """The rows of a score table (columns sample_id, part, std) that this plan reports."""
+        keep = ~scores.sample_id.isin(self.chosen_on).to_numpy()
+        if self.folds:
+            assigned = np.zeros(len(scores), dtype=bool)
+            for samples, stds in self.folds:
+                assigned |= (scores.sample_id.isin(samples) & (scores.part.map(stds) == scores["std"])).to_numpy()
+            return keep & assigned
+        if self.per_part is not None:
+            keep &= (scores.part.map(self.per_part) == scores["std"]).to_numpy()
+        return keep
+
+    def fold_of(self, images: pd.Series) -> np.ndarray:
+        """Crossfit: each image's fold (-1 outside both)."""
+        fold = np.full(len(images), -1)
+        for i, (samples, _) in enumerate(self.folds):
+            fold[images.isin(samples).to_numpy()] = i
+        return fold
+
+    def reported(self, target: pd.DataFrame) -> pd.DataFrame:
+        """The target rows this plan reports: all but the holdout's selection part; crossfit: those in a fold."""
+        keep = ~target.sample_id.isin(self.chosen_on)
+        if self.folds:
+            keep &= target.sample_id.isin(frozenset().union(*(samples for samples, _ in self.folds)))
+        return target[keep]
+
+    def check(self, target: pd.DataFrame) -> None:
+        """The target set must keep members and non-members to report (before any model work)."""
+        reported = self.reported(target)
+        if reported.label.nunique() < 2:
+            raise LoganError(f"{self.source} was chosen with selection.split={self.split} and leaves no members and "
+                             "non-members of this target set to report; classify the tuning run's target set (leave "
+                             "data.* unset) or select with selection.split=none.")
+        if len(reported) < len(target):
+            log.info("selection.split=%s: %d of the %d target samples are reported (%s)", self.split, len(reported),
+                     len(target), "the std was chosen on the others" if self.split == "holdout" else
+                     "the others are in neither fold")
+
+    def record(self, evaluated: pd.DataFrame) -> dict[str, Any]:
+        """What classify writes to std_plan.json: where the stds came from and which samples are reported."""
+        return {"source": str(self.source) if self.source else None, "split": self.split, "stds": self.stds,
+                "per_part": self.per_part, "label_informed": self.label_informed, "note": self.note,
+                "evaluated": sorted(evaluated.sample_id), "n_members": int((evaluated.label == 1).sum()),
+                "n_nonmembers": int((evaluated.label == 0).sum()),
+                "folds": [{"samples": sorted(f), "std": stds} for f, stds in self.folds]}
 
 
 def std_plan(cfg: RunConfig) -> StdPlan:
     """`noise.std` (a number, a list, or an optimal_std.json; else the original's
-    `data.augmentations.GaussianNoise.std`, which its evaluation read) and `noise.per_part` as a StdPlan.
-    Std 0 is refused where a metric depends on the noise: every divergence is 0 there."""
+    `data.augmentations.GaussianNoise.std`, which its evaluation read), `noise.per_part` and the file's
+    selection.split (holdout: only the samples the std was not chosen on are reported; crossfit: each
+    sample at the std chosen on the other fold) as a StdPlan. Std 0 is refused where a metric depends on the
+    noise: every divergence is 0 there."""
     value, legacy = cfg.noise.std, cfg.data.augmentations.GaussianNoise.std
     if legacy and value is not None:
         raise LoganError(f"noise.std={value} and data.augmentations.GaussianNoise.std={list(legacy)} both give the "
                          "std to classify at; give one of them.")
     plan = _std_plan(cfg, list(legacy) if legacy else value)
-    plan = StdPlan(list(dict.fromkeys(plan.stds)), plan.per_part, plan.source)
+    plan = dataclasses.replace(plan, stds=list(dict.fromkeys(plan.stds)))
     if 0.0 in plan.stds and any(get_metric(name).needs == "noise" for name in cfg.img_metrics.metrics_to_use):
         raise LoganError("noise.std holds 0, which adds no noise: every LOGAN divergence is exactly 0 there; give "
                          "std values > 0.")
@@ -399,16 +455,36 @@ def _std_plan(cfg: RunConfig, value: Any) -> StdPlan:
         return StdPlan(read_std_argument(value), None)
     path = Path(value).expanduser()
     stds = read_std_argument(str(path))
-    if not cfg.noise.per_part:
-        return StdPlan(stds, None, path)
-    selected = read_json(path).get("per_part") or {}
+    saved = read_json(path)
+    split = saved.get("split") or {"mode": "none"}
+    labels = saved.get("label_informed") or {}
+    note = labels.get("note", "")
+    per_part = _per_part(cfg, saved, path) if cfg.noise.per_part else None
+    if split["mode"] == "crossfit":
+        folds = []
+        for i, samples in enumerate(split["folds"]):  # fold i is scored at the std chosen on the other fold
+            choice, where = split["fold_choices"][1 - i], f"split.fold_choices[{1 - i}] in {path}"
+            chosen = (_per_part(cfg, choice, path, where) if cfg.noise.per_part else
+                      dict.fromkeys(cfg.img_metrics.parts, parse_std_values(choice["optimal_std"], where)[0]))
+            folds.append((frozenset(samples), chosen))
+        return StdPlan(sorted({s for _, c in folds for s in c.values()}), per_part, path, "crossfit",
+                       folds=tuple(folds), note=note)
+    chosen_on = frozenset(split["selection"]) if split["mode"] == "holdout" else frozenset()
+    informed = split["mode"] == "none" and bool(labels.get("per_part" if per_part else "selection",
+                                                            saved.get("reference_is_target_nonmembers")))
+    return StdPlan(sorted(set(per_part.values())) if per_part else stds, per_part, path, split["mode"], chosen_on,
+                   note=note, label_informed=informed)
+
+
+def _per_part(cfg: RunConfig, choice: dict[str, Any], path: Path, where: str = "") -> dict[str, float]:
+    """part -> std of a selection's `per_part` (optimal_std.json's, or one crossfit fold's)."""
+    selected = choice.get("per_part") or {}
     missing = [p for p in cfg.img_metrics.parts if p not in selected]
     if missing:
         raise LoganError(f"noise.per_part=true: {path} holds no selected std for part(s) {', '.join(missing)}; tune "
                          "those parts or set noise.per_part=false.")
-    per_part = {p: parse_std_values(selected[p].get("optimal_std"), f"per_part.{p}.optimal_std in {path}")[0]
-                for p in cfg.img_metrics.parts}
-    return StdPlan(sorted(set(per_part.values())), per_part, path)
+    return {p: parse_std_values(selected[p]["optimal_std"] if isinstance(selected[p], dict) else selected[p],
+                                f"per_part.{p} in {where or path}")[0] for p in cfg.img_metrics.parts}
 
 
 def read_std_argument(value: Any) -> list[float]:
