@@ -24,14 +24,14 @@ FAST = {"std_sets": [[0.0, 2.0, 20.0]], "batch_size": 4, "target_set_size": 16, 
 
 def frame(n_members: int, n_nonmembers: int) -> pd.DataFrame:
     images = [f"/data/m{i}.png" for i in range(n_members)] + [f"/data/n{i}.png" for i in range(n_nonmembers)]
-    return pd.DataFrame({"image": images, "label": [1] * n_members + [0] * n_nonmembers})
+    return pd.DataFrame({"sample_id": images, "label": [1] * n_members + [0] * n_nonmembers})
 
 
 def test_the_split_is_seeded_stratified_and_independent_of_list_order() -> None:
     target = frame(11, 9)
     folds = split_target(target, 0.5, seed=3)
-    labels = dict(zip(target.image, target.label))
-    assert sorted(folds[0] + folds[1]) == sorted(target.image) and not set(folds[0]) & set(folds[1])
+    labels = dict(zip(target.sample_id, target.label))
+    assert sorted(folds[0] + folds[1]) == sorted(target.sample_id) and not set(folds[0]) & set(folds[1])
     assert [sum(labels[i] for i in f) for f in folds] == [6, 5]          # round(0.5 * 11) members in fold 0
     assert [sum(1 - labels[i] for i in f) for f in folds] == [4, 5]      # round(0.5 * 9) non-members
     shuffled = target.sample(frac=1.0, random_state=7)
@@ -64,9 +64,9 @@ def test_holdout_chooses_on_the_selection_part_and_classify_reports_the_rest(wor
     target = pd.read_parquet(tuned / "datasets" / "target_dataset.parquet")
     assert split["mode"] == "holdout" and split["seed"] == 0 and split["fraction"] == 0.5
     assert split["selection"] == split_target(target, 0.5, 0)[0]
-    assert sorted(split["selection"] + split["evaluation"]) == sorted(target.image)
+    assert sorted(split["selection"] + split["evaluation"]) == sorted(target.sample_id)
     # the curve: target = the selection part, reference = the selection part's non-members
-    part_nonmembers = set(target[target.label == 0].image) & set(split["selection"])
+    part_nonmembers = set(target[target.label == 0].sample_id) & set(split["selection"])
     assert selected.selection["n_target"] == 8 and selected.selection["n_reference"] == len(part_nonmembers) == 4
     values = img_values(tuned, 20.0)
     point = next(p for p in selected.selection["curves"]["max_k_no_norn_kl_div"] if p["std"] == 20.0)
@@ -76,8 +76,8 @@ def test_holdout_chooses_on_the_selection_part_and_classify_reports_the_rest(wor
     assert flags["selection"] and flags["auc_on_other_samples"] and "selection part only" in flags["note"]
 
     result = logan.classify(std=str(tuned / "optimal_std.json"), per_part=True, output_dir=tmp_path / "classify")
-    evaluation = target[target.image.isin(split["evaluation"])]
-    assert set(result.scores.image) == set(evaluation.image) == set(result.evaluated)
+    evaluation = target[target.sample_id.isin(split["evaluation"])]
+    assert set(result.scores.sample_id) == set(evaluation.sample_id) == set(result.evaluated)
     members, nonmembers = int(evaluation.label.sum()), int((evaluation.label == 0).sum())
     assert (result.metrics.n_members == members).all() and (result.metrics.n_nonmembers == nonmembers).all()
     assert members + nonmembers == 8 and result.split == "holdout"
@@ -105,9 +105,9 @@ def test_crossfit_scores_each_sample_at_the_std_chosen_on_the_other_fold(tuned: 
                             output_dir=tmp_path / "classify")
     scores = result.scores
     fold_of = {image: i for i, fold in enumerate(split["folds"]) for image in fold}
-    assert len(scores) and set(scores.image) == set(fold_of)
-    expected = np.where(scores.image.map(fold_of) == 0, 20.0, 2.0)  # fold 0 at fold 1's choice and back
-    assert (scores["std"].to_numpy() == expected).all() and (scores.fold == scores.image.map(fold_of)).all()
+    assert len(scores) and set(scores.sample_id) == set(fold_of)
+    expected = np.where(scores.sample_id.map(fold_of) == 0, 20.0, 2.0)  # fold 0 at fold 1's choice and back
+    assert (scores["std"].to_numpy() == expected).all() and (scores.fold == scores.sample_id.map(fold_of)).all()
     rows = result.metrics[(result.metrics.metric == "max_k_no_norn_kl_div") & (result.metrics.k == 1.0)]
     assert len(rows) == 2  # one row per part, not one per std
     row = rows[rows.part == "img"].iloc[0]
@@ -135,9 +135,11 @@ def test_label_informed_flags_follow_the_reference_mode(world, tuned: Path, tmp_
 
 def test_classify_refuses_a_target_set_inside_the_selection_part(world, tuned: Path, tmp_path: Path) -> None:
     selected = logan.select(output_dir=tuned, **{"selection.split": "holdout"})
-    target = pd.read_parquet(tuned / "datasets" / "target_dataset.parquet")
-    inside = target[target.image.isin(selected.split["selection"])]
-    inside.to_parquet(tmp_path / "inside.parquet")
+    from logan.data.saved import read_set, write_set
+
+    target = read_set(tuned / "datasets" / "target_dataset.parquet")
+    inside = target[target.sample_id.isin(selected.split["selection"])].reset_index(drop=True)
+    write_set(tmp_path / "inside.parquet", inside, "target", [])  # a LOGAN set: reloaded as is
     with pytest.raises(LoganError, match="leaves no members and non-members"):
         logan.classify(std=str(tuned / "optimal_std.json"), dataset=str(tmp_path / "inside.parquet"),
                        output_dir=tmp_path / "classify")
