@@ -186,7 +186,7 @@ def original_loop(adapter: LlavaHF, items: list[WorkItem], stds: list[float], ge
     model, batch_size, pairs, forwards = adapter.model, 8, 0, 0
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        arrays = [load_image(it.sample_id) for it in batch]
+        arrays = [load_image(it.source) for it in batch]
         prompts = [adapter.encode(INSTRUCTION, None, image_size=it.size) for it in batch]
         clean = adapter.image_batch([a.astype(np.float32) for a, _ in arrays])
         described = adapter.generate(TokenBatch.build(prompts, adapter.pad_token_id, "left"), clean, gen_tokens)
@@ -245,7 +245,7 @@ def plain_forward(adapter: LlavaHF, items: list[WorkItem], batch: int, repeats: 
 def _img_batch(adapter: LlavaHF, items: list[WorkItem], batch: int) -> tuple:
     engine = Engine(adapter, EngineSettings(parts=["img"], metrics=["max_k_no_norn_kl_div"], instruction=INSTRUCTION))
     chosen = (items * (batch // len(items) + 1))[:batch]
-    pixels = adapter.image_batch([load_image(it.sample_id)[0].astype(np.float32) for it in chosen])
+    pixels = adapter.image_batch([load_image(it.source)[0].astype(np.float32) for it in chosen])
     return engine._layout(chosen, "gen"), pixels
 
 
@@ -310,7 +310,7 @@ def compile_shapes(adapter: LlavaHF, items: list[WorkItem], modes: list[str], fu
     For compile times without a warm cache, time one mode per process with fresh TORCHINDUCTOR_CACHE_DIR
     and TRITON_CACHE_DIR."""
     engine = Engine(adapter, EngineSettings(parts=["img"], metrics=["max_k_no_norn_kl_div"], instruction=INSTRUCTION))
-    one = adapter.image_input(load_image(items[0].sample_id)[0].astype(np.float32))
+    one = adapter.image_input(load_image(items[0].source)[0].astype(np.float32))
     out = {}
 
     def sync() -> None:
@@ -523,7 +523,7 @@ def main(argv: list[str]) -> int:
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
 
     one = adapter.encode(INSTRUCTION, None, text_after_image=False)
-    pixels = adapter.image_batch([load_image(items[0].sample_id)[0].astype(np.float32)])
+    pixels = adapter.image_batch([load_image(items[0].source)[0].astype(np.float32)])
     report["sequence_tokens"] = len(one.input_ids)
     report["flops_per_forward"] = forward_flops(adapter, TokenBatch.build([one], adapter.pad_token_id), pixels,
                                                 torch.arange(one.image_start, one.image_end)[None])
@@ -599,7 +599,7 @@ def default_config(adapter: LlavaHF, items: list[WorkItem], stds: list[float], m
         for start in range(0, len(items), 8):
             batch = items[start:start + 8]
             prompts = [adapter.encode(INSTRUCTION, None, image_size=it.size) for it in batch]
-            pixels = adapter.image_batch([load_image(it.sample_id)[0].astype(np.float32) for it in batch])
+            pixels = adapter.image_batch([load_image(it.source)[0].astype(np.float32) for it in batch])
             described += adapter.generate(TokenBatch.build(prompts, adapter.pad_token_id, "left"), pixels, 32)
         r.update(images=len(items))
     items = [dc_replace(it, description=tuple(d)) for it, d in zip(items, described)]

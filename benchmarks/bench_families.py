@@ -26,7 +26,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +134,7 @@ def hf_loop(adapter: hf_vlm.HFVLM, items: list[WorkItem], stds: list[float]) -> 
     forwards = 0
     with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
         for item in items:
-            image, key = load_image(item.sample_id)
+            image, key = load_image(item.source)
             for std in [0.0, *stds]:
                 noisy = np.clip(np.rint(perturb_pixels(image, std, seed=0, key=key)), 0, 255).astype(np.uint8)
                 adapter.model(**processor_inputs(adapter, [noisy]), use_cache=False)
@@ -144,7 +144,7 @@ def hf_loop(adapter: hf_vlm.HFVLM, items: list[WorkItem], stds: list[float]) -> 
 
 def hf_batched(adapter: hf_vlm.HFVLM, items: list[WorkItem], batch: int, repeats: int) -> dict:
     """transformers' forward on one batch (inputs made beforehand), repeated: the family's own batched rate."""
-    images = [load_image(it.sample_id)[0] for it in (items * (batch // len(items) + 1))[:batch]]
+    images = [load_image(it.source)[0] for it in (items * (batch // len(items) + 1))[:batch]]
     inputs = processor_inputs(adapter, images)
     with torch.inference_mode():
         adapter.model(**inputs, use_cache=False)  # warm-up (and compilation)
@@ -162,7 +162,7 @@ def forward_flops(adapter: hf_vlm.HFVLM, item: WorkItem) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     encoded = adapter.encode(INSTRUCTION, text_after_image=False, image_size=item.size)
-    image = load_image(item.sample_id)[0]
+    image = load_image(item.source)[0]
     out = {}
     for name, forward in (
             ("logan", lambda: adapter.forward_logits(TokenBatch.build([encoded], adapter.pad_token_id),
@@ -183,7 +183,7 @@ def divergence_share(adapter: hf_vlm.HFVLM, items: list[WorkItem], batch: int, r
                                             metric_kernel=kernel, batch_size=batch))
     chosen = (items * (batch // len(items) + 1))[:batch]
     layout = engine._layout(chosen, "gen")
-    images = adapter.image_batch([load_image(it.sample_id)[0].astype(np.float32) for it in chosen])
+    images = adapter.image_batch([load_image(it.source)[0].astype(np.float32) for it in chosen])
     clean = layout.logits(adapter, images)
     noisy = clean + 0.05 * torch.randn_like(clean)
     timings = {}
@@ -233,9 +233,10 @@ def bench_family(name: str, family: Family, args: argparse.Namespace, work: Path
         cfg = run_config(work / name / "default", ["img", "inst", "desp", "inst_desp"], list(DEFAULT_METRICS),
                          args.batch_size, compile, 0)
         with meter.measure(rows.setdefault("describe: 32 tokens", {})) as r:
-            described = describe(cfg, adapter, [it.sample_id for it in items], work / name / "descriptions.json")
+            sources = {it.sample_id: it.source for it in items}
+            described = describe(cfg, adapter, sources, work / name / "descriptions.json")
             r.update(images=len(items))
-        items = [WorkItem(it.sample_id, it.label, tuple(described[it.sample_id]), size=it.size) for it in items]
+        items = [replace(it, description=tuple(described[it.sample_id])) for it in items]
         logan_run(adapter, items[: min(len(items), 16)], stds[:1], cfg, work / name / "default_warm")
         with meter.measure(rows.setdefault("LOGAN default parts, 18 metrics (aug_kld)", {})) as r:
             r.update(logan_run(adapter, items, stds, cfg, work / name / "default"))

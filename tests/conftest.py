@@ -68,3 +68,30 @@ def hf_vlms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {name: build(root / name) for name, build in BUILDERS.items()}
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hub cache used by huggingface_hub and datasets for this test, offline. The modules read
+    HF_HUB_CACHE / HF_HUB_OFFLINE when imported, so their attributes are patched, not the environment."""
+    import datasets
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return cache
+
+
+@pytest.fixture
+def fake_hub(hub_cache, monkeypatch):
+    """Online mode against an in-process fake Hub (hub_fakes.FakeHub); no socket is opened."""
+    from hub_fakes import FakeHub
+
+    hub = FakeHub()
+    with hub.installed(monkeypatch):
+        yield hub

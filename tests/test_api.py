@@ -56,7 +56,7 @@ def test_classify_takes_the_tuning_run_settings_and_scores_each_part_at_its_std(
     # the tuning run's parts, model and target set, without naming them again
     assert set(result.metrics.part) == {"img", "inst"}
     target = pd.read_parquet(tuned.output_dir / "datasets" / "target_dataset.parquet")
-    assert set(result.scores.image) == set(target.image)
+    assert set(result.scores.sample_id) == set(target.sample_id) and set(result.scores.image) == set(target.path)
     assert "settings of the run" in caplog.text and "img_metrics.parts=['img', 'inst']" in caplog.text
     # each part at the std its own curve selected, and only there
     assert {p: set(g["std"]) for p, g in result.metrics.groupby("part")} == {

@@ -103,27 +103,36 @@ def per_std_scores(run: Path, std: float) -> pd.DataFrame:
 
 def test_tune_writes_the_target_and_reference_sets(world, tuned: Path) -> None:
     datasets = tuned / "datasets"
+    for name in ("member_target_dataset", "non_member_target_dataset", "target_dataset", "reference_dataset"):
+        frame = pd.read_parquet(datasets / f"{name}.parquet")
+        assert {"sample_id", "label", "path", "origin", "row"} <= set(frame.columns)
     target = pd.read_parquet(datasets / "target_dataset.parquet")
-    assert len(target) == 16 and int(target.label.sum()) == 8 and target.image.is_unique
+    assert len(target) == 16 and int(target.label.sum()) == 8 and target.sample_id.is_unique
+    assert target.sample_id.str.startswith("sha256:").all()
     listed = {e["image"]: 1 for e in json.loads(world.members.read_text())}
     listed |= {e["image"]: 0 for e in json.loads(world.nonmembers.read_text())}
-    assert all(listed[image] == label for image, label in zip(target.image, target.label))  # drawn from the lists
+    assert all(listed[path] == label for path, label in zip(target.path, target.label))  # drawn from the lists
     members = pd.read_parquet(datasets / "member_target_dataset.parquet")
     nonmembers = pd.read_parquet(datasets / "non_member_target_dataset.parquet")
-    assert list(members.image) == list(target[target.label == 1].image) and set(members.label) == {1}
-    assert list(nonmembers.image) == list(target[target.label == 0].image) and set(nonmembers.label) == {0}
+    assert list(members.sample_id) == list(target[target.label == 1].sample_id) and set(members.label) == {1}
+    assert list(nonmembers.sample_id) == list(target[target.label == 0].sample_id) and set(nonmembers.label) == {0}
     reference = pd.read_parquet(datasets / "reference_dataset.parquet")
-    assert set(reference.image) == set(nonmembers.image)  # reference_datasets_list=[]
-    assert set(pd.read_parquet(datasets / "full_dataset.parquet").image) == set(target.image)
+    assert set(reference.sample_id) == set(nonmembers.sample_id)  # reference_datasets_list=[]
+    assert set(pd.read_parquet(datasets / "full_dataset.parquet").sample_id) == set(target.sample_id)
+    provenance = json.loads((tuned / "provenance.json").read_text())
+    assert [d["key"] for d in provenance["datasets"]] == ["data.member_dataset", "data.nonmember_dataset"]
+    assert provenance["datasets"][0]["used"] == {"members": 8, "nonmembers": 0}
+    assert provenance["models"]["target_model.model_path"]["path"] == str(Path(provenance["models"][
+        "target_model.model_path"]["value"]).resolve())
 
 
 def test_tune_per_std_folders_agree_with_each_other(tuned: Path) -> None:
     """One scores row per (sample, part, metric, K), the Max-K% of tokens.parquet's per-token values, as
     many tokens as losses.parquet counts; exact zeros at std 0; one clean pass for every std."""
     target = pd.read_parquet(tuned / "datasets" / "target_dataset.parquet")
-    label_of = dict(zip(target.image, target.label))
+    label_of = dict(zip(target.sample_id, target.label))
     descriptions = json.loads((tuned / "descriptions.json").read_text())
-    assert set(descriptions) == set(target.image) and all(1 <= len(d["ids"]) <= 6 for d in descriptions.values())
+    assert set(descriptions) == set(target.sample_id) and all(1 <= len(d["ids"]) <= 6 for d in descriptions.values())
     metrics = json.loads((tuned / "config.json").read_text())["img_metrics"]["metrics_to_use"]
     baselines = [m for m in metrics if m not in LOGAN]
     assert set(metrics) >= set(LOGAN) and baselines
@@ -134,7 +143,7 @@ def test_tune_per_std_folders_agree_with_each_other(tuned: Path) -> None:
         scores = per_std_scores(tuned, std)
         assert len(scores) == 16 * len(PARTS) * len(LOGAN) * len(RATIOS)
         assert not scores.duplicated(["sample_id", "part", "metric", "k"]).any()
-        assert set(scores.sample_id) == set(target.image) and set(scores.part) == set(PARTS)
+        assert set(scores.sample_id) == set(target.sample_id) and set(scores.part) == set(PARTS)
         assert set(scores.metric) == set(LOGAN) and sorted(set(scores.k)) == RATIOS
         assert (scores.label == scores.sample_id.map(label_of)).all()
         if std == 0.0:  # every LOGAN metric on every part
@@ -165,8 +174,8 @@ def test_tune_per_std_folders_agree_with_each_other(tuned: Path) -> None:
 
 
 def test_tuning_curves_and_optimal_std_follow_from_the_scores(tuned: Path) -> None:
-    target = set(pd.read_parquet(tuned / "datasets" / "target_dataset.parquet").image)
-    reference = set(pd.read_parquet(tuned / "datasets" / "reference_dataset.parquet").image)
+    target = set(pd.read_parquet(tuned / "datasets" / "target_dataset.parquet").sample_id)
+    reference = set(pd.read_parquet(tuned / "datasets" / "reference_dataset.parquet").sample_id)
     metrics = json.loads((tuned / "config.json").read_text())["img_metrics"]["metrics_to_use"]
     optimal = json.loads((tuned / "optimal_std.json").read_text())
     assert (optimal["rule"], optimal["part"], optimal["k"]) == ("min_gap", "img", 1.0)
@@ -223,15 +232,15 @@ def test_classify_at_optimal_std(world, tuned: Path, tmp_path: Path) -> None:
 
     scores = pd.read_parquet(out / "scores.parquet")
     assert len(scores) == len(target) * 2 * len(metrics) * len(RATIOS)
-    assert not scores.duplicated(["image", "std", "part", "metric", "k"]).any()
-    assert (scores.label == scores.image.map(dict(zip(target.image, target.label)))).all()
+    assert not scores.duplicated(["sample_id", "std", "part", "metric", "k"]).any()
+    assert (scores.label == scores.sample_id.map(dict(zip(target.sample_id, target.label)))).all()
     assert_oriented(scores)
     assert_rows_match_scores(rows, scores, ci_k=1.0)
 
     # the same samples at the same std as the tuning run (another batch size and sequence length): its values
     tune_scores = pd.concat([per_std_scores(tuned, optimal),
                              pd.read_parquet(tuned / "per_std" / "baselines" / "scores.parquet")])
-    both = scores.merge(tune_scores.rename(columns={"sample_id": "image"}), on=["image", "part", "metric", "k"],
+    both = scores.merge(tune_scores.drop(columns=["image"], errors="ignore"), on=["sample_id", "part", "metric", "k"],
                         suffixes=("", "_tune"), validate="one_to_one")
     assert len(both) == len(scores)
     divergences = both.metric.isin(LOGAN)
@@ -259,7 +268,7 @@ def test_classify_accepts_a_std_list_and_json_lists(world, tmp_path: Path) -> No
     target = pd.read_parquet(out / "datasets" / "target_dataset.parquet")
     members = {e["image"] for e in json.loads(world.members.read_text())}
     nonmembers = {e["image"] for e in json.loads(world.nonmembers.read_text())}
-    assert set(target[target.label == 1].image) < members and set(target[target.label == 0].image) < nonmembers
+    assert set(target[target.label == 1].path) < members and set(target[target.label == 0].path) < nonmembers
     assert (int(target.label.sum()), len(target)) == (4, 8)  # data.n_nm_ratio=0.5
     rows = json.loads((out / "metrics.json").read_text())
     assert {r["std"] for r in rows} == {1.0, 10.0} and {r["part"] for r in rows} == {"img"}
@@ -270,7 +279,7 @@ def test_classify_accepts_a_std_list_and_json_lists(world, tmp_path: Path) -> No
     assert_oriented(scores)
     assert_rows_match_scores(rows, scores, ci_k=1.0)
 
-    values = scores.pivot_table(index=["image", "metric", "k"], columns="std", values="value")
+    values = scores.pivot_table(index=["sample_id", "metric", "k"], columns="std", values="value")
     fixed = ~values.index.get_level_values("metric").isin(LOGAN)
     assert fixed.any()  # the std-independent baselines are the same numbers at every std
     np.testing.assert_array_equal(values[1.0][fixed], values[10.0][fixed])

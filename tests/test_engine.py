@@ -244,3 +244,22 @@ def test_llava_hf_scores_as_recorded(world, tmp_path: Path) -> None:
         return adapter
 
     record_or_compare("llava_hf", load, tmp_path)
+
+
+
+def test_keying_samples_by_image_content_changes_no_score(model, items) -> None:
+    """A sample keyed by the sha256 of its bytes and read from the bytes scores exactly as the same image keyed
+    and read by its path did before: the noise is seeded from the bytes either way."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from logan.data.images import sample_id
+
+    by_content = [replace(it, sample_id=sample_id(Path(it.sample_id).read_bytes()),
+                          image=Path(it.sample_id).read_bytes()) for it in items]
+    ids = {it.sample_id: c.sample_id for it, c in zip(items, by_content)}
+    parts = ["img", "inst", "desp", "caption"]
+    old, new = scores(model, items, [2.0, 64.0], parts), scores(model, by_content, [2.0, 64.0], parts)
+    assert {(k[0], ids[k[1]], *k[2:]) for k in old} == set(new)
+    for key, values in old.items():
+        np.testing.assert_array_equal(values, new[(key[0], ids[key[1]], *key[2:])])

@@ -215,7 +215,7 @@ def test_generation_batch_auto_halves_on_out_of_memory_and_keeps_every_descripti
     descriptions are those of a fixed small batch size (greedy decoding of the same inputs)."""
     from logan.pipeline.describe import describe
 
-    images = [e["image"] for e in json.loads(world.members.read_text())[:5]]
+    images = {e["image"]: e["image"] for e in json.loads(world.members.read_text())[:5]}  # id -> file
     real, sizes = model.generate, []
 
     def tight(tokens, images, n):

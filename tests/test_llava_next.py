@@ -14,6 +14,7 @@ from PIL import Image
 
 from logan.api import run
 from logan.config import ModelConfig
+from logan.data.images import sample_id
 from logan.data.synthetic import make_split, vocabulary
 from logan.engine import Engine, EngineSettings, WorkItem
 from logan.errors import LoganError
@@ -245,7 +246,7 @@ def test_tune_end_to_end_with_two_image_sizes(adapter, folder: Path, tmp_path: P
         for i, entry in enumerate(json.loads(path.read_text())):
             if i % 2:
                 Image.open(entry["image"]).crop((0, 8, 40, 32)).save(entry["image"])
-            sizes[entry["image"]] = Image.open(entry["image"]).size
+            sizes[sample_id(Path(entry["image"]).read_bytes())] = Image.open(entry["image"]).size  # by content
     out = tmp_path / "tune"
     run("tune", ["target_model=llava-next", f"target_model.model_path={folder}",
                  f"data.member_dataset={lists['members']}", f"data.nonmember_dataset={lists['nonmembers']}",

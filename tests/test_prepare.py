@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from logan.api import prepare as api_prepare
 from logan.api import run
 from logan.cli import main
 from logan.data.sets import read_list
@@ -60,8 +61,8 @@ def snapshot(tmp_path_factory) -> Path:
     return root
 
 
-def prepare(*args: str) -> dict:
-    run("prepare", list(args))
+def prepare(name: str, *args: str) -> dict:
+    api_prepare(name, list(args))
     out = next(a.split("=", 1)[1] for a in args if a.startswith("path.output_dir="))
     return json.loads((Path(out) / "prepare_summary.json").read_text())
 
@@ -106,20 +107,15 @@ def test_vlmia_converter_branch_layout_and_limit(tmp_path: Path) -> None:
 
 
 def test_vlmia_save_to_disk_class_labels(tmp_path: Path) -> None:
-    """A DatasetDict saved to disk: Arrow stream files + dataset_info.json (ClassLabel names) + state.json."""
+    """A DatasetDict written by `datasets`' save_to_disk, its ClassLabel index 1 = "member"."""
+    import datasets
+
+    rows = flickr_rows(3)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=["non_member", "member"])})
+    table = {"image": [{"bytes": b, "path": p} for b, p, _ in rows], "label": [label for *_, label in rows]}
     folder = tmp_path / "img_Flickr_saved"
-    split = folder / "train"
-    split.mkdir(parents=True)
-    (folder / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
-    label = {"names": ["non_member", "member"], "_type": "ClassLabel"}
-    table = hf_table(flickr_rows(3), label)
-    with pa.OSFile(str(split / "data-00000-of-00001.arrow"), "wb") as sink, \
-            pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    features = {"image": {"_type": "Image"}, "label": label}
-    (split / "dataset_info.json").write_text(json.dumps({"features": features}))
-    (split / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}],
-                                                  "_fingerprint": "0", "_split": "train"}))
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(table, features=features)}).save_to_disk(str(folder))
     out = tmp_path / "out"
     prepare("vlmia", f"source={folder}", f"path.output_dir={out}")
     members = read_entries(out / "members.json")
@@ -242,7 +238,7 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "no name": ([f"source={empty}"], "name the dataset to prepare"),
         "missing source": (["vlmia", f"source={tmp / 'nowhere'}"], "does not exist"),
         "no files": (["vlmia", f"source={empty}"], "found no Parquet or Arrow files"),
-        "no image column": (["vlmia", f"source={tmp / 'noimage'}"], "no 'image' column"),
+        "no image column": (["vlmia", f"source={tmp / 'noimage'}"], "has no image column 'image'"),
         "label not 0/1": (["vlmia", f"source={tmp / 'badlabel'}"], "label 2 is not 1 (member) or 0"),
         "unknown subset": (["vlmia", f"source={empty}", "subset=img_flickr"], "Did you mean 'img_Flickr'?"),
         "json not a list": (["sharegpt4o", f"source={tmp / 'dict.json'}"], "must be a list"),

@@ -162,7 +162,7 @@ CATALOGUE = {
     "wrong label": (lambda w, t: _json_list(t, '[{"image": "a.png", "label": 3}]'), "is not 1 (member) or 0"),
     "empty set": (lambda w, t: _json_list(t, "[]"), "is empty"),
     "not JSON": (lambda w, t: _json_list(t, "[{oops"), "is not valid JSON"),
-    "parquet without label": (lambda w, t: _parquet_without_label(t), "lacks the column(s) label"),
+    "parquet without label": (lambda w, t: _parquet_without_label(t), "has no label column 'label' (columns: image)"),
     "reference distribution sum": (lambda w, t: [f"data.reference_datasets_list=[{w.reference},{w.nonmembers}]",
                                                  "data.reference_set_sample_distribution=[0.5,0.6]"], "sum to 1.0"),
     "reference distribution length": (lambda w, t: [f"data.reference_datasets_list=[{w.reference},{w.nonmembers}]",

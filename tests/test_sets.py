@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from logan.data.images import sample_id
 from logan.config import DataConfig, RunConfig, _check_ratio
+from logan.data.saved import COLUMNS, read_set
 from logan.data.sets import SET_FILES, DataSets, build_reference, build_sets, build_target, read_list
 from logan.errors import LoganError
 
@@ -21,7 +23,8 @@ def write_images(folder: Path, prefix: str, n: int) -> list[Path]:
     paths = []
     for i in range(n):
         path = folder / f"{prefix}_{i:03d}.png"
-        Image.fromarray(np.full((4, 4, 3), (i * 7) % 256, dtype=np.uint8)).save(path)
+        seed = [i, *prefix.encode()]  # every image differs in content: samples are keyed by their bytes
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
 
@@ -67,22 +70,23 @@ def test_target_sampling_is_seeded(lists):
     b = build_target(cfg(lists), seed=0)
     pd.testing.assert_frame_equal(a, b)
     c = build_target(cfg(lists), seed=1)
-    assert set(a.image) != set(c.image)
+    assert set(a.sample_id) != set(c.sample_id)
 
 
 def test_target_sizes_labels_and_sources(lists):
     target = build_target(cfg(lists, target_set_size=10, n_nm_ratio=0.3), seed=0)
-    assert list(target.columns) == ["image", "label", "caption"]
+    assert list(target.columns) == COLUMNS
     assert len(target) == 10
     assert (target.label == 0).sum() == 3 and (target.label == 1).sum() == 7
-    assert set(target[target.label == 1].image) <= images_of(lists["members"])
-    assert set(target[target.label == 0].image) <= images_of(lists["nonmembers"])
-    assert target.image.is_unique
-    assert all(Path(p).is_absolute() and Path(p).exists() for p in target.image)
+    assert set(target[target.label == 1].path) <= images_of(lists["members"])
+    assert set(target[target.label == 0].path) <= images_of(lists["nonmembers"])
+    assert target.sample_id.is_unique and target.image.isna().all()
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in target.path)
+    assert [sample_id(Path(p).read_bytes()) for p in target.path] == target.sample_id.tolist()
     # members first, then non-members; captions travel with their images
     assert target.label.tolist() == [1] * 7 + [0] * 3
     for row in target.itertuples():
-        assert row.caption.split()[0] == Path(row.image).name.split("_")[0]
+        assert row.caption.split()[0] == Path(row.path).name.split("_")[0]
 
 
 @pytest.mark.parametrize("size,ratio,n_non", [(10, 0.5, 5), (7, 0.5, 4), (20, 0.25, 5), (4, 0.75, 3)])
@@ -94,11 +98,11 @@ def test_non_member_count_is_rounded_ratio(lists, size, ratio, n_non):
 
 def test_whole_lists_can_be_taken(lists):
     target = build_target(cfg(lists, target_set_size=40), seed=0)
-    assert set(target.image) == images_of(lists["members"]) | images_of(lists["nonmembers"])
+    assert set(target.path) == images_of(lists["members"]) | images_of(lists["nonmembers"])
 
 
 def test_target_larger_than_the_files_is_an_error(lists):
-    with pytest.raises(LoganError, match=r"needs 21 entries from data.member_dataset, which holds 20"):
+    with pytest.raises(LoganError, match=r"needs 21 entries from data.member_dataset, which holds 20 members"):
         build_target(cfg(lists, target_set_size=42), seed=0)
     with pytest.raises(LoganError, match=r"nonmember_dataset, which holds 20"):
         build_target(cfg(lists, target_set_size=30, n_nm_ratio=0.8), seed=0)
@@ -283,13 +287,13 @@ def test_reference_from_one_json_excludes_target_images(lists, tmp_path):
         reference, same = build_reference(cfg(lists, reference_datasets_list=spelling), target, seed=0)
         assert same is False
         assert len(reference) == 10  # reference_set_size defaults to target_set_size
-        assert set(reference.image) <= images_of(parent)
-        assert not set(reference.image) & set(target.image)
+        assert set(reference.path) <= images_of(parent)
+        assert not set(reference.sample_id) & set(target.sample_id)
         assert (reference.label == 0).all()
     again, _ = build_reference(cfg(lists, reference_datasets_list=[str(parent)]), target, seed=0)
     pd.testing.assert_frame_equal(reference, again)
     other, _ = build_reference(cfg(lists, reference_datasets_list=[str(parent)]), target, seed=1)
-    assert set(other.image) != set(reference.image)
+    assert set(other.sample_id) != set(reference.sample_id)
 
 
 def test_reference_from_one_small_json_uses_all_it_holds(lists, caplog):
@@ -297,7 +301,7 @@ def test_reference_from_one_small_json_uses_all_it_holds(lists, caplog):
     with caplog.at_level(logging.WARNING):
         config = cfg(lists, target_set_size=30, reference_datasets_list=[str(lists["ref_a"])])
         reference, _ = build_reference(config, target, seed=0)
-    assert set(reference.image) == images_of(lists["ref_a"])
+    assert set(reference.path) == images_of(lists["ref_a"])
     assert "using all" in caplog.text
 
 
@@ -319,8 +323,8 @@ def test_reference_mixture_counts(lists):
         reference, same = build_reference(config, target, seed=0)
         assert same is False
         assert len(reference) == size
-        got = (len(set(reference.image) & images_of(lists["ref_a"])),
-               len(set(reference.image) & images_of(lists["ref_b"])))
+        got = (len(set(reference.path) & images_of(lists["ref_a"])),
+               len(set(reference.path) & images_of(lists["ref_b"])))
         assert got == counts, dist
 
 
@@ -393,10 +397,10 @@ def test_saved_sets_reload_identically(lists, tmp_path):
     sets = built(lists, reference_datasets_list=[str(lists["ref_a"])])
     folder = tmp_path / "datasets"
     sets.save(folder)
-    assert {p.name for p in folder.iterdir()} == set(SET_FILES.values())
-    pd.testing.assert_frame_equal(read_list(folder / SET_FILES["target"], "t"), sets.target)
-    pd.testing.assert_frame_equal(read_list(folder / SET_FILES["reference"], "r"), sets.reference)
-    full = read_list(folder / SET_FILES["full"], "f")
+    assert {p.name for p in folder.iterdir()} == {*SET_FILES.values(), "images.parquet"}
+    pd.testing.assert_frame_equal(read_set(folder / SET_FILES["target"], "t"), sets.target)
+    pd.testing.assert_frame_equal(read_set(folder / SET_FILES["reference"], "r"), sets.reference)
+    full = read_set(folder / SET_FILES["full"], "f")
     assert len(full) == len(sets.target) + len(sets.reference)
     pd.testing.assert_frame_equal(full, sets.all_samples())
 
@@ -429,16 +433,15 @@ def test_parquet_reference_reloads_as_is(lists, tmp_path):
 def test_mixed_json_and_parquet_is_an_error(lists, tmp_path):
     built(lists).save(tmp_path)
     config = cfg(lists, nonmember_dataset=str(tmp_path / SET_FILES["nonmember"]))
-    with pytest.raises(LoganError, match="both be JSON"):
+    with pytest.raises(LoganError, match="both be fresh sources"):
         build_target(config, seed=0)
 
 
 def test_parquet_lacking_label_column(tmp_path):
     path = tmp_path / "no_label.parquet"
     pd.DataFrame({"image": ["a.png", "b.png"], "caption": ["x", "y"]}).to_parquet(path)
-    with pytest.raises(LoganError, match="lacks the column\\(s\\) label"):
-        read_list(path, "data.dataset")
-    with pytest.raises(LoganError, match="'image' and 'label'"):
+    with pytest.raises(LoganError, match=r"has no label column 'label' \(columns: image, caption\); name it with "
+                                         "label=COLUMN"):
         build_target(DataConfig(dataset=str(path)), seed=0)
 
 
@@ -446,7 +449,7 @@ def test_unreadable_parquet(tmp_path):
     path = tmp_path / "bad.parquet"
     path.write_bytes(b"not parquet")
     with pytest.raises(LoganError, match="not a readable Parquet file"):
-        read_list(path, "data.dataset")
+        build_target(DataConfig(dataset=str(path)), seed=0)
 
 
 def test_parquet_target_with_one_class_is_an_error(lists, tmp_path):

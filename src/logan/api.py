@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # keyword argument -> dotted config key (a group name: the preset of that group)
 SETTINGS: dict[str, str] = {
     "output_dir": "path.output_dir", "model": "target_model", "model_path": "target_model.model_path",
+    "revision": "target_model.revision",
     "members": "data.member_dataset", "nonmembers": "data.nonmember_dataset", "dataset": "data.dataset",
     "reference": "data.reference_datasets_list", "target_set_size": "data.target_set_size",
     "std": "noise.std", "std_sets": "noise.std_sets", "per_part": "noise.per_part", "parts": "img_metrics.parts",
@@ -75,7 +76,7 @@ COMMANDS: dict[str, Command] = {
 
 def configure(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None) -> RunConfig:
     """The validated configuration `command` would run with (what `--cfg job` prints)."""
-    from logan.compose import compose, explicit_keys
+    from logan.compose import command_defaults, compose, explicit_keys
     from logan.config import RunConfig
 
     if command not in COMMANDS:
@@ -89,8 +90,8 @@ def configure(command: str, overrides: Sequence[str] = (), settings: Mapping[str
             raise LoganError(f"{name} names a preset: give its name as a string, e.g. model='llava-hf'.")
         overrides.insert(0, f"{name}={value}")
         del dotted[name]
-    cfg = RunConfig.from_dict(compose(overrides, dotted))
     explicit = explicit_keys(overrides, dotted)
+    cfg = RunConfig.from_dict(compose(overrides, command_defaults(command, overrides, dotted)))
     if command == "classify":
         from logan.pipeline.classify import inherit_tuning
 
@@ -118,12 +119,16 @@ def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any]
     from logan.runlog import run_log
     from logan.runs import load_run
 
+    from logan.io import check_writable
+
     cfg = configure(command, overrides, settings)
+    check_writable(cfg.output_dir)
     spec = COMMANDS[command]
     if spec.loads_weights:  # the checkpoint comes off the disk while torch imports and the data is checked
+        from logan.models.hub import local_model
         from logan.models.readahead import read_ahead, weight_files
 
-        read_ahead(weight_files(cfg.target_model))
+        read_ahead(weight_files(local_model(cfg)))  # Hub ids resolved (commit recorded) before anything is written
     with run_log(_log_folder(cfg, command)):
         returned = spec.run(cfg)
     if returned is None:

@@ -90,7 +90,9 @@ def _print_config(command: str, args: list[str]) -> None:
     if args[at + 1:at + 2] != ["job"]:
         raise LoganError("--cfg takes 'job': 'logan <command> [key=value ...] --cfg job' prints the resolved config.")
     overrides = args[:at] + args[at + 2:]
-    sys.stdout.write(to_yaml(asdict(configure(command, overrides))))
+    config = asdict(configure(command, overrides))
+    config.pop("resolved", None)  # written by a run, not a setting
+    sys.stdout.write(to_yaml(config))
 
 
 def _setup_logging() -> None:

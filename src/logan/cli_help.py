@@ -31,10 +31,11 @@ WIDTH = 46  # column of the explanations
 def describe_keys(command: str, overrides: list[str]) -> list[str]:
     """The help lines for `command`: config groups, keys by group, then the original's keys."""
     from logan.api import command_overrides
-    from logan.compose import compose, presets
+    from logan.compose import command_defaults, compose, presets
     from logan.config import walk
 
-    composed = compose(command_overrides(command, overrides))
+    overrides = command_overrides(command, overrides)
+    composed = compose(overrides, command_defaults(command, overrides))
     lines = []
     if any(p.startswith("target_model") for p in COMMAND_KEYS[command]):
         chosen = composed["target_model"]["name"]

@@ -185,6 +185,15 @@ def explicit_keys(overrides: Sequence[str] = (), settings: Mapping[str, Any] | N
     return {Override.parse(text).key for text in overrides} | set(settings or {})
 
 
+def command_defaults(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """`settings` with the command's own defaults (`config.COMMAND_DEFAULTS`) for the keys the caller left out."""
+    from logan.config import COMMAND_DEFAULTS
+
+    given = explicit_keys(overrides, settings)
+    return {**{k: v for k, v in COMMAND_DEFAULTS.get(command, {}).items() if k not in given}, **(settings or {})}
+
+
 def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
     *path, last = dotted.split(".")
     node = raw

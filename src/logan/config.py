@@ -40,6 +40,11 @@ DEFAULT_STD_SETS = (
     (220.0, 340.0, 540.0, 840.0, 1300.0, 2100.0, 3200.0, 5000.0),
 )
 
+# defaults a command sets apart from the schema's, unless the caller gives the key (shown by its --help)
+COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "demo": {"selection.split": "holdout"},  # its table reports AUCs on samples the std was not chosen on
+}
+
 
 def key(default: Any = MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
         choices: tuple[Any, ...] = (), path: bool = False, verbatim: bool = False, legacy: str = "") -> Any:
@@ -60,8 +65,8 @@ class PathConfig:
     """Where a run writes."""
 
     output_dir: str = key("outputs/logan", "the run folder; rerunning the same command resumes it", path=True)
-    cache_dir: str | None = key(None, "the original's cache folder; LOGAN reads models from target_model.* (must "
-                                "stay null)", path=True, legacy=ORIGINAL)
+    cache_dir: str | None = key(None, "Hugging Face cache folder for Hub models and datasets (null = HF_HUB_CACHE / "
+                                "HF_HOME, as huggingface_hub sets it)", path=True)
 
 
 @dataclass
@@ -69,10 +74,13 @@ class ModelConfig:
     """The model under attack: a family (`target_model=NAME` picks a preset) and its files."""
 
     name: str = key("llava-hf", "model family (adapter); `logan list models` shows them all")
-    model_path: str | None = key(None, "the checkpoint folder (Hugging Face format, or the family's own)",
-                                 path=True)
-    model_base: str | None = key(None, "base LLM folder of a projector-only LLaVA checkpoint", path=True)
-    ckpt: str | None = key(None, "MiniGPT-4: the projection checkpoint (pretrained_minigpt4*.pth)", path=True)
+    model_path: str | None = key(None, "the checkpoint: a local folder, a Hub id ORG/NAME or hf://ORG/NAME@REVISION "
+                                 "(Hugging Face format, or the family's own)", path=True)
+    revision: str | None = key(None, "branch, tag or commit of a Hub model_path (null = main); the commit is "
+                               "recorded")
+    model_base: str | None = key(None, "base LLM of a projector-only LLaVA checkpoint (folder or Hub id)", path=True)
+    ckpt: str | None = key(None, "MiniGPT-4: the projection checkpoint (pretrained_minigpt4*.pth; a file or "
+                           "hf://ORG/NAME@REVISION/FILE)", path=True)
     conv_mode: str = key("llava_v1", "prompt template around the image: llava_v1 | vicuna_v1 | llava_hf | plain "
                          "(families add their own); chat_template = the processor's (hf-vlm); auto = the family's "
                          "default")
@@ -86,12 +94,14 @@ class ModelConfig:
     vocab_size: int | None = key(None, "real vocabulary every softmax is cut to; null = the tokenizer's base "
                                  "vocabulary")
     device_map: str | None = key(None, "auto: spread a model too large for one GPU over this node's GPUs")
-    vision_tower: str | None = key(None, "a local CLIP folder, when a checkpoint does not embed its vision tower",
-                                   path=True)
+    vision_tower: str | None = key(None, "a CLIP folder or Hub id, when a checkpoint does not embed its vision tower "
+                                   "(null: the checkpoint's mm_vision_tower)", path=True)
     model_type: str | None = key(None, "family variant, e.g. MiniGPT-4's pretrain_llama2 | pretrain_vicuna0")
-    llama_model: str | None = key(None, "MiniGPT-4: the LLM folder (Llama-2-7b-chat or Vicuna v0)", path=True)
-    vit_model: str | None = key(None, "MiniGPT-4: the EVA ViT-g weights (eva_vit_g.pth)", path=True)
-    q_former_model: str | None = key(None, "MiniGPT-4 (Vicuna): the BLIP-2 Q-Former weights", path=True)
+    llama_model: str | None = key(None, "MiniGPT-4: the LLM folder or Hub id (Llama-2-7b-chat or Vicuna v0)", path=True)
+    vit_model: str | None = key(None, "MiniGPT-4: the EVA ViT-g weights (eva_vit_g.pth; a file or hf://.../FILE)",
+                                path=True)
+    q_former_model: str | None = key(None, "MiniGPT-4 (Vicuna): the BLIP-2 Q-Former weights (a file or "
+                                     "hf://.../FILE)", path=True)
     model: dict[str, Any] = key(help="the seed's MiniGPT-4 keys (arch, model_type, ckpt, image_size)",
                                 factory=dict, legacy=ORIGINAL)
 
@@ -138,10 +148,12 @@ class DataConfig:
 
     @property
     def reference_paths(self) -> list[str]:
-        """`reference_datasets_list` as a list of paths (the original also accepts one path as a string)."""
+        """`reference_datasets_list` as a list of entries (the original also accepts one path as a string)."""
+        from logan.data.sources import is_dataset_source
+
         value = self.reference_datasets_list
-        paths = [value] if isinstance(value, (str, Path)) else list(value or [])
-        return [str(Path(str(p)).expanduser()) for p in paths]
+        paths = [str(value)] if isinstance(value, (str, Path)) else [str(p) for p in value or []]
+        return [p if is_dataset_source(p) else str(Path(p).expanduser()) for p in paths]
 
 
 @dataclass
@@ -226,12 +238,20 @@ class InferenceConfig:
 class SelectionConfig:
     """How the optimal std is chosen from the tuning curves."""
 
-    rule: str = key("min_gap", "min_gap (the original README's rule) | max_abs_gap | max_tune_auc",
-                    choices=("min_gap", "max_abs_gap", "max_tune_auc"))
+    rule: str = key("max_tune_auc", "max_tune_auc (the std whose target-vs-reference AUC is highest; README, "
+                    "\"Optimal std\", has the measured comparison) | min_gap (the curve's minimum, as the original's "
+                    "README describes it; its code has no selection) | max_abs_gap",
+                    choices=("max_tune_auc", "min_gap", "max_abs_gap"))
     metric: str | None = key(None, "metric of the curve; null = the first of img_metrics.metrics_to_use")
     part: str | None = key(None, "part of the curve; null = the first of img_metrics.parts")
     k: float = key(1.0, "Max-K% ratio of the per-sample value on the curve (1.0 = mean over tokens); also the K "
                    "of classify's tables")
+    split: str = key("none", "none: choose the std on the whole target set | holdout: on a selection part, and "
+                     "classify reports AUCs on the rest only | crossfit: on each of two folds, and classify scores "
+                     "each sample at the other fold's std (stratified by label, seeded by `seed`)",
+                     choices=("none", "holdout", "crossfit"))
+    fraction: float = key(0.5, "holdout / crossfit: the share of each label's target samples in the selection part "
+                          "(fold 0)")
 
 
 @dataclass
@@ -292,6 +312,9 @@ class RunConfig:
     device: str = key("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = key("auto", "auto (float16 on a GPU, as the original; float32 on the CPU) | float32 | bfloat16 | "
                      "float16", choices=("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"))
+    # written by the run, not a setting: every model path setting made local (`logan.models.hub`), with the
+    # Hub commit of each; recorded in config.json
+    resolved: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
@@ -308,7 +331,13 @@ class RunConfig:
         """The tuning grid: the original's `data.augmentations.GaussianNoise.std` wins when given."""
         legacy = self.data.augmentations.GaussianNoise.std
         sets = [list(legacy)] if legacy else self.noise.std_sets
-        return [[_std_value(s, "noise.std_sets") for s in group] for group in sets]
+        if not isinstance(sets, (list, tuple)) or not all(isinstance(g, (list, tuple)) for g in sets):
+            raise LoganError(f"noise.std_sets={sets} must be a list of lists of std values, e.g. [[0.5,2.6],[4.0]].")
+        grid = [[_std_value(s, "noise.std_sets") for s in group] for group in sets]
+        if not any(grid):
+            raise LoganError(f"noise.std_sets={sets} holds no std value: give at least one, e.g. "
+                             "noise.std_sets=[[0.5,2.6,4.0]] (the default is the original's 32 values in 4 sets).")
+        return grid
 
     def validate(self) -> None:
         """Check values that need no file or model; raise LoganError naming the key and the fix."""
@@ -343,11 +372,27 @@ class RunConfig:
         if self.inference.max_batch_size < 1 or self.inference.workers < 0 or self.inference.prefetch < 0:
             raise LoganError("inference.max_batch_size must be at least 1, inference.workers and "
                              "inference.prefetch at least 0.")
-        for k in self.img_metrics.ratio:
+        m = self.img_metrics
+        if not m.ratio:
+            raise LoganError("img_metrics.ratio is empty: give the Max-K% ratios, e.g. [0.0,0.1,1.0] "
+                             "(K = 1.0: the mean over tokens).")
+        for k in m.ratio:
             if not 0.0 <= float(k) <= 1.0:
                 raise LoganError(f"img_metrics.ratio holds {k}: every Max-K% ratio must lie in [0, 1].")
+        m.parts, m.metrics_to_use, m.ratio = (list(dict.fromkeys(v)) for v in (m.parts, m.metrics_to_use, m.ratio))
+        if self.seed < 0:
+            raise LoganError(f"seed={self.seed} must be a non-negative integer.")
+        if {"desp", "inst_desp"} & set(m.parts) and self.generation.num_gen_tokens < 1:
+            raise LoganError(f"generation.num_gen_tokens={self.generation.num_gen_tokens}: the parts desp / inst_desp "
+                             "need a description of at least 1 token; raise it or drop those parts.")
+        if self.data.reference_set_size is not None and self.data.reference_set_size < 1:
+            raise LoganError(f"data.reference_set_size={self.data.reference_set_size} must be at least 1 "
+                             "(null: as many as data.target_set_size).")
         if not 0.0 <= self.selection.k <= 1.0:
             raise LoganError(f"selection.k={self.selection.k} must lie in [0, 1].")
+        if not 0.0 < self.selection.fraction < 1.0:
+            raise LoganError(f"selection.fraction={self.selection.fraction} must lie strictly between 0 and 1 (the "
+                             "selection part's share of the target set).")
         self.std_sets()
 
 
@@ -357,6 +402,8 @@ def walk(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any, dataclasses.Fie
     cls = obj if isinstance(obj, type) else type(obj)
     hints = typing.get_type_hints(cls)
     for spec in dataclasses.fields(cls):
+        if spec.metadata.get("internal"):
+            continue
         name, hint = f"{prefix}{spec.name}", hints[spec.name]
         value = hint if isinstance(obj, type) and dataclasses.is_dataclass(hint) else (
             _default(spec) if isinstance(obj, type) else getattr(obj, spec.name))
@@ -393,9 +440,6 @@ def _check_original_keys(cfg: RunConfig) -> None:
     if not cfg.data.save_datasets:
         raise LoganError("data.save_datasets=false is not supported: the target and reference sets are always saved "
                          "under OUT/datasets (select, classify and resumed runs read them); drop the key.")
-    if cfg.path.cache_dir:
-        raise LoganError(f"path.cache_dir={cfg.path.cache_dir} is not used by LOGAN: models load from "
-                         "target_model.model_path; drop the key.")
     if cfg.img_metrics.get_token_labels:
         raise LoganError("img_metrics.get_token_labels is not supported: per-token values are saved in "
                          "per_std/*/tokens.parquet (img_metrics.get_proc_meta_examples); drop the key.")

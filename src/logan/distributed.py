@@ -8,7 +8,7 @@ Two ways to split a run, the same shards either way:
 - SLURM job arrays, no process group: `data.shard_id=$SLURM_ARRAY_TASK_ID data.num_shards=N` per job;
   the last shard to finish merges (or run `logan merge path.output_dir=OUT` afterwards).
 
-Images are assigned to shards by a hash of their path, so a shard's content does not depend on the
+Images are assigned to shards by a hash of their sample id (the sha256 of their bytes), so a shard's content does not depend on the
 order of the lists, and every image's noise is seeded by its content: merged results equal a
 single-process run's (up to floating-point differences of batch composition).
 """
@@ -49,12 +49,12 @@ class ShardInfo:
             return Path(out)
         return Path(out) / SHARDS / f"shard_{self.shard_id:04d}_of_{self.num_shards:04d}"
 
-    def owns(self, image: str) -> bool:
-        return shard_of(image, self.num_shards) == self.shard_id
+    def owns(self, sample_id: str) -> bool:
+        return shard_of(sample_id, self.num_shards) == self.shard_id
 
 
-def shard_of(image: str, num_shards: int) -> int:
-    return int.from_bytes(hashlib.sha256(image.encode()).digest()[:8], "little") % num_shards
+def shard_of(sample_id: str, num_shards: int) -> int:
+    return int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "little") % num_shards
 
 
 def shard_info(cfg: DataConfig) -> ShardInfo:

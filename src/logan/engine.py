@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from logan.augment import N_AUGMENTATIONS, augment
-from logan.data.images import image_size, load_image
+from logan.data.images import image_size, load_image, source_bytes
 from logan.errors import LoganError
 from logan.metrics import fused, original
 from logan.metrics.pair import TokenPair
@@ -72,6 +72,12 @@ class WorkItem:
     description: tuple[int, ...] | None = None
     caption: tuple[int, ...] | None = None
     size: tuple[int, int] | None = None  # (width, height) of the original image
+    image: str | bytes | None = None     # the image file or its bytes (None: sample_id is the file's path)
+
+    @property
+    def source(self) -> str | bytes:
+        """What `load_image` reads for this sample."""
+        return self.sample_id if self.image is None else self.image
 
 
 @dataclass
@@ -166,7 +172,7 @@ class Engine:
         instruction = self.settings.instruction
         size = item.size
         if size is None and not self.model.traits.fixed_image_tokens:
-            size = image_size(item.sample_id)
+            size = image_size(source_bytes(item.source))
         if variant == "cap":
             return self.model.encode(instruction, list(item.caption or ()), image_size=size)
         needs_text = any(p != "img" for p in parts)
@@ -235,7 +241,7 @@ class Engine:
         device = self.model.device
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        pixels = self.model.image_batch([load_image(it.sample_id)[0].astype(np.float32) for it in batch])
+        pixels = self.model.image_batch([load_image(it.source)[0].astype(np.float32) for it in batch])
         layouts = {v: self._layout(batch, v) for v in self.plan}
         clean = {v: layout.logits(self.model, pixels) for v, layout in layouts.items()}
         for variant, layout in layouts.items():
@@ -293,7 +299,7 @@ class Engine:
         s = self.settings
         with ThreadPoolExecutor(self.workers, thread_name_prefix="logan-host") as pool:
             for batch in batches:
-                loaded = list(pool.map(lambda it: load_image(it.sample_id), batch))
+                loaded = list(pool.map(lambda it: load_image(it.source), batch))
                 images, keys = [image for image, _ in loaded], [key for _, key in loaded]
                 kept = [it.sample_id in save for it in batch]
                 clean, _ = self._inputs(pool, images, keys, None, lambda img, key: img.astype(np.float32))
@@ -383,7 +389,7 @@ class Engine:
         this is the error it would make if it did (e.g. packing clean and noisy copies in one forward).
         """
         fn = get_metric(metric).fn
-        inputs = [self.model.image_input(load_image(it.sample_id)[0].astype(np.float32)) for it in items]
+        inputs = [self.model.image_input(load_image(it.source)[0].astype(np.float32)) for it in items]
         pixels = collate(inputs)
         reverse = list(range(len(items)))[::-1]
         out: dict[str, list[np.ndarray]] = {"position": [], "batch_size": []}

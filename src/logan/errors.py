@@ -22,3 +22,8 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> LoganError:
     return LoganError(
         f"unknown {kind} '{name}'.{did_you_mean(name, choices)} Valid names: {', '.join(choices)}."
     )
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 image', '2 images': a number with its noun in the right grammatical number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

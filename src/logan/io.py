@@ -9,7 +9,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -81,12 +81,31 @@ def remove_stale_temporaries(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def check_fingerprint(folder: Path, fingerprint: dict[str, Any], command: str) -> None:
-    """Record what a run folder's results depend on; refuse to mix results of another configuration."""
+def check_writable(folder: Path, key: str = "path.output_dir") -> None:
+    """The run folder is a folder this process can create or write into, checked before anything is
+    written (a read-only file system or a file in the way is one line, not an OSError mid-run)."""
+    folder = Path(folder).expanduser().absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LoganError(f"{key}={folder} cannot be a folder: {existing} is a file. Choose another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LoganError(f"{key}={folder} cannot be written: {existing} is read-only (or not writable for this "
+                         "user). Choose a writable folder.")
+
+
+def check_fingerprint(folder: Path, fingerprint: dict[str, Any], command: str,
+                      explain: Callable[[dict, dict, Path], str | None] | None = None) -> None:
+    """Record what a run folder's results depend on; refuse to mix results of another configuration.
+    `explain(old, new, folder)` may give a more precise one-line reason than the keys that differ."""
     path = Path(folder) / FINGERPRINT_FILE
     if path.exists():
         old = read_json(path)
         if old.get("command") == command:
+            reason = explain(old.get("fingerprint", {}), fingerprint, Path(folder)) if explain else None
+            if reason:
+                raise LoganError(reason)
             changed = [k for k in sorted(set(old["fingerprint"]) | set(fingerprint))
                        if old["fingerprint"].get(k) != fingerprint.get(k)]
             if changed:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from logan.data.images import ID_PREFIX
 from logan.engine import SampleResult
 from logan.faults import fault_point
 from logan.io import atomic_dir, read_json, write_json
@@ -114,7 +115,9 @@ class StdWriter:
     def _save_image(self, res: SampleResult) -> None:
         folder = self.tmp / "images"
         folder.mkdir(exist_ok=True)
-        name = f"{'member' if res.label == 1 else 'nonmember'}_{Path(res.sample_id).stem}.png"
+        stem = res.sample_id.removeprefix(ID_PREFIX)[:16] if res.sample_id.startswith(ID_PREFIX) else \
+            Path(res.sample_id).stem
+        name = f"{'member' if res.label == 1 else 'nonmember'}_{stem}.png"
         Image.fromarray(res.image).save(folder / name)
 
     def finish(self) -> None:
@@ -173,10 +176,10 @@ def load_baselines(run: Path) -> pd.DataFrame:
 
 
 def first_of_each_class(target: pd.DataFrame, n: int | None) -> set[str] | None:
-    """Image ids of the first n members and first n non-members (None = all)."""
+    """Sample ids of the first n members and first n non-members (None = all)."""
     if n is None or n < 0:
         return None
-    return set(target[target.label == 1].image.head(n)) | set(target[target.label == 0].image.head(n))
+    return set(target[target.label == 1].sample_id.head(n)) | set(target[target.label == 0].sample_id.head(n))
 
 
 def combine(sources: list[Path], target: Path, std: float | None, **note: object) -> None:

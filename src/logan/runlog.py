@@ -35,7 +35,11 @@ class RunLogHandler(logging.Handler):
             if not self.folder.is_dir():
                 self._pending.append(record)
                 return
-            self._file = open(self.folder / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            try:
+                self._file = open(self.folder / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            except OSError:  # a folder that cannot be written: the run says so itself; logging must not fail
+                self._pending.clear()
+                return
             for waiting in self._pending:
                 self._write(waiting)
             self._pending.clear()

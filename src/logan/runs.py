@@ -3,9 +3,10 @@
 Every command's result is built from the files it wrote, so `logan.load_run(folder)` on a finished run
 gives the same object the command returned:
 
-- `TuneResult` (tune, select): the selected std, each part's own optimum, the tuning curves;
+- `TuneResult` (tune, select): the selected std, each part's own optimum, the tuning curves, the split it
+  was chosen on and whether it used membership labels (`split`, `label_informed`);
 - `ClassifyResult` (classify): `metrics` (the rows of metrics.json), `scores` (per sample), ROC arrays,
-  the model-free baseline, the plots;
+  the model-free baseline, the plots, and the samples the AUCs count (`split`, `evaluated`);
 - `DemoResult` (demo): the table, and the trained and control models' tune and classify results;
 - `PrepareResult` (prepare): the lists written and their summary.
 """
@@ -60,14 +61,27 @@ class TuneResult:
                  for part, entry in s.get("per_part", {}).items() if part != s["part"] for point in entry["curve"]]
         return pd.DataFrame(rows)
 
+    @property
+    def split(self) -> dict[str, Any] | None:
+        """How the target set was split for the choice (selection.split): mode, fraction, seed and the samples
+        on each side (holdout: `selection` / `evaluation`; crossfit: `folds` and `fold_choices`); None: not split."""
+        return self.selection.get("split")
+
+    @property
+    def label_informed(self) -> dict[str, Any]:
+        """Whether the choice (`selection`), each rule (`alternatives`) and `per_part` used membership labels,
+        whether classify's AUCs come from other samples (`auc_on_other_samples`), and a plain `note`."""
+        return self.selection.get("label_informed", {})
+
     def summary(self) -> str:
         s = self.selection
+        split = self.split["mode"] if self.split else "none"
         lines = [f"optimal std = {self.optimal_std:g} ({s['rule']} on part {s['part']}, {s['selection_metric']}, "
-                 f"K = {s['k']:g})"]
+                 f"K = {s['k']:g}{'' if split == 'none' else f', selection.split={split}'})"]
         if self.per_part:
             lines.append("each part's own optimum: " + ", ".join(f"{p} {v:g}" for p, v in self.per_part.items()))
-        if s.get("reference_is_target_nonmembers"):
-            lines.append("note: the reference set is the target's non-members, so this choice used membership labels")
+        if self.label_informed.get("note"):
+            lines.append("note: " + self.label_informed["note"])
         lines.append(f"files: {self.output_dir / 'optimal_std.json'}, {self.output_dir / 'tuning_curve.png'}")
         return "\n".join(lines)
 
@@ -84,6 +98,18 @@ class ClassifyResult:
     blind: dict[str, Any] = field(repr=False)        # the model-free baseline (blind_baseline.json)
     k: float = 1.0                                   # the K of the tables and plots (selection.k)
     per_part: bool = False                           # each part scored at its own selected std (noise.per_part)
+    plan: dict[str, Any] = field(default_factory=dict, repr=False)  # std_plan.json: split, samples reported, note
+
+    @property
+    def split(self) -> str:
+        """The selection.split of the optimal_std.json the run scored at: none | holdout (AUCs on the held-out
+        samples only) | crossfit (each sample at the std chosen on the other fold; values are fold means)."""
+        return self.plan.get("split", "none")
+
+    @property
+    def evaluated(self) -> list[str]:
+        """The images the AUCs count (holdout: the evaluation part)."""
+        return self.plan.get("evaluated", sorted(self.scores.sample_id.unique()))
 
     @functools.cached_property
     def scores(self) -> pd.DataFrame:
@@ -119,10 +145,10 @@ class ClassifyResult:
         """The AUC / TPR table at one std (None: each part at its own std, or the run's only std)."""
         from logan.report.evaluate import summary_table
 
-        rows, k = self.metrics.to_dict("records"), self.k if k is None else k
-        if std is None and not self.per_part:
-            return "\n\n".join(summary_table(rows, k, s) for s in sorted(self.metrics["std"].unique()))
-        return summary_table(rows, k, std)
+        rows, k, note = self.metrics.to_dict("records"), self.k if k is None else k, self.plan.get("note", "")
+        if std is None and not (self.per_part or self.split == "crossfit"):
+            return "\n\n".join(summary_table(rows, k, s, note) for s in sorted(self.metrics["std"].unique()))
+        return summary_table(rows, k, std, note)
 
     def summary(self) -> str:
         lines = [self.table(), f"model-free baseline: AUC {self.blind.get('auc', float('nan')):.3f} - "
@@ -208,7 +234,8 @@ def _classify(out: Path) -> ClassifyResult:
     blind = read_json(out / "blind_baseline.json") if (out / "blind_baseline.json").is_file() else {}
     k = float(config.get("selection", {}).get("k", 1.0))
     per_part = bool(config.get("noise", {}).get("per_part", False))
-    return ClassifyResult(out, pd.DataFrame(read_json(out / "metrics.json")), blind, k, per_part)
+    plan = read_json(out / "std_plan.json") if (out / "std_plan.json").is_file() else {}
+    return ClassifyResult(out, pd.DataFrame(read_json(out / "metrics.json")), blind, k, per_part, plan)
 
 
 def _demo(out: Path) -> DemoResult:

@@ -117,8 +117,12 @@ def get_model_factory(name: str) -> type[VLMAdapter]:
 
 
 def check_model(cfg: ModelConfig) -> None:
-    """Validate the model settings (name, paths) before a run writes anything."""
+    """Validate the model settings (name, paths) and the checkpoint files' integrity before a run writes
+    or loads anything."""
+    from logan.models.checkpoint_files import check_checkpoint_files
+
     get_model_factory(cfg.name).check(cfg)
+    check_checkpoint_files(cfg)
 
 
 def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> VLMAdapter:

@@ -6,10 +6,13 @@
 
 With `noise.std` naming a tuning run's optimal_std.json, the run's model, parts, prompt, noise settings
 and target set are those of the tuning run unless given on the command line (a differing value is
-reported); `noise.per_part=true` scores each part at the std its own tuning curve selected.
+reported); `noise.per_part=true` scores each part at the std its own tuning curve selected. When that
+file was written with `selection.split=holdout`, AUCs count only the samples the std was not chosen on;
+with `crossfit`, every sample at the std chosen on the other fold (OUT2/std_plan.json records which).
 
 Writes OUT2/metrics.json (one row per std x part x metric x K), OUT2/scores.parquet (per-sample scores,
-higher = more likely member), OUT2/roc.png, histograms, the model-free baseline and report.html.
+higher = more likely member), OUT2/std_plan.json, OUT2/roc.png, histograms, the model-free baseline and
+report.html.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import logging
 from pathlib import Path
 
 from logan.config import RunConfig
-from logan.data.sets import SET_FILES, build_target
+from logan.data.sets import SET_FILES, DataSets, build_target
 from logan.distributed import init_process_group, quiet_other_ranks, shard_info
-from logan.io import write_parquet
+from logan.io import read_json
 from logan.pipeline.common import (
     has_pending,
     inherit_settings,
@@ -31,6 +34,7 @@ from logan.pipeline.common import (
     work_items,
 )
 from logan.pipeline.merge import finish
+from logan.pipeline.select import check_k
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ def inherit_tuning(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     if saved is None or not saved.is_file():
         return cfg
     new = inherit_settings(cfg, explicit, saved, INHERITED, "classify")
+    _pin_hub_models(new, explicit, read_json(saved).get("resolved") or {})
     d = new.data
     target = saved.parent / "datasets" / SET_FILES["target"]
     if not (d.dataset or d.member_dataset or d.nonmember_dataset) and target.is_file():
@@ -55,17 +60,36 @@ def inherit_tuning(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     return new
 
 
+def _pin_hub_models(cfg: RunConfig, explicit: set[str], resolved: dict[str, dict]) -> None:
+    """Hub models taken from the tuning run are pinned to the commits it used (a branch that moved since
+    would otherwise score the target set with other weights)."""
+    if "target_model" in explicit:
+        return
+    for key, record in resolved.items():
+        name = key.removeprefix("target_model.")
+        if record.get("commit") and key not in explicit and "." not in name and not record.get("implicit") \
+                and getattr(cfg.target_model, name) == record["value"]:
+            if name == "model_path" and "target_model.revision" in explicit:
+                continue
+            setattr(cfg.target_model, name, record["uri"])
+            if name == "model_path":
+                cfg.target_model.revision = None
+            log.info("classify: %s pinned to the tuning run's commit: %s", key, record["uri"])
+
+
 def classify(cfg: RunConfig) -> list[dict] | None:
     """Returns metrics.json's rows (None for a shard that leaves the merge to another)."""
+    check_k(cfg)
     out = cfg.output_dir
     shard = shard_info(cfg.data)
     init_process_group(shard)
     quiet_other_ranks(shard)
     plan = std_plan(cfg)
-    target = build_target(cfg.data, cfg.seed)
+    target = build_target(cfg.data, cfg.seed, cfg.path.cache_dir)
+    plan.check(target)
     with run_folder(cfg, "classify", target, shard) as work:
-        write_parquet(out / "datasets" / SET_FILES["target"], target)
-        mine = target[[shard.owns(img) for img in target.image]] if shard.sharded else target
+        DataSets(target, target[target.label == 0], True).save(out / "datasets", ("target",))
+        mine = target[[shard.owns(s) for s in target.sample_id]] if shard.sharded else target
         if has_pending(cfg, work, plan.stds):
             model = open_model(cfg)
             items = work_items(cfg, model, mine, work)

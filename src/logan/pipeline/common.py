@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from logan import __version__
 from logan.config import RunConfig, is_number, parse_std_values, walk
-from logan.data.images import check_image, image_size
+from logan.data.images import ImageFacts, check_image, image_size, sample_id
+from logan.data.saved import image_source, sample_bytes
 from logan.distributed import ShardInfo
 from logan.engine import Engine, EngineSettings, WorkItem, variants_for
-from logan.errors import LoganError
+from logan.errors import LoganError, count
 from logan.faults import fault_point
-from logan.io import (
-    FINGERPRINT_FILE,
-    RunLock,
-    check_fingerprint,
-    read_json,
-    remove_stale_temporaries,
-    write_json,
-)
+from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
+from logan.provenance import PROVENANCE, run_provenance
 from logan.metrics import fused
 from logan.metrics.registry import DEFINITIONS, TKN_SUFFIX, all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_compile, resolve_device, resolve_dtype
+from logan.models.hub import local_model, moved_revision, provenance
 from logan.models.registry import check_model, load_model
 from logan.runlog import run_log
 from logan.results import (
@@ -48,6 +48,7 @@ from logan.results import (
 log = logging.getLogger(__name__)
 
 DESCRIPTIONS = "descriptions.json"
+SAMPLE_IDS = "sha256"   # fingerprint["sample_ids"]: samples are keyed by the sha256 of their image bytes
 
 
 def check_metrics(cfg: RunConfig) -> None:
@@ -76,25 +77,50 @@ def check_metrics(cfg: RunConfig) -> None:
 
 
 def check_samples(frame: pd.DataFrame, cfg: RunConfig) -> None:
-    """Every image exists and decodes; captions exist when the `caption` part is asked for."""
-    for i, row in enumerate(frame.itertuples(index=False)):
-        check_image(row.image, f"entry {i} of the {'member' if row.label == 1 else 'non-member'} samples")
-        if "caption" in cfg.img_metrics.parts and not row.caption:
+    """Every image is there, unchanged (its bytes still hash to its sample id) and decodes with the loader the
+    run uses (so no image fails once the model has loaded); captions exist when the `caption` part is asked
+    for. Images with several frames or an EXIF rotation are reported once: the first frame and the pixels as
+    stored are used."""
+    rows = list(frame.itertuples(index=False))
+    shown = [row.path or f"{row.name} ({row.origin}, row {row.row})" for row in rows]
+    if "caption" in cfg.img_metrics.parts:
+        lacking = next((name for name, row in zip(shown, rows) if not row.caption), None)
+        if lacking:
             raise LoganError(
-                f"img_metrics.parts has 'caption' but {row.image} has no caption; add a \"caption\" field to "
-                "every entry or drop the part."
+                f"img_metrics.parts has 'caption' but {lacking} has no caption; add a \"caption\" field to "
+                "every entry (a caption= column for a dataset) or drop the part."
             )
+
+    def check(i: int) -> ImageFacts:
+        row, data = rows[i], sample_bytes(rows[i])
+        if sample_id(data) != row.sample_id:
+            raise LoganError(f"image {shown[i]} changed since the set was saved (its sha256 is another); restore "
+                             "it, or choose a new path.output_dir.")
+        return check_image(data, f"{shown[i]} (entry {i} of the {'member' if row.label == 1 else 'non-member'} "
+                                 "samples)")
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="logan-check") as pool:
+        facts = list(pool.map(check, range(len(rows))))
+    frames = [name for name, f in zip(shown, facts) if f.frames > 1]
+    if frames:
+        log.warning("%s several frames (animated GIF / PNG, multi-page TIFF): the first frame of each is used "
+                    "(first: %s)", count(len(frames), "image has", "images have"), frames[0])
+    rotated = [name for name, f in zip(shown, facts) if f.rotated]
+    if rotated:
+        log.warning("%s an EXIF rotation: the pixels are used as stored, not rotated, as the original LOGAN and "
+                    "LLaVA's loaders read them (first: %s)", count(len(rotated), "image carries", "images carry"),
+                    rotated[0])
 
 
 def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     """The settings a run folder's per-std results depend on, with the package version and the metric
     definitions (`img_metrics.compat`'s, see `metrics/registry.py`): a folder never mixes results of two."""
     m, n = cfg.target_model, cfg.noise
-    components = {key: _resolved(getattr(m, key)) for key in
-                  ("model_base", "ckpt", "vision_tower", "llama_model", "vit_model", "q_former_model")}
+    files = {key: provenance(cfg, key) for key in
+             ("model_path", "model_base", "ckpt", "vision_tower", "llama_model", "vit_model", "q_former_model")}
+    nested = {k: provenance(cfg, f"model.{k}") or v for k, v in (m.model or {}).items()}
     return {
-        "target_model": m.name, "model_path": _resolved(m.model_path), **components, "model_type": m.model_type,
-        "model": m.model,
+        "target_model": m.name, **files, "model_type": m.model_type, "model": nested,
         "conv_mode": m.conv_mode, "pad_to_square": m.pad_to_square, "vocab_size": m.vocab_size,
         "trust_remote_code": m.trust_remote_code, "processor_kwargs": m.processor_kwargs,
         "seed": cfg.seed, "quantize": n.quantize, "space": n.space, "draws": n.draws,
@@ -102,15 +128,18 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
         "parts": sorted(cfg.img_metrics.parts), "metrics": sorted(cfg.img_metrics.metrics_to_use),
         "ratio": [float(k) for k in cfg.img_metrics.ratio], "dtype": cfg.dtype,
         "logan_version": __version__, "metric_definitions": DEFINITIONS[cfg.img_metrics.compat],
+        "sample_ids": SAMPLE_IDS,
     }
 
 
-def check_definitions(folder: Path) -> None:
-    """A run folder written before runs recorded their metric definitions holds results of other ones."""
-    path = folder / FINGERPRINT_FILE
-    if path.exists() and "metric_definitions" not in read_json(path).get("fingerprint", {}):
-        raise LoganError(f"{folder} was written by an earlier LOGAN with other metric definitions and cannot be "
-                         "resumed; choose a new path.output_dir.")
+def why_refused(old: dict[str, Any], new: dict[str, Any], out: Path) -> str | None:
+    """The one line for a run folder that cannot be resumed for a reason a user can act on: written by an
+    earlier LOGAN (other metric definitions, samples keyed by path), or a Hub revision that now resolves to
+    another commit."""
+    if "metric_definitions" not in old or old.get("sample_ids") != SAMPLE_IDS:
+        return (f"{out} was written by an earlier LOGAN (other metric definitions, samples keyed by image path) and "
+                "cannot be resumed; choose a new path.output_dir.")
+    return moved_revision(old, new, out)
 
 
 def inherit_settings(cfg: RunConfig, explicit: set[str], saved: Path, keys: tuple[str, ...],
@@ -159,13 +188,9 @@ def _assign(cfg: RunConfig, dotted: str, value: Any) -> None:
     setattr(node, last, value)
 
 
-def _resolved(path: str | None) -> str | None:
-    return str(Path(path).expanduser().resolve()) if path else None
-
-
 def open_model(cfg: RunConfig) -> VLMAdapter:
     device = resolve_device(cfg.device)
-    model = load_model(cfg.target_model, device, resolve_dtype(cfg.dtype, device))
+    model = load_model(local_model(cfg), device, resolve_dtype(cfg.dtype, device))
     model.prepare_inference(resolve_compile(cfg.inference.compile, device), cfg.inference.attn_implementation,
                             cfg.inference.reuse_prefix)
     fault_point("model_loaded")
@@ -176,13 +201,14 @@ def open_model(cfg: RunConfig) -> VLMAdapter:
 def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None,
                shard: ShardInfo = ShardInfo()) -> Iterator[Path]:
     """Check everything that needs no model, then claim the run folder (lock + fingerprint) for the run;
-    yields the folder this process writes its results to (its shard's folder when sharded).
+    yields the folder this process writes its results to (its shard's folder when sharded). `data`'s
+    `attrs["sources"]` (the datasets' provenance) goes with the models' into OUT/provenance.json.
 
     Nothing is written before the checks pass. If the run stops on a LoganError before it finished any
     result in a folder it created, the folder is removed again: bad input leaves nothing behind.
     """
     check_metrics(cfg)
-    check_model(cfg.target_model)
+    check_model(local_model(cfg))
     fused.resolve(cfg.inference.metric_kernel, resolve_device(cfg.device))
     if data is not None:
         check_samples(data, cfg)
@@ -192,9 +218,10 @@ def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None,
         with run_log(work):
             work.mkdir(parents=True, exist_ok=True)
             with RunLock(work):
-                check_definitions(out)
-                check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command)
+                check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command, why_refused)
                 write_json(out / "config.json", asdict(cfg))
+                if data is not None and (not (out / PROVENANCE).exists() or data.attrs.get("sources")):
+                    write_json(out / PROVENANCE, run_provenance(cfg, data.attrs.get("sources", [])))
                 remove_stale_temporaries(work)
                 drop_finished_chunks(work)
                 yield work
@@ -222,13 +249,14 @@ def work_items(cfg: RunConfig, model: VLMAdapter, samples: pd.DataFrame, out: Pa
         donors = []
         if cfg.data.dataset and Path(cfg.data.dataset).parent.name == "datasets":
             donors.append(reusable(Path(cfg.data.dataset).parent.parent, fingerprint(cfg)))
-        descriptions = describe(cfg, model, list(samples.image), out / DESCRIPTIONS, donors)
+        sources = {row.sample_id: image_source(row) for row in samples.itertuples(index=False)}
+        descriptions = describe(cfg, model, sources, out / DESCRIPTIONS, donors)
     items = []
     for row in samples.itertuples(index=False):
         caption = tuple(model.tokenize(row.caption)) if "cap" in plan and row.caption else None
-        desc = descriptions.get(row.image)
-        items.append(WorkItem(row.image, int(row.label), tuple(desc) if desc is not None else None, caption,
-                              image_size(row.image)))
+        desc = descriptions.get(row.sample_id)
+        items.append(WorkItem(row.sample_id, int(row.label), tuple(desc) if desc is not None else None, caption,
+                              image_size(sample_bytes(row)), image_source(row)))
     return items
 
 
@@ -342,20 +370,88 @@ def _run_chunk(engine: Engine, batches: list[list[WorkItem]], run: list[float],
 
 @dataclass(frozen=True)
 class StdPlan:
-    """The std values a classify run scores, and which part is reported at which."""
+    """The std values a classify run computes, and which (sample, part) is reported at which std."""
 
     stds: list[float]                      # every std the run computes
     per_part: dict[str, float] | None      # part -> its own selected std (noise.per_part), else every part at every std
     source: Path | None = None             # the tuning run's optimal_std.json, when noise.std names one
+    split: str = "none"                    # that file's selection.split
+    chosen_on: frozenset[str] = frozenset()  # holdout: the samples the std was chosen on; never reported
+    folds: tuple[tuple[frozenset[str], dict[str, float]], ...] = ()  # crossfit: (fold, part -> std chosen on the other)
+    note: str = ""                         # whether the std was chosen with membership labels, and on which samples
+    label_informed: bool = False           # chosen with the membership labels of the very samples reported
 
-    def parts_at(self, std: float, parts: list[str]) -> list[str]:
-        """The parts reported at `std`."""
-        return [p for p in parts if self.per_part is None or self.per_part.get(p) == std]
+    @property
+    def own_std(self) -> bool:
+        """Whether each part (or sample) is reported at its own std rather than every part at every std."""
+        return self.per_part is not None or bool(self.folds)
+
+    def mask(self, scores: pd.DataFrame) -> np.ndarray:
+        """The rows of a score table (columns sample_id, part, std) that this plan reports."""
+        keep = ~scores.sample_id.isin(self.chosen_on).to_numpy()
+        if self.folds:
+            assigned = np.zeros(len(scores), dtype=bool)
+            for samples, stds in self.folds:
+                assigned |= (scores.sample_id.isin(samples) & (scores.part.map(stds) == scores["std"])).to_numpy()
+            return keep & assigned
+        if self.per_part is not None:
+            keep &= (scores.part.map(self.per_part) == scores["std"]).to_numpy()
+        return keep
+
+    def fold_of(self, images: pd.Series) -> np.ndarray:
+        """Crossfit: each image's fold (-1 outside both)."""
+        fold = np.full(len(images), -1)
+        for i, (samples, _) in enumerate(self.folds):
+            fold[images.isin(samples).to_numpy()] = i
+        return fold
+
+    def reported(self, target: pd.DataFrame) -> pd.DataFrame:
+        """The target rows this plan reports: all but the holdout's selection part; crossfit: those in a fold."""
+        keep = ~target.sample_id.isin(self.chosen_on)
+        if self.folds:
+            keep &= target.sample_id.isin(frozenset().union(*(samples for samples, _ in self.folds)))
+        return target[keep]
+
+    def check(self, target: pd.DataFrame) -> None:
+        """The target set must keep members and non-members to report (before any model work)."""
+        reported = self.reported(target)
+        if reported.label.nunique() < 2:
+            raise LoganError(f"{self.source} was chosen with selection.split={self.split} and leaves no members and "
+                             "non-members of this target set to report; classify the tuning run's target set (leave "
+                             "data.* unset) or select with selection.split=none.")
+        if len(reported) < len(target):
+            log.info("selection.split=%s: %d of the %d target samples are reported (%s)", self.split, len(reported),
+                     len(target), "the std was chosen on the others" if self.split == "holdout" else
+                     "the others are in neither fold")
+
+    def record(self, evaluated: pd.DataFrame) -> dict[str, Any]:
+        """What classify writes to std_plan.json: where the stds came from and which samples are reported."""
+        return {"source": str(self.source) if self.source else None, "split": self.split, "stds": self.stds,
+                "per_part": self.per_part, "label_informed": self.label_informed, "note": self.note,
+                "evaluated": sorted(evaluated.sample_id), "n_members": int((evaluated.label == 1).sum()),
+                "n_nonmembers": int((evaluated.label == 0).sum()),
+                "folds": [{"samples": sorted(f), "std": stds} for f, stds in self.folds]}
 
 
 def std_plan(cfg: RunConfig) -> StdPlan:
-    """`noise.std` (a number, a list, or an optimal_std.json) and `noise.per_part` as a StdPlan."""
-    value = cfg.noise.std
+    """`noise.std` (a number, a list, or an optimal_std.json; else the original's
+    `data.augmentations.GaussianNoise.std`, which its evaluation read), `noise.per_part` and the file's
+    selection.split (holdout: only the samples the std was not chosen on are reported; crossfit: each
+    sample at the std chosen on the other fold) as a StdPlan. Std 0 is refused where a metric depends on the
+    noise: every divergence is 0 there."""
+    value, legacy = cfg.noise.std, cfg.data.augmentations.GaussianNoise.std
+    if legacy and value is not None:
+        raise LoganError(f"noise.std={value} and data.augmentations.GaussianNoise.std={list(legacy)} both give the "
+                         "std to classify at; give one of them.")
+    plan = _std_plan(cfg, list(legacy) if legacy else value)
+    plan = dataclasses.replace(plan, stds=list(dict.fromkeys(plan.stds)))
+    if 0.0 in plan.stds and any(get_metric(name).needs == "noise" for name in cfg.img_metrics.metrics_to_use):
+        raise LoganError("noise.std holds 0, which adds no noise: every LOGAN divergence is exactly 0 there; give "
+                         "std values > 0.")
+    return plan
+
+
+def _std_plan(cfg: RunConfig, value: Any) -> StdPlan:
     if not (isinstance(value, str) and not is_number(value)):
         if cfg.noise.per_part:
             raise LoganError("noise.per_part=true needs noise.std=<a tuning run's optimal_std.json> (it holds each "
@@ -363,16 +459,36 @@ def std_plan(cfg: RunConfig) -> StdPlan:
         return StdPlan(read_std_argument(value), None)
     path = Path(value).expanduser()
     stds = read_std_argument(str(path))
-    if not cfg.noise.per_part:
-        return StdPlan(stds, None, path)
-    selected = read_json(path).get("per_part") or {}
+    saved = read_json(path)
+    split = saved.get("split") or {"mode": "none"}
+    labels = saved.get("label_informed") or {}
+    note = labels.get("note", "")
+    per_part = _per_part(cfg, saved, path) if cfg.noise.per_part else None
+    if split["mode"] == "crossfit":
+        folds = []
+        for i, samples in enumerate(split["folds"]):  # fold i is scored at the std chosen on the other fold
+            choice, where = split["fold_choices"][1 - i], f"split.fold_choices[{1 - i}] in {path}"
+            chosen = (_per_part(cfg, choice, path, where) if cfg.noise.per_part else
+                      dict.fromkeys(cfg.img_metrics.parts, parse_std_values(choice["optimal_std"], where)[0]))
+            folds.append((frozenset(samples), chosen))
+        return StdPlan(sorted({s for _, c in folds for s in c.values()}), per_part, path, "crossfit",
+                       folds=tuple(folds), note=note)
+    chosen_on = frozenset(split["selection"]) if split["mode"] == "holdout" else frozenset()
+    informed = split["mode"] == "none" and bool(labels.get("per_part" if per_part else "selection",
+                                                            saved.get("reference_is_target_nonmembers")))
+    return StdPlan(sorted(set(per_part.values())) if per_part else stds, per_part, path, split["mode"], chosen_on,
+                   note=note, label_informed=informed)
+
+
+def _per_part(cfg: RunConfig, choice: dict[str, Any], path: Path, where: str = "") -> dict[str, float]:
+    """part -> std of a selection's `per_part` (optimal_std.json's, or one crossfit fold's)."""
+    selected = choice.get("per_part") or {}
     missing = [p for p in cfg.img_metrics.parts if p not in selected]
     if missing:
         raise LoganError(f"noise.per_part=true: {path} holds no selected std for part(s) {', '.join(missing)}; tune "
                          "those parts or set noise.per_part=false.")
-    per_part = {p: parse_std_values(selected[p].get("optimal_std"), f"per_part.{p}.optimal_std in {path}")[0]
-                for p in cfg.img_metrics.parts}
-    return StdPlan(sorted(set(per_part.values())), per_part, path)
+    return {p: parse_std_values(selected[p]["optimal_std"] if isinstance(selected[p], dict) else selected[p],
+                                f"per_part.{p} in {where or path}")[0] for p in cfg.img_metrics.parts}
 
 
 def read_std_argument(value: Any) -> list[float]:

@@ -7,6 +7,9 @@
 3. For each model: `tune` -> `select` -> `classify`, exactly as a user would (OUT/<model>/tune, .../classify).
 4. Print metric x part AUC and TPR at low FPR at the optimal std, trained beside control.
 
+The std is chosen on a selection half of the target set and the AUCs count the other half only
+(`selection.split=holdout`, the demo's default; `selection.split=none` chooses and scores on all).
+
     logan demo                                  # defaults: 150 members, 150 non-members, 150 epochs
     logan demo demo.n_members=60 demo.epochs=30 path.output_dir=/tmp/demo
 """
@@ -27,7 +30,8 @@ from logan.models.tiny import build_tiny_llava
 from logan.models.train import train_captioner
 from logan.pipeline.classify import classify
 from logan.pipeline.tune import tune
-from logan.report.evaluate import format_tpr
+from logan.report.evaluate import BEST_NOTE, estimable_only, format_tpr
+from logan.report.html import std_text
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +111,11 @@ def comparison(results: dict[str, tuple[dict, list[dict]]], k: float) -> str:
     names = list(results)
     header = f"{'part':<10} {'metric':<28}" + "".join(
         f" {name + ' std':>12} {'AUC':>6} {'TPR@5%':>7} {'TPR@1%':>7}" for name in names)
-    lines = [f"K = {k:g}; each part at the std its own tuning curve selects (selection metric "
-             f"{results[names[0]][0]['selection_metric']}); n/e = not estimable with this many non-members",
-             header]
+    selection, first = results[names[0]][0], results[names[0]][1][0]
+    title = (f"K = {k:g}; each part at the std its own tuning curve selects (selection metric "
+             f"{selection['selection_metric']}); {_where(selection, first)}; n/e = not estimable with this many "
+             "non-members")
+    lines = [title, header]
     parts = results[names[0]][0]["per_part"]
     metrics = list(dict.fromkeys(r["metric"] for r in results[names[0]][1]))
     for part in parts:
@@ -118,9 +124,18 @@ def comparison(results: dict[str, tuple[dict, list[dict]]], k: float) -> str:
             for name in names:
                 row = next(r for r in results[name][1] if r["part"] == part and r["metric"] == metric
                            and abs(r["k"] - k) < 1e-9)
-                cells.append(f" {row['std']:12g} {row['auc']:6.3f} {format_tpr(row, '5pct')} {format_tpr(row, '1pct')}")
+                cells.append(f" {std_text(row):>12} {row['auc']:6.3f} {format_tpr(row, '5pct')} {format_tpr(row, '1pct')}")
             lines.append(f"{part:<10} {metric:<28}" + "".join(cells))
     return "\n".join(lines)
+
+
+def _where(selection: dict[str, Any], row: dict[str, Any]) -> str:
+    """Which samples the table's AUCs count, by the selection's split."""
+    split = (selection.get("split") or {}).get("mode", "none")
+    counted = f"{row['n_members']} members + {row['n_nonmembers']} non-members"
+    return {"none": f"AUCs on all {counted}, the samples the std was chosen on",
+            "holdout": f"std chosen on a selection half, AUCs on the held-out {counted}",
+            "crossfit": f"each half at the std chosen on the other, AUCs the mean of the halves' ({counted})"}[split]
 
 
 def blind_line(folder: Path) -> str:
@@ -151,7 +166,8 @@ def demo(cfg: RunConfig) -> dict[str, Any]:
         "seconds": round(time.time() - started, 1),
         "stages": stages,
         "optimal_std": {name: sel["optimal_std"] for name, (sel, _) in results.items()},
-        "best": {name: max(rows, key=lambda r: r["auc"]) for name, (_, rows) in results.items()},
+        "best": {name: estimable_only(max(rows, key=lambda r: r["auc"])) for name, (_, rows) in results.items()},
+        "best_note": BEST_NOTE,
         "table": table,
     }
     write_json(out / "demo_summary.json", summary)

@@ -1,6 +1,6 @@
 """Descriptions (`desp` part): generated once per sample from the clean image, greedy, and cached.
 
-The cache `<run>/descriptions.json` maps image -> token ids and text; it is rewritten atomically after
+The cache `<run>/descriptions.json` maps sample id -> token ids and text; it is rewritten atomically after
 every batch, so an interrupted run keeps what it generated and every std reuses the same text.
 """
 
@@ -46,9 +46,11 @@ def reusable(run: Path, fingerprint: dict) -> dict:
     return read_json(cache)
 
 
-def describe(cfg: RunConfig, model: VLMAdapter, images: list[str], cache: Path,
+def describe(cfg: RunConfig, model: VLMAdapter, sources: dict[str, str | bytes], cache: Path,
              donors: list[dict] | None = None) -> dict[str, list[int]]:
-    """Token ids of each image's description, generating only those not cached (here or in `donors`)."""
+    """Token ids of each sample's description (`sources`: sample id -> its image file or bytes), generating
+    only those not cached (here or in `donors`)."""
+    images = list(sources)
     stored = read_json(cache) if cache.exists() else {}
     for donor in donors or []:
         stored.update({img: donor[img] for img in images if img in donor and img not in stored})
@@ -64,9 +66,10 @@ def describe(cfg: RunConfig, model: VLMAdapter, images: list[str], cache: Path,
         start, ahead = 0, None
         while start < len(todo):
             batch = todo[start:start + size]
-            pixels = ahead[1] if ahead is not None and ahead[0] == batch else pool.submit(_pixels, model, batch)
+            pixels = ahead[1] if ahead is not None and ahead[0] == batch else \
+                pool.submit(_pixels, model, [sources[i] for i in batch])
             following = todo[start + size:start + 2 * size]
-            ahead = (following, pool.submit(_pixels, model, following)) if following else None
+            ahead = (following, pool.submit(_pixels, model, [sources[i] for i in following])) if following else None
             try:
                 texts = _generate(cfg, model, batch, pixels.result())
             except torch.OutOfMemoryError:
@@ -92,8 +95,8 @@ def generation_batch_size(setting: int | str, device: torch.device) -> int:
     return AUTO_GPU_BATCH if device.type == "cuda" else AUTO_CPU_BATCH
 
 
-def _pixels(model: VLMAdapter, batch: list[str]) -> ImageBatch:
-    """The model's pixel input for a batch of images (made on the describe thread)."""
+def _pixels(model: VLMAdapter, batch: list[str | bytes]) -> ImageBatch:
+    """The model's pixel input for a batch of images (files or bytes; made on the describe thread)."""
     return model.image_batch([load_image(img)[0].astype(np.float32) for img in batch])
 
 

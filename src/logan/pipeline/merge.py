@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from logan.config import RunConfig
-from logan.data.sets import SET_FILES, read_list
+from logan.data.saved import read_set
+from logan.data.sets import SET_FILES
 from logan.distributed import SHARDS, ShardInfo, barrier
 from logan.errors import LoganError
 from logan.io import RunLock, read_json, write_json
@@ -93,7 +94,7 @@ def finish(cfg: RunConfig, command: str, shard: ShardInfo) -> Any:
         return select(cfg)
     from logan.pipeline.common import std_plan
 
-    target = read_list(out / "datasets" / SET_FILES["target"], "target set")
+    target = read_set(out / "datasets" / SET_FILES["target"], "target set")
     return evaluate(cfg, target, std_plan(cfg))
 
 

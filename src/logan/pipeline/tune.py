@@ -18,18 +18,21 @@ from logan.data.sets import build_sets
 from logan.pipeline.common import has_pending, open_model, run_folder, run_stds, work_items
 from logan.distributed import init_process_group, quiet_other_ranks, shard_info
 from logan.pipeline.merge import finish
+from logan.pipeline.select import check_selection
 
 log = logging.getLogger(__name__)
 
 
 def tune(cfg: RunConfig) -> dict | None:
     """Returns optimal_std.json's content (None for a shard that leaves the merge to another)."""
+    check_selection(cfg)
     out = cfg.output_dir
     shard = shard_info(cfg.data)
     init_process_group(shard)
     quiet_other_ranks(shard)
-    sets, reloaded = build_sets(cfg.data, cfg.seed, out / "datasets")
+    sets, reloaded = build_sets(cfg.data, cfg.seed, out / "datasets", cfg.path.cache_dir)
     samples = sets.all_samples()
+    samples.attrs["sources"] = sets.sources
     with run_folder(cfg, "tune", samples, shard) as work:
         if not reloaded:
             sets.save(out / "datasets")
@@ -40,7 +43,7 @@ def tune(cfg: RunConfig) -> dict | None:
                  " (the target non-members)" if sets.reference_is_target_nonmembers else "",
                  sum(len(g) for g in std_sets), len(std_sets),
                  f"; shard {shard.shard_id + 1} of {shard.num_shards}" if shard.sharded else "")
-        mine = samples[[shard.owns(img) for img in samples.image]] if shard.sharded else samples
+        mine = samples[[shard.owns(s) for s in samples.sample_id]] if shard.sharded else samples
         if has_pending(cfg, work, [s for group in std_sets for s in group]):
             model = open_model(cfg)
             items = work_items(cfg, model, mine, work)

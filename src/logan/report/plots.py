@@ -20,23 +20,25 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def tuning_curve(curves: dict[str, list[dict]], selected: str, optimal_std: float, path: Path) -> None:
-    """Gap mean(target) - mean(reference) over std, one line per metric, the optimum marked."""
+def tuning_curve(curves: dict[str, list[dict]], selected: str, optimal_std: float, path: Path,
+                 value: str = "tune_auc") -> None:
+    """The curve the rule reads over std (`tune_auc`: target-vs-reference AUC; `gap`: mean(target) -
+    mean(reference)), one line per metric, the optimum marked."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for metric, points in curves.items():
         stds = np.array([p["std"] for p in points])
-        gaps = np.array([p["gap"] for p in points])
+        values = np.array([p[value] for p in points])
         positive = stds > 0
         style = {"lw": 2.2, "zorder": 3} if metric == selected else {"lw": 1.0, "alpha": 0.6}
-        ax.plot(stds[positive], gaps[positive], marker="o", ms=3, label=metric, **style)
+        ax.plot(stds[positive], values[positive], marker="o", ms=3, label=metric, **style)
         if metric == selected:
             best = [p for p in points if p["std"] == optimal_std][0]
-            ax.scatter([optimal_std], [best["gap"]], s=120, facecolors="none", edgecolors="red", zorder=4,
+            ax.scatter([optimal_std], [best[value]], s=120, facecolors="none", edgecolors="red", zorder=4,
                        label=f"optimal std = {optimal_std:g}")
-    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.axhline(0.5 if value == "tune_auc" else 0.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("noise std (0-255 pixel units)")
-    ax.set_ylabel("mean(target) - mean(reference) divergence")
+    ax.set_ylabel("AUC of target vs reference" if value == "tune_auc" else "mean(target) - mean(reference) divergence")
     ax.set_title("LOGAN noise-level tuning")
     ax.legend(fontsize=6, loc="best")
     _save(fig, path)

@@ -7,6 +7,8 @@
   reported with the FPR actually reached and the number of non-members above the threshold. With
   fewer than 1/t non-members an FPR of t cannot be resolved: `tpr_at_*_estimable` is false and the
   value (reached at FPR 0) is a conservative bound, not an estimate.
+- Cross-fitted runs (`selection.split=crossfit`): every value is the mean over the two folds, each fold
+  scored at the std chosen on the other (`fold_mean_summary`).
 """
 
 from __future__ import annotations
@@ -45,15 +47,44 @@ def roc_summary(labels: np.ndarray, scores: np.ndarray, bootstrap_seed: int | No
 def bootstrap_auc_interval(labels: np.ndarray, scores: np.ndarray, seed: int,
                            resamples: int = N_BOOTSTRAP) -> tuple[float, float]:
     """Stratified bootstrap 95 % interval of the AUC (rank formula, all resamples at once)."""
+    return _interval(bootstrap_aucs(labels, scores, seed, resamples))
+
+
+def bootstrap_aucs(labels: np.ndarray, scores: np.ndarray, seed: int, resamples: int = N_BOOTSTRAP) -> np.ndarray:
+    """The AUCs of `resamples` stratified bootstrap resamples (members and non-members drawn separately)."""
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xB007])
     pos, neg = scores[labels == 1], scores[labels == 0]
     draws_pos = pos[rng.integers(0, len(pos), (resamples, len(pos)))]
     draws_neg = neg[rng.integers(0, len(neg), (resamples, len(neg)))]
     ranks = rankdata(np.concatenate([draws_pos, draws_neg], axis=1), axis=1)
     n_pos, n_neg = len(pos), len(neg)
-    aucs = (ranks[:, :n_pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return (ranks[:, :n_pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _interval(aucs: np.ndarray) -> tuple[float, float]:
     low, high = np.percentile(aucs, [2.5, 97.5])
     return float(low), float(high)
+
+
+def fold_mean_summary(folds: list[tuple[np.ndarray, np.ndarray]], bootstrap_seed: int | None = None) -> dict:
+    """Cross-fitted scoring: `roc_summary` of each fold (labels, scores), averaged over the folds (counts
+    summed). Scores of two folds come from two noise levels and are not on one scale, so the folds are not
+    pooled: the AUC is the mean of the fold AUCs, its interval a stratified bootstrap within every fold."""
+    each = [roc_summary(labels, scores) for labels, scores in folds]
+    out: dict = {}
+    for name in dict.fromkeys(name for summary in each for name in summary):
+        if name.startswith(("n_", "fp_at_")):
+            out[name] = int(sum(summary.get(name, 0) for summary in each))
+        elif name.endswith("_estimable"):
+            out[name] = all(summary.get(name, False) for summary in each)
+        else:
+            out[name] = float(np.mean([summary.get(name, np.nan) for summary in each]))
+    out["fold_auc"] = [summary["auc"] for summary in each]
+    if bootstrap_seed is not None and all(np.isfinite(out["fold_auc"])):
+        resampled = [bootstrap_aucs(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64),
+                                    bootstrap_seed + i) for i, (labels, scores) in enumerate(folds)]
+        out["auc_ci_low"], out["auc_ci_high"] = _interval(np.mean(resampled, axis=0))
+    return out
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
