@@ -117,6 +117,7 @@ def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any]
     that leaves the merge to another process)."""
     from logan.runlog import run_log
     from logan.runs import load_run
+    from logan.threads import torch_threads
 
     cfg = configure(command, overrides, settings)
     spec = COMMANDS[command]
@@ -124,7 +125,7 @@ def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any]
         from logan.models.readahead import read_ahead, weight_files
 
         read_ahead(weight_files(cfg.target_model))
-    with run_log(_log_folder(cfg, command)):
+    with run_log(_log_folder(cfg, command)), torch_threads(cfg.inference.threads):
         returned = spec.run(cfg)
     if returned is None:
         return None
