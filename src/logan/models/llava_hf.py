@@ -19,7 +19,7 @@ import torch
 
 from logan.config import ModelConfig
 from logan.errors import LoganError
-from logan.models.base import VLMAdapter, compile_repeated_blocks, right_padded
+from logan.models.base import VLMAdapter, compile_repeated_blocks, hf_progress_bars_off, right_padded
 from logan.models.prefix import KeptPrefix, continuation, keep_prefix
 from logan.models.preprocess import ImageTransform
 from logan.models.registry import register_model
@@ -62,14 +62,13 @@ class LlavaHF(VLMAdapter):
     def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
         import transformers
         from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
         folder = _check_folder(cfg.model_path, self.hf_model_type, self.family)
-        hf_logging.disable_progress_bar()
         model_class = getattr(transformers, self.hf_class)
         # straight to the device (no copy through host memory), or spread by accelerate's device_map
         placement = {"device_map": cfg.device_map or str(device)}
-        model, info = model_class.from_pretrained(folder, dtype=dtype, output_loading_info=True, **placement)
+        with hf_progress_bars_off():
+            model, info = model_class.from_pretrained(folder, dtype=dtype, output_loading_info=True, **placement)
         problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if problems:
             kind, keys = next(iter(problems.items()))
