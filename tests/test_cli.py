@@ -178,7 +178,7 @@ def test_tuning_curves_and_optimal_std_follow_from_the_scores(tuned: Path) -> No
     reference = set(pd.read_parquet(tuned / "datasets" / "reference_dataset.parquet").sample_id)
     metrics = json.loads((tuned / "config.json").read_text())["img_metrics"]["metrics_to_use"]
     optimal = json.loads((tuned / "optimal_std.json").read_text())
-    assert (optimal["rule"], optimal["part"], optimal["k"]) == ("min_gap", "img", 1.0)
+    assert (optimal["rule"], optimal["part"], optimal["k"]) == ("max_tune_auc", "img", 1.0)  # the defaults
     assert optimal["selection_metric"] == metrics[0]
     assert list(optimal["curves"]) == [m for m in metrics if m in LOGAN] and set(optimal["per_part"]) == set(PARTS)
     at_k = {std: per_std_scores(tuned, std).query("k == 1.0") for std in GRID}  # K = selection.k
@@ -195,10 +195,12 @@ def test_tuning_curves_and_optimal_std_follow_from_the_scores(tuned: Path) -> No
             assert point["reference_mean"] == pytest.approx(reference_mean, rel=1e-9, abs=1e-300)
             assert point["gap"] == pytest.approx(point["target_mean"] - point["reference_mean"], rel=1e-9, abs=1e-300)
         assert points[0]["gap"] == 0.0 and points[0]["target_mean"] == 0.0
-    lowest = min(optimal["curves"][optimal["selection_metric"]][1:], key=lambda p: p["gap"])  # min_gap, std > 0
-    assert optimal["optimal_std"] == lowest["std"]
+    candidates = optimal["curves"][optimal["selection_metric"]][1:]  # std > 0
+    assert optimal["optimal_std"] == max(candidates, key=lambda p: p["tune_auc"])["std"]  # max_tune_auc
+    assert optimal["alternatives"]["min_gap"] == min(candidates, key=lambda p: p["gap"])["std"]
+    assert optimal["alternatives"]["max_abs_gap"] == max(candidates, key=lambda p: abs(p["gap"]))["std"]
     for part, entry in optimal["per_part"].items():
-        assert entry["optimal_std"] == min(entry["curve"][1:], key=lambda p: p["gap"])["std"], part
+        assert entry["optimal_std"] == max(entry["curve"][1:], key=lambda p: p["tune_auc"])["std"], part
     assert is_png(tuned / "tuning_curve.png")
 
 
@@ -207,7 +209,7 @@ def test_select_alone_reproduces_tune(tuned: Path) -> None:
     result = logan("select", f"path.output_dir={tuned}", "img_metrics.parts=[img,inst,desp,inst_desp,caption]")
     assert result.returncode == 0, result.stderr
     assert json.loads((tuned / "optimal_std.json").read_text()) == before  # every curve point and choice
-    assert result.stdout.startswith(f"optimal std = {before['optimal_std']:g} (min_gap on part img, "
+    assert result.stdout.startswith(f"optimal std = {before['optimal_std']:g} (max_tune_auc on part img, "
                                     f"{before['selection_metric']}, K = 1)")
 
 

@@ -116,8 +116,10 @@ def command_overrides(command: str, overrides: Sequence[str]) -> list[str]:
 def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None) -> Result | None:
     """Run one command; returns its result read back from the run folder (None for a data-parallel shard
     that leaves the merge to another process)."""
+    from logan.distributed import quiet_other_ranks, shard_info
     from logan.runlog import run_log
     from logan.runs import load_run
+    from logan.threads import torch_threads
 
     from logan.io import check_writable
 
@@ -129,7 +131,8 @@ def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any]
         from logan.models.readahead import read_ahead, weight_files
 
         read_ahead(weight_files(local_model(cfg)))  # Hub ids resolved (commit recorded) before anything is written
-    with run_log(_log_folder(cfg, command)):
+    with run_log(_log_folder(cfg, command)), torch_threads(cfg.inference.threads), quiet_other_ranks(
+            shard_info(cfg.data)):
         returned = spec.run(cfg)
     if returned is None:
         return None

@@ -232,6 +232,8 @@ class InferenceConfig:
     workers: int = key(0, "host threads for image decoding, noise and preprocessing (0: up to 8)")
     prefetch: int = key(2, "host steps prepared ahead of the device (0: no background thread)")
     checkpoint_every: int = key(256, "samples per saved chunk: a killed run resumes at its first unfinished chunk")
+    threads: int = key(0, "torch CPU threads while the command runs, restored after (0: as the process has them; "
+                       "1 avoids spinning threads beside other busy processes)")
 
 
 @dataclass
@@ -277,6 +279,8 @@ class DemoConfig:
     hidden: int = key(96, "tiny LLaVA width (language model)")
     layers: int = key(2, "language-model layers")
     std_sets: list[list[Any]] | None = key(None, "null = noise.std_sets")
+    threads: int = key(1, "torch CPU threads of the demo (training and attacks), restored after: one thread has no "
+                       "partner to spin-wait for (benchmarks/README.md)")
 
 
 @dataclass
@@ -372,6 +376,8 @@ class RunConfig:
         if self.inference.max_batch_size < 1 or self.inference.workers < 0 or self.inference.prefetch < 0:
             raise LoganError("inference.max_batch_size must be at least 1, inference.workers and "
                              "inference.prefetch at least 0.")
+        if self.inference.threads < 0 or self.demo.threads < 0:
+            raise LoganError("inference.threads and demo.threads must be at least 0 (0: torch's threads as they are).")
         m = self.img_metrics
         if not m.ratio:
             raise LoganError("img_metrics.ratio is empty: give the Max-K% ratios, e.g. [0.0,0.1,1.0] "

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +97,20 @@ def local_device_index() -> int | None:
     return int(value) if value is not None else None
 
 
-def quiet_other_ranks(info: ShardInfo) -> None:
-    """Logs and progress bars on rank 0 only."""
-    if info.launcher == "torchrun" and info.shard_id != 0:
-        logging.getLogger().setLevel(logging.WARNING)
-        os.environ["TQDM_DISABLE"] = "1"
+@contextmanager
+def quiet_other_ranks(info: ShardInfo) -> Iterator[None]:
+    """Logs and progress bars on rank 0 only, while the block runs (then as they were)."""
+    if info.launcher != "torchrun" or info.shard_id == 0:
+        yield
+        return
+    root, before = logging.getLogger(), (logging.getLogger().level, os.environ.get("TQDM_DISABLE"))
+    root.setLevel(logging.WARNING)
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        root.setLevel(before[0])
+        if before[1] is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before[1]

@@ -51,7 +51,7 @@ from logan.errors import LoganError
 from logan.metrics import fused, original
 from logan.metrics.pair import TokenPair
 from logan.metrics.registry import TokenMetric, get_metric
-from logan.models.base import VLMAdapter
+from logan.models.base import EagerFallback, VLMAdapter
 from logan.models.contract import PIXELS, Encoded, ImageBatch, ImageInput, TokenBatch, collate, pinned
 from logan.perturb import normalized_noise, perturb_pixels
 from logan.prefetch import Prefetch
@@ -425,7 +425,7 @@ def _reducer(fns: list[TokenMetric], compile: bool) -> Callable[..., torch.Tenso
         pair = TokenPair(clean, other, targets)
         return torch.stack([fn(pair).float() for fn in fns])
 
-    return torch.compile(reduce, dynamic=False) if compile else reduce
+    return EagerFallback("the metric reduction").compile(reduce, dynamic=False) if compile else reduce
 
 
 def _accumulate(sums: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:

@@ -25,6 +25,7 @@ import logging
 from array import array
 from fnmatch import fnmatch
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -137,12 +138,26 @@ class Source:
         return enumerate(self.stream.select_columns(columns))
 
 
+@contextmanager
+def datasets_bars_off() -> Iterator[None]:
+    """datasets' progress bars off while a dataset opens (LOGAN's own bar counts its rows), then as the
+    caller had them: the switch is process-wide."""
+    import datasets
+
+    was = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
 def open_source(entry: Entry, key: str, cache_dir: str | None = None) -> Source:
     """Resolve a Hub id (commit, snapshot), check config / split / columns, return a streamable source.
     Raises one LoganError line for a wrong config, split or column before any row is read."""
     import datasets
 
-    datasets.disable_progress_bars()
     commit = None
     if entry.kind == "table":
         path = Path(entry.location)
@@ -171,7 +186,8 @@ def open_source(entry: Entry, key: str, cache_dir: str | None = None) -> Source:
                       **({"revision": entry.revision or "main", "commit": commit} if commit else {}),
                       "image": entry.image, "label": entry.label, "files": names}
     try:
-        stream = datasets.load_dataset(builder, split=entry.split, streaming=True, **options)
+        with datasets_bars_off():
+            stream = datasets.load_dataset(builder, split=entry.split, streaming=True, **options)
     except (ValueError, FileNotFoundError) as error:  # an unknown split, an unreadable file
         raise LoganError(f"{key}={entry.text()}: {str(error).strip().splitlines()[0]}") from None
     return _checked(stream, entry, key, provenance, base, entry.text(commit))
@@ -181,7 +197,8 @@ def open_saved_dataset(folder: Path, entry: Entry, key: str) -> Source:
     """A `datasets` save_to_disk folder (a Dataset, or a DatasetDict: its `entry.split`), as a stream."""
     import datasets
 
-    loaded = datasets.load_from_disk(str(folder))
+    with datasets_bars_off():
+        loaded = datasets.load_from_disk(str(folder))
     if isinstance(loaded, datasets.DatasetDict):
         if entry.split not in loaded:
             raise LoganError(f"{key}={folder} has no split {entry.split} (splits: {', '.join(loaded)}).")

@@ -8,7 +8,11 @@ positions the engine asks for, for a `TokenBatch` and the `ImageBatch` that `col
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -19,6 +23,8 @@ from logan.models.contract import PIXELS, Encoded, ImageBatch, ImageInput, Size,
 from logan.models.preprocess import ImageTransform
 
 __all__ = ["Encoded", "ImageBatch", "ImageInput", "TokenBatch", "Traits", "VLMAdapter"]
+
+log = logging.getLogger(__name__)
 
 SYSTEM_HUMAN = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -164,6 +170,7 @@ def right_padded(mask: torch.Tensor) -> bool:
 def compile_repeated_blocks(model: torch.nn.Module, dynamic: bool | None = True) -> int:
     """`torch.compile` each block of every stack of identical blocks (transformer layers): one compiled
     graph serves every layer of a stack, so compilation takes seconds, not minutes. Returns the count.
+    If compiling fails, every block runs eagerly (`EagerFallback`).
 
     `dynamic` (torch.compile's): with dynamic shapes, batches of another size or length (a run's last
     batch, text parts of other lengths) reuse the one compilation. With static ones (None) a run's last
@@ -172,14 +179,65 @@ def compile_repeated_blocks(model: torch.nn.Module, dynamic: bool | None = True)
     stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1
               and len({type(block) for block in m}) == 1]
     inner = {id(m) for stack in stacks for block in stack for m in block.modules()}
+    fallback = EagerFallback("the transformer blocks")
     count = 0
     for stack in stacks:
         if id(stack) in inner:
             continue
         for block in stack:
-            block.compile(dynamic=dynamic)
+            # what `block.compile(dynamic=dynamic)` does, with the eager fallback around it
+            block._compiled_call_impl = fallback.compile(block._call_impl, dynamic=dynamic)
             count += 1
     return count
+
+
+class EagerFallback:
+    """Callables compiled together (a model's blocks, a metric reduction): once compiling one of them
+    fails (no working Triton or C++ compiler, an unsupported operator), all of them run eagerly, after
+    one warning. This is what torch's `torch._dynamo.config.suppress_errors = True` gives, without that
+    process-wide setting, which would outlive LOGAN's call in the caller's process."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failed = False
+
+    def compile(self, fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+        """`torch.compile(fn, **options)`, which calls `fn` itself once a compilation has failed."""
+        compiled = torch.compile(fn, **options)
+        dynamo_error = importlib.import_module("torch._dynamo.exc").TorchDynamoException
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not self.failed:
+                try:
+                    return compiled(*args, **kwargs)
+                except dynamo_error as exc:
+                    self.failed = True
+                    cause = getattr(exc, "inner_exception", None) or exc  # a backend's own error
+                    reason = (str(cause).strip().splitlines() or [""])[0]
+                    log.warning("torch.compile failed for %s (%s: %s); running eagerly from now on "
+                                "(inference.compile=false skips the attempt)", self.what, type(cause).__name__,
+                                reason)
+            return fn(*args, **kwargs)
+
+        return call
+
+
+@contextlib.contextmanager
+def hf_progress_bars_off() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while a checkpoint loads (LOGAN's log says what loads),
+    then transformers' and huggingface_hub's switches as the caller had them: both are process-wide."""
+    from transformers.utils import logging as hf_logging
+
+    hub = importlib.import_module("huggingface_hub.utils.tqdm").progress_bar_states
+    was, states = hf_logging.is_progress_bar_enabled(), dict(hub)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+        hub.clear()
+        hub.update(states)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -201,16 +259,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_compile(setting: bool | str, device: torch.device) -> bool:
-    """`inference.compile`: true / false, or auto = on a GPU, where a compilation that fails (no working
-    Triton, an unsupported operator) falls back to eager execution with a warning instead of stopping."""
+    """`inference.compile`: true / false, or auto = on a GPU. Wherever a compilation fails (no working
+    Triton, an unsupported operator), execution falls back to eager with a warning (`EagerFallback`)."""
     if setting != "auto":
         return bool(setting)
-    if device.type != "cuda":
-        return False
-    import torch._dynamo
-
-    torch._dynamo.config.suppress_errors = True
-    return True
+    return device.type == "cuda"
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

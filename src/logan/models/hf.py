@@ -19,7 +19,7 @@ import torch
 
 from logan.config import ModelConfig
 from logan.errors import LoganError
-from logan.models.base import VLMAdapter, compile_repeated_blocks, right_padded
+from logan.models.base import VLMAdapter, compile_repeated_blocks, hf_progress_bars_off, right_padded
 from logan.models.contract import ImageBatch, TokenBatch
 from logan.models.prefix import KeptPrefix, continuation, keep_prefix
 
@@ -33,11 +33,10 @@ def load_checked(model_class: Any, folder: Path, cfg: ModelConfig, device: torch
     """`model_class.from_pretrained(folder)` straight to the device (or spread by `device_map`), in eval
     mode; a checkpoint that does not match its config is one error. Returns the model and the device its
     inputs go to."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     placement = {"device_map": cfg.device_map or str(device)}
-    model, info = model_class.from_pretrained(folder, dtype=dtype, output_loading_info=True, **placement, **options)
+    with hf_progress_bars_off():
+        model, info = model_class.from_pretrained(folder, dtype=dtype, output_loading_info=True, **placement,
+                                                  **options)
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         kind, keys = next(iter(problems.items()))

@@ -362,7 +362,8 @@ def _parameters_on_meta() -> Iterator[None]:
 
     nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
     try:
-        yield
+        with torch.random.fork_rng(devices=[]):  # the discarded initial values leave the caller's random state
+            yield
     finally:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 

@@ -58,7 +58,7 @@ from torch import nn
 
 from logan.config import ModelConfig
 from logan.errors import LoganError
-from logan.models.base import VLMAdapter
+from logan.models.base import VLMAdapter, hf_progress_bars_off
 from logan.models.contract import ImageBatch, TokenBatch, Traits
 from logan.models.hf import until_eos
 from logan.models.prefix import KeptPrefix, continuation, keep_prefix
@@ -342,7 +342,8 @@ def _build_projection(files: _Files, features: int) -> nn.Linear:
 def _load_llm(folder: Path, dtype: torch.dtype) -> nn.Module:
     from transformers import LlamaForCausalLM
 
-    model, info = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+    with hf_progress_bars_off():
+        model, info = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         keys = sorted(map(str, info.get(kind) or []))
         if keys:
@@ -365,10 +366,8 @@ class MiniGPT4(VLMAdapter):
 
     def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
         from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
         files = _resolve(cfg)
-        hf_logging.disable_progress_bar()
         vit = _build_vit(files.vit_model, files.image_size)
         width = vit.config.hidden_size
         self.qformer, self.query_tokens = None, None

@@ -79,8 +79,9 @@ def build_tiny_llava(folder: str | Path, corpus: list[str], spec: TinySpec = Tin
         projector_hidden_act="gelu", image_seq_length=(spec.image_size // spec.patch_size) ** 2,
         pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state restored afterwards
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config).eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from logan.config import RunConfig
 from logan.data.sets import SET_FILES, DataSets, build_target
-from logan.distributed import init_process_group, quiet_other_ranks, shard_info
+from logan.distributed import init_process_group, shard_info
 from logan.io import read_json
 from logan.pipeline.common import (
     has_pending,
@@ -83,7 +83,6 @@ def classify(cfg: RunConfig) -> list[dict] | None:
     out = cfg.output_dir
     shard = shard_info(cfg.data)
     init_process_group(shard)
-    quiet_other_ranks(shard)
     plan = std_plan(cfg)
     target = build_target(cfg.data, cfg.seed, cfg.path.cache_dir)
     plan.check(target)

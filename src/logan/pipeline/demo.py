@@ -32,6 +32,7 @@ from logan.pipeline.classify import classify
 from logan.pipeline.tune import tune
 from logan.report.evaluate import BEST_NOTE, estimable_only, format_tpr
 from logan.report.html import std_text
+from logan.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,12 @@ def blind_line(folder: Path) -> str:
 
 
 def demo(cfg: RunConfig) -> dict[str, Any]:
+    """The whole demo at `demo.threads` torch threads (the caller's count is restored after)."""
+    with torch_threads(cfg.demo.threads):
+        return _demo(cfg)
+
+
+def _demo(cfg: RunConfig) -> dict[str, Any]:
     out = cfg.output_dir
     started = time.time()
     stages: dict[str, float] = {}

@@ -16,7 +16,7 @@ import logging
 from logan.config import RunConfig
 from logan.data.sets import build_sets
 from logan.pipeline.common import has_pending, open_model, run_folder, run_stds, work_items
-from logan.distributed import init_process_group, quiet_other_ranks, shard_info
+from logan.distributed import init_process_group, shard_info
 from logan.pipeline.merge import finish
 from logan.pipeline.select import check_selection
 
@@ -29,7 +29,6 @@ def tune(cfg: RunConfig) -> dict | None:
     out = cfg.output_dir
     shard = shard_info(cfg.data)
     init_process_group(shard)
-    quiet_other_ranks(shard)
     sets, reloaded = build_sets(cfg.data, cfg.seed, out / "datasets", cfg.path.cache_dir)
     samples = sets.all_samples()
     samples.attrs["sources"] = sets.sources

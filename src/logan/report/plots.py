@@ -1,38 +1,41 @@
-"""Plots: the tuning curve (target - reference divergence over std) and ROC curves (linear, log-log)."""
+"""Plots: the tuning curve (target - reference divergence over std) and ROC curves (linear, log-log).
+
+Figures are made with matplotlib's object-oriented API (`matplotlib.figure.Figure`), which draws to a
+file without a GUI backend or pyplot's global figure list: the caller's backend and open figures (in a
+notebook, say) stay as they were.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from logan.io import atomic_path  # noqa: E402
-from logan.report.scoring import roc_points  # noqa: E402
+from logan.io import atomic_path
+from logan.report.scoring import roc_points
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=150, bbox_inches="tight")
-    plt.close(fig)
 
 
 def tuning_curve(curves: dict[str, list[dict]], selected: str, optimal_std: float, path: Path,
                  value: str = "tune_auc") -> None:
     """The curve the rule reads over std (`tune_auc`: target-vs-reference AUC; `gap`: mean(target) -
     mean(reference)), one line per metric, the optimum marked."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for metric, points in curves.items():
         stds = np.array([p["std"] for p in points])
         values = np.array([p[value] for p in points])
         positive = stds > 0
-        style = {"lw": 2.2, "zorder": 3} if metric == selected else {"lw": 1.0, "alpha": 0.6}
+        style: dict[str, Any] = {"lw": 2.2, "zorder": 3} if metric == selected else {"lw": 1.0, "alpha": 0.6}
         ax.plot(stds[positive], values[positive], marker="o", ms=3, label=metric, **style)
         if metric == selected:
-            best = [p for p in points if p["std"] == optimal_std][0]
+            best = next(p for p in points if p["std"] == optimal_std)
             ax.scatter([optimal_std], [best[value]], s=120, facecolors="none", edgecolors="red", zorder=4,
                        label=f"optimal std = {optimal_std:g}")
     ax.axhline(0.5 if value == "tune_auc" else 0.0, color="grey", lw=0.8, ls="--")
@@ -46,7 +49,8 @@ def tuning_curve(curves: dict[str, list[dict]], selected: str, optimal_std: floa
 
 def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
     """Linear and log-log ROC side by side for labelled (labels, scores) pairs."""
-    fig, (lin, log) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig = Figure(figsize=(10, 4.2))
+    lin, log = fig.subplots(1, 2)
     for name, (labels, scores) in curves.items():
         fpr, tpr = roc_points(labels, scores)
         lin.plot(fpr, tpr, lw=1.2, label=name)
@@ -69,7 +73,8 @@ def score_histograms(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
     n = max(len(curves), 1)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, (labels, scores)) in zip(axes.ravel(), curves.items()):
         bins = np.histogram_bin_edges(scores, bins=30) if len(scores) else 10
         ax.hist(scores[labels == 0], bins=bins, alpha=0.55, label="non-members", color="tab:blue")
