@@ -251,3 +251,19 @@ def test_checkpoint_loading_keeps_the_callers_progress_bar_settings() -> None:
         (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
         hub.clear()
         hub.update(states)
+
+
+def test_opening_a_dataset_keeps_the_callers_datasets_progress_bar_setting() -> None:
+    import datasets
+
+    from logan.data.sources import datasets_bars_off
+
+    was = not datasets.are_progress_bars_disabled()
+    try:
+        for enabled in (True, False):
+            (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+            with datasets_bars_off():
+                assert datasets.are_progress_bars_disabled()
+            assert datasets.are_progress_bars_disabled() is not enabled
+    finally:
+        (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()
