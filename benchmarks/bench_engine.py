@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from logan.config import ModelConfig, RunConfig
-from logan.data.images import load_image
+from logan.data.images import load_image, sample_id
 from logan.engine import Engine, EngineSettings, WorkItem
 from logan.metrics import fused
 from logan.metrics.registry import all_metrics
@@ -116,7 +116,8 @@ def random_llava_7b(device: torch.device, dtype: torch.dtype, work: Path, shape:
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[WorkItem]:
-    """n smooth random JPEGs of (width, height), as WorkItems (alternating labels)."""
+    """n smooth random JPEGs of (width, height), as WorkItems keyed by content as a run keys them
+    (alternating labels)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     width, height = size
@@ -128,7 +129,7 @@ def make_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> l
             img = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
             noisy = np.clip(np.asarray(img, dtype=np.float32) + rng.normal(0, 8, (height, width, 3)), 0, 255)
             Image.fromarray(noisy.astype(np.uint8)).save(path, quality=90)
-        items.append(WorkItem(str(path), i % 2, size=size))
+        items.append(WorkItem(sample_id(path.read_bytes()), i % 2, size=size, image=str(path)))
     return items
 
 
@@ -231,7 +232,8 @@ def run_config(out: Path, parts: list[str], metrics: list[str], batch_size, comp
 
 def logan_run(adapter: LlavaHF, items: list[WorkItem], stds: list[float], cfg: RunConfig, out: Path) -> dict:
     """run_stds as `logan tune` calls it (writers included); one std set."""
-    target = pd.DataFrame({"image": [it.sample_id for it in items], "label": [it.label for it in items]})
+    target = pd.DataFrame({"sample_id": [it.sample_id for it in items], "image": [it.source for it in items],
+                           "label": [it.label for it in items]})
     run_stds(cfg, adapter, items, stds, out, target, desc="bench")
     return {"pairs": len(items) * len(stds), "forwards": len(items) * (len(stds) + 1)}
 

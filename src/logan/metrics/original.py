@@ -76,7 +76,8 @@ def clipped_renyi(pair: TokenPair, alpha: float) -> torch.Tensor:
     log_s = (alpha - 1) * exact
     ratio = (change + CLIP) * torch.exp(-log_s.clamp(-FAR, FAR))
     near = exact + torch.log1p(ratio) / (alpha - 1)
-    far = torch.logaddexp(torch.logsumexp(clipped, -1), torch.tensor(LOG_CLIP)) / (alpha - 1)
+    total = torch.logsumexp(clipped, -1)
+    far = torch.logaddexp(total, torch.full_like(total, LOG_CLIP)) / (alpha - 1)
     return torch.where((log_s.abs() <= FAR) & (ratio > -0.5), near, far)
 
 
