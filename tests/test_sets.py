@@ -474,3 +474,38 @@ def test_all_samples_does_not_repeat_the_target_non_members(lists):
     sets = built(lists)
     assert sets.reference_is_target_nonmembers
     pd.testing.assert_frame_equal(sets.all_samples(), sets.target)
+
+
+def test_a_target_list_without_labels_is_every_image_as_given(tmp_path):
+    images = write_images(tmp_path / "img", "unknown", 5)
+    labelled = write_images(tmp_path / "img", "known", 2)
+    listed = write_list(tmp_path / "unknown.json", [{"image": str(images[0])}, {"image": str(images[1]), "label": None},
+                                                    {"image": str(images[2]), "label": -1},
+                                                    {"image": str(labelled[0]), "label": 1},
+                                                    {"image": str(labelled[1]), "label": 0},
+                                                    *({"image": str(p)} for p in images[3:])])
+    target = build_target(DataConfig(dataset=str(listed), target_set_size=2), seed=0)   # the size is not used
+    assert list(target.path) == [str(p) for p in [*images[:3], *labelled, *images[3:]]]   # in list order
+    assert target.label.tolist() == [-1, -1, -1, 1, 0, -1, -1]
+    assert target.attrs["sources"][0]["used"] == {"members": 1, "nonmembers": 1, "unlabelled": 5}
+    folder = build_target(DataConfig(dataset=str(tmp_path / "img")), seed=0)   # a folder: every image, unlabelled
+    assert sorted(folder.path) == sorted(str(p) for p in [*images, *labelled]) and (folder.label == -1).all()
+    # a member list keeps its strictness: an entry without a label is an error there
+    with pytest.raises(LoganError, match="expected an object with 'image' and 'label'"):
+        build_target(DataConfig(member_dataset=str(listed), nonmember_dataset=str(listed), target_set_size=2), seed=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LoganError, match="is a folder without image files"):
+        build_target(DataConfig(dataset=str(tmp_path / "empty")), seed=0)
+
+
+def test_a_saved_reference_set_must_not_hold_target_members(lists, tmp_path):
+    sets = build_sets(cfg(lists), seed=0, saved=None)[0]
+    members = sets.target[sets.target.label == 1].assign(label=0).reset_index(drop=True)
+    from logan.data.saved import write_images as save_images
+    from logan.data.saved import write_set
+
+    save_images(tmp_path / "ref", members)
+    write_set(tmp_path / "ref" / "reference.parquet", members, "reference", [])
+    with pytest.raises(LoganError, match="5 images of the reference set .* are members of the target set"):
+        build_reference(DataConfig(reference_datasets_list=[str(tmp_path / "ref" / "reference.parquet")]),
+                        sets.target, seed=0)

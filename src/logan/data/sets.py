@@ -7,6 +7,11 @@ saved (`logan.data.saved`), which reloads as is. Samples are keyed by the sha256
 same image under two paths is one sample. A fresh labelled source given as data.dataset is the pool both
 classes are drawn from; given as member / non-member entry, its rows are filtered by label (a JSON list
 must hold that label only, as in the seed).
+
+Images whose membership is unknown (the question `logan classify` answers per image) come as data.dataset:
+a JSON list whose entries have no label (or label null / -1), or a folder of image files. Such a target
+set is every image given, as is (no draw), labelled UNLABELLED (-1); its verdicts come from the reference
+set alone (`logan.report.verdicts`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from logan.config import DataConfig
+from logan.data.converters.common import IMAGE_SUFFIXES
 from logan.data.images import ID_PREFIX, read_bytes
 from logan.data.saved import COLUMNS, empty_set, read_set, saved_metadata, typed, write_images, write_set
 from logan.data.sources import Rows, Source, fetch, index, open_source, parse_entry
@@ -30,6 +36,7 @@ from logan.errors import LoganError, count
 log = logging.getLogger(__name__)
 
 LIST_COLUMNS = ["image", "label", "caption"]
+UNLABELLED = -1   # an image whose membership is unknown (data.dataset only)
 SET_FILES = {
     "member": "member_target_dataset.parquet",
     "nonmember": "non_member_target_dataset.parquet",
@@ -67,21 +74,24 @@ class DataSets:
             write_set(folder / SET_FILES[kind], parts[kind].reset_index(drop=True), kind, self.sources)
 
 
-def read_list(path: str | Path, what: str) -> pd.DataFrame:
+def read_list(path: str | Path, what: str, unlabelled: bool = False) -> pd.DataFrame:
     """Read a JSON member / non-member list into a validated frame (image, label, caption) with absolute
-    paths; an image listed twice under one path is used once."""
+    paths; an image listed twice under one path is used once. `unlabelled`: entries without a label (or
+    label null / -1) are read as UNLABELLED, and a folder is read as every image file in it, unlabelled."""
     path = Path(path).expanduser()
+    if unlabelled and path.is_dir():
+        return read_folder(path, what)
     if not path.is_file():
         raise LoganError(f"{what} file not found: {path}. Give the path of a JSON list, a table, a dataset "
                          "(hf:ORG/NAME) or a saved Parquet set.")
     if path.suffix.lower() == ".parquet":
         raise LoganError(f"{what} {path} is not a set saved by LOGAN; a Parquet table is read as a pool to sample "
                          "from (image and label columns).")
-    frame = _read_json(path, what)
+    frame = _read_json(path, what, unlabelled)
     if frame.empty:
         raise LoganError(f"{what} {path} is empty: it must hold at least one entry.")
     frame["image"] = [_resolve(p, path.parent) for p in frame["image"]]
-    labels = frame.groupby("image", sort=False).label.nunique()
+    labels = frame[frame.label != UNLABELLED].groupby("image", sort=False).label.nunique()
     both = labels.index[labels > 1]
     if len(both):
         raise LoganError(f"{what} {path} labels {count(len(both), 'image')} both member (1) and non-member (0) "
@@ -96,7 +106,16 @@ def read_list(path: str | Path, what: str) -> pd.DataFrame:
     return frame
 
 
-def _read_json(path: Path, what: str) -> pd.DataFrame:
+def read_folder(path: Path, what: str) -> pd.DataFrame:
+    """Every image file under a folder (by suffix, hidden files skipped, sorted), unlabelled."""
+    files = sorted(str(p.resolve()) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not files:
+        raise LoganError(f"{what} {path} is a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    return pd.DataFrame({"image": files, "label": UNLABELLED, "caption": ""}, columns=LIST_COLUMNS)
+
+
+def _read_json(path: Path, what: str, unlabelled: bool = False) -> pd.DataFrame:
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not content
         entries = json.loads(text)
@@ -110,17 +129,17 @@ def _read_json(path: Path, what: str) -> pd.DataFrame:
             f"{what} {path} must be a JSON list of {{\"image\": path, \"label\": 1|0}} objects, "
             f"not a {type(entries).__name__}."
         )
-    return _normalise(entries, path, what)
+    return _normalise(entries, path, what, unlabelled)
 
 
-def _normalise(entries: list[Any], path: Path, what: str) -> pd.DataFrame:
+def _normalise(entries: list[Any], path: Path, what: str, unlabelled: bool = False) -> pd.DataFrame:
     rows = []
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+        if not isinstance(entry, dict) or "image" not in entry or ("label" not in entry and not unlabelled):
             raise LoganError(
                 f"{what} {path}, entry {i}: expected an object with 'image' and 'label', got {str(entry)[:80]}."
             )
-        label = _label(entry["label"])
+        label = UNLABELLED if unlabelled and entry.get("label") in (None, -1) else _label(entry["label"])
         if label is None:
             raise LoganError(
                 f"{what} {path}, entry {i}: label {entry['label']!r} is not 1 (member) or 0 (non-member)."
@@ -159,7 +178,8 @@ def _take_label(frame: pd.DataFrame, label: int, path: str, what: str) -> pd.Dat
     wrong = frame[frame.label != label]
     if len(wrong):
         raise LoganError(
-            f"{what} {path} holds {len(wrong)} entries labelled {1 - label} (first: {_shown(wrong.iloc[0])}); "
+            f"{what} {path} holds {len(wrong)} entries labelled {wrong.label.iloc[0]} "
+            f"(first: {_shown(wrong.iloc[0])}); "
             f"every entry there must be labelled {label}. Fix the labels or the file."
         )
     return frame
@@ -199,7 +219,7 @@ def open_pool(value: str, key: str, label: int | None, cache_dir: str | None = N
                            "rows": len(frame)})
     entry = parse_entry(value, key)
     if entry.kind == "file":
-        return _list_pool(Path(entry.location), key, label)
+        return _list_pool(Path(entry.location), key, label, unlabelled=key == "data.dataset")
     source = open_source(entry, key, cache_dir)
     records = index(source)
     kept = records if label is None else records.where(lambda r: r["label"] == label)
@@ -209,16 +229,17 @@ def open_pool(value: str, key: str, label: int | None, cache_dir: str | None = N
     return Pool(kept, {"key": key, **source.provenance}, source)
 
 
-def _list_pool(path: Path, key: str, label: int | None) -> Pool:
-    """A JSON list (today's strictness: a wrong label is an error), each image read once for its id."""
-    frame = read_list(path, key)
+def _list_pool(path: Path, key: str, label: int | None, unlabelled: bool = False) -> Pool:
+    """A JSON list (today's strictness: a wrong label is an error), each image read once for its id;
+    `unlabelled`: entries may lack a label, and a folder is every image in it."""
+    frame = read_list(path, key, unlabelled)
     if label is not None:
         _take_label(frame, label, str(path), key)
     records, seen = Rows(), set()
     content = hashlib.sha256()
     for i, row in enumerate(frame.itertuples(index=False)):
         digest = hashlib.sha256(read_bytes(row.image, f"{key} {path}, entry {i}")).digest()
-        content.update(digest + bytes([row.label]))
+        content.update(digest + bytes([row.label % 256]))
         if digest in seen:
             continue
         seen.add(digest)
@@ -227,7 +248,8 @@ def _list_pool(path: Path, key: str, label: int | None) -> Pool:
     if len(records) < len(frame):
         log.warning("%s %s lists %d images twice (the same bytes); each is used once", key, path,
                     len(frame) - len(records))
-    return Pool(records, {"key": key, "source": str(path.resolve()), "kind": "list", "rows": len(frame),
+    return Pool(records, {"key": key, "source": str(path.resolve()), "kind": "folder" if path.is_dir() else "list",
+                          "rows": len(frame),
                           "content": "sha256:" + content.hexdigest()})
 
 
@@ -248,7 +270,8 @@ def _finish(pools: list[Pool], chosen: list[list[dict[str, Any]]]) -> list[dict[
         if pool.source is not None:
             fetch(pool.source, rows)
         pool.provenance["used"] = {"members": sum(r["label"] == 1 for r in rows),
-                                   "nonmembers": sum(r["label"] == 0 for r in rows)}
+                                   "nonmembers": sum(r["label"] == 0 for r in rows),
+                                   **({"unlabelled": n} if (n := sum(r["label"] == UNLABELLED for r in rows)) else {})}
     return [p.provenance for p in pools]
 
 
@@ -265,6 +288,10 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
         target = read_set(Path(cfg.dataset).expanduser(), "data.dataset")
         _check_both_classes(target, cfg.dataset)
         return target
+    if cfg.dataset and parse_entry(cfg.dataset, "data.dataset").kind == "file":
+        pool = open_pool(cfg.dataset, "data.dataset", None, cache_dir)
+        if any(pool.records[i]["label"] == UNLABELLED for i in range(len(pool.records))):
+            return _as_given(pool)
     if not cfg.dataset and (not cfg.member_dataset or not cfg.nonmember_dataset):
         raise LoganError(
             "no target data: give data.member_dataset=M.json and data.nonmember_dataset=N.json, or a labelled "
@@ -316,6 +343,17 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
     return target
 
 
+def _as_given(pool: Pool) -> pd.DataFrame:
+    """A list with unlabelled images: every image in it, as given (no draw, data.target_set_size unused)."""
+    rows = [pool.records[i] for i in range(len(pool.records))]
+    unknown = sum(r["label"] == UNLABELLED for r in rows)
+    log.info("data.dataset %s: %s without a membership label; every image of it is classified (no draw: "
+             "data.target_set_size is not used)", pool.provenance["source"], count(unknown, "image"))
+    target = _frame(rows)
+    target.attrs["sources"] = _finish([pool], [rows])
+    return target
+
+
 def _refuse_members(records: Rows, members: set[str], what: str, where: str) -> None:
     """Non-member entries (a non-member list or a reference pool) must not hold a member: checked on the
     whole sources, by image content, before any sampling."""
@@ -331,7 +369,8 @@ def _ids(records: Rows) -> set[str]:
 
 
 def _check_both_classes(target: pd.DataFrame, path: str) -> None:
-    if target.label.nunique() < 2:
+    """A saved target set holds both classes, or images without a label (classified against the reference)."""
+    if target.label.nunique() < 2 and not (target.label == UNLABELLED).any():
         raise LoganError(f"target set {path} holds only label {int(target.label.iloc[0])}: it needs both classes.")
 
 
@@ -344,8 +383,15 @@ def build_reference(cfg: DataConfig, target: pd.DataFrame, seed: int,
         reference.attrs["sources"] = []
         return reference, True
     if len(paths) == 1 and _is_saved(paths[0]):
-        reference = read_set(Path(paths[0]).expanduser(), "data.reference_datasets_list")
-        return _take_label(reference, 0, paths[0], "reference set"), False
+        reference = _take_label(read_set(Path(paths[0]).expanduser(), "data.reference_datasets_list"), 0, paths[0],
+                                "reference set")
+        members = reference.sample_id.isin(set(target[target.label == 1].sample_id))
+        if members.any():
+            raise LoganError(f"{count(int(members.sum()), 'image')} of the reference set {paths[0]} "
+                             f"{'is' if members.sum() == 1 else 'are'} members of the target set (first: "
+                             f"{_shown(reference[members].iloc[0])}): a reference image is a known non-member; "
+                             "give another data.reference_datasets_list.")
+        return reference, False
     weights = _distribution(cfg.reference_set_sample_distribution, len(paths))
     pools = [open_pool(p, "reference set", 0, cache_dir) for p in paths]
     in_target = set(target.sample_id)

@@ -357,7 +357,7 @@ class Rows(Sequence):
     (a JSON list's file, name and caption). Reading an item gives a fresh dict."""
 
     def __init__(self) -> None:
-        self.digests, self.labels, self.rows = bytearray(), bytearray(), array("q")
+        self.digests, self.labels, self.rows = bytearray(), array("b"), array("q")  # label -1: unlabelled
         self.known: dict[int, dict[str, Any]] = {}
         self.positions: np.ndarray | None = None   # a view: the rows kept by `where`
 
