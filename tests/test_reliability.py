@@ -89,7 +89,8 @@ def test_a_killed_tune_resumes_at_its_first_unfinished_chunk(world, reference_ru
 
 def test_killed_classify_resumes_to_identical_results(world, reference_run: Path, tmp_path: Path) -> None:
     args = [f"target_model.model_path={world.model}", *SMALL,
-            f"data.dataset={reference_run / 'datasets' / 'target_dataset.parquet'}", "noise.std=[2.0,20.0]"]
+            f"data.dataset={reference_run / 'datasets' / 'target_dataset.parquet'}", "noise.std=[2.0,20.0]",
+            f"data.reference_datasets_list=[{world.reference}]", "verdict.fpr=0.2"]   # verdicts read the reference
     clean = logan(["classify", *args, f"path.output_dir={tmp_path / 'clean'}"])
     assert clean.returncode == 0, clean.stderr
     killed = logan(["classify", *args, f"path.output_dir={tmp_path / 'killed'}"], fault="std_finish:1")
@@ -98,6 +99,9 @@ def test_killed_classify_resumes_to_identical_results(world, reference_run: Path
     assert rerun.returncode == 0, rerun.stderr
     a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("clean", "killed"))
     assert a == b
+    verdicts = [pd.read_csv(tmp_path / n / "verdicts.csv") for n in ("clean", "killed")]
+    assert len(verdicts[0]) == 2 * 16 and set(verdicts[0]["std"]) == {2.0, 20.0}   # each image at each std
+    pd.testing.assert_frame_equal(*verdicts)
 
 
 def test_a_live_lock_refuses_and_a_stale_lock_is_taken_over(world, tmp_path: Path, capsys) -> None:

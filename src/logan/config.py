@@ -131,12 +131,14 @@ class DataConfig:
                                      "saved Parquet set (reloaded)", path=True)
     nonmember_dataset: str | None = key(None, "non-members: a JSON list (label 0) or a saved Parquet set",
                                         path=True)
-    dataset: str | None = key(None, "classify: a saved target set (OUT/datasets/target_dataset.parquet)",
-                              path=True)
+    dataset: str | None = key(None, "classify: a saved target set (OUT/datasets/target_dataset.parquet), a labelled "
+                              "pool, or images of unknown membership: a JSON list without labels or a folder (all "
+                              "classified)", path=True)
     target_set_size: int = key(300, "members + non-members sampled into the target set")
     n_nm_ratio: float = key(0.5, "fraction of the target set that are non-members")
-    reference_datasets_list: Any = key(help="reference set: [] = the target non-members; a path; or a list of "
-                                       "paths (a mixture)", factory=list)
+    reference_datasets_list: Any = key(help="reference set (known non-members): [] = the target non-members; a "
+                                       "path; or a list of paths (a mixture); classify at an optimal_std.json: "
+                                       "[] = that tuning run's reference set", factory=list)
     reference_set_sample_distribution: list[float] | None = key(None, "with several reference paths: their "
                                                                 "proportions, summing to 1.0")
     reference_set_size: int | None = key(None, "null = data.target_set_size (or all the pool holds, if fewer)")
@@ -257,6 +259,18 @@ class SelectionConfig:
 
 
 @dataclass
+class VerdictConfig:
+    """classify's per-image verdicts: each target image's p-value against the reference set's scores."""
+
+    fpr: float = key(0.01, "false positive rate of the member verdict: an image is called member when its p-value "
+                     "against the reference set (known non-members) is at most this")
+    metric: str | None = key(None, "metric of the verdicts; null = the tuning run's selection metric (else "
+                             "selection.metric, else the first noise-dependent metric of img_metrics.metrics_to_use)")
+    part: str | None = key(None, "part of the verdicts; null = the part the std was selected on (else "
+                           "selection.part, else the first of img_metrics.parts)")
+
+
+@dataclass
 class JobConfig:
     """The original's job switch."""
 
@@ -309,6 +323,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
     job_meta_params: JobConfig = field(default_factory=JobConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -396,6 +411,9 @@ class RunConfig:
                              "(null: as many as data.target_set_size).")
         if not 0.0 <= self.selection.k <= 1.0:
             raise LoganError(f"selection.k={self.selection.k} must lie in [0, 1].")
+        if not 0.0 < self.verdict.fpr < 1.0:
+            raise LoganError(f"verdict.fpr={self.verdict.fpr} must lie strictly between 0 and 1 (e.g. 0.01: at most 1 "
+                             "% of non-members called member).")
         if not 0.0 < self.selection.fraction < 1.0:
             raise LoganError(f"selection.fraction={self.selection.fraction} must lie strictly between 0 and 1 (the "
                              "selection part's share of the target set).")

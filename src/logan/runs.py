@@ -116,6 +116,16 @@ class ClassifyResult:
         """Per-sample values and scores (higher = member): scores.parquet."""
         return pd.read_parquet(self.output_dir / "scores.parquet")
 
+    @functools.cached_property
+    def verdicts(self) -> pd.DataFrame:
+        """Per-image verdicts (verdicts.csv): each target image's score, p-value against the reference set and
+        member / non-member at verdict.fpr, with its label where known (logan.report.verdicts)."""
+        path = self.output_dir / "verdicts.csv"
+        if not path.is_file():
+            raise LoganError(f"{self.output_dir} has no verdicts.csv (a classify run of an earlier LOGAN): rerun "
+                             "'logan classify' with a new path.output_dir for per-image verdicts.")
+        return pd.read_csv(path, dtype={"label": "Int8"})
+
     @property
     def plots(self) -> list[Path]:
         return sorted(p for p in self.output_dir.glob("*.png"))
@@ -146,15 +156,24 @@ class ClassifyResult:
         from logan.report.evaluate import summary_table
 
         rows, k, note = self.metrics.to_dict("records"), self.k if k is None else k, self.plan.get("note", "")
+        if not rows:
+            return "no AUC table: the target set holds no labelled members and non-members (see the verdicts)"
         if std is None and not (self.per_part or self.split == "crossfit"):
             return "\n\n".join(summary_table(rows, k, s, note) for s in sorted(self.metrics["std"].unique()))
         return summary_table(rows, k, std, note)
 
     def summary(self) -> str:
         lines = [self.table(), f"model-free baseline: AUC {self.blind.get('auc', float('nan')):.3f} - "
-                 f"{self.blind.get('verdict', '')}",
+                 f"{self.blind.get('verdict', '')}", *self._verdict_lines(),
                  f"files: {self.output_dir / 'metrics.json'}, {self.output_dir / 'scores.parquet'}, {self.report}"]
         return "\n".join(lines)
+
+    def _verdict_lines(self) -> list[str]:
+        from logan.report.verdicts import summary_lines
+
+        path = self.output_dir / "verdicts.json"
+        return [*summary_lines(read_json(path)), f"verdicts: {self.output_dir / 'verdicts.csv'}"] if path.is_file() \
+            else []
 
     def __str__(self) -> str:
         return self.summary()

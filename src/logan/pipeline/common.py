@@ -96,8 +96,8 @@ def check_samples(frame: pd.DataFrame, cfg: RunConfig) -> None:
         if sample_id(data) != row.sample_id:
             raise LoganError(f"image {shown[i]} changed since the set was saved (its sha256 is another); restore "
                              "it, or choose a new path.output_dir.")
-        return check_image(data, f"{shown[i]} (entry {i} of the {'member' if row.label == 1 else 'non-member'} "
-                                 "samples)")
+        kind = {1: "member", 0: "non-member"}.get(row.label, "unlabelled")
+        return check_image(data, f"{shown[i]} (entry {i} of the {kind} samples)")
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="logan-check") as pool:
         facts = list(pool.map(check, range(len(rows))))
@@ -139,6 +139,10 @@ def why_refused(old: dict[str, Any], new: dict[str, Any], out: Path) -> str | No
     if "metric_definitions" not in old or old.get("sample_ids") != SAMPLE_IDS:
         return (f"{out} was written by an earlier LOGAN (other metric definitions, samples keyed by image path) and "
                 "cannot be resumed; choose a new path.output_dir.")
+    if new.get("reference_scored") and not old.get("reference_scored"):
+        return (f"{out} holds a classify run of an earlier LOGAN, which scored the target set only: per-image verdicts "
+                "need the reference set's scores too; rerun the command with a new path.output_dir (this folder's "
+                "metrics.json and report stay readable).")
     return moved_revision(old, new, out)
 
 
@@ -218,7 +222,8 @@ def run_folder(cfg: RunConfig, command: str, data: pd.DataFrame | None = None,
         with run_log(work):
             work.mkdir(parents=True, exist_ok=True)
             with RunLock(work):
-                check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)}, command, why_refused)
+                scored = {"reference_scored": True} if command == "classify" else {}  # verdicts need the reference
+                check_fingerprint(out, fingerprint(cfg) | {"data": _data_key(cfg)} | scored, command, why_refused)
                 write_json(out / "config.json", asdict(cfg))
                 if data is not None and (not (out / PROVENANCE).exists() or data.attrs.get("sources")):
                     write_json(out / PROVENANCE, run_provenance(cfg, data.attrs.get("sources", [])))
@@ -413,12 +418,15 @@ class StdPlan:
         return target[keep]
 
     def check(self, target: pd.DataFrame) -> None:
-        """The target set must keep members and non-members to report (before any model work)."""
+        """The target set must keep images to report: members and non-members when it is labelled (before any
+        model work)."""
         reported = self.reported(target)
-        if reported.label.nunique() < 2:
-            raise LoganError(f"{self.source} was chosen with selection.split={self.split} and leaves no members and "
-                             "non-members of this target set to report; classify the tuning run's target set (leave "
-                             "data.* unset) or select with selection.split=none.")
+        labelled = not (target.label < 0).any()
+        if reported.empty or (labelled and reported.label.nunique() < 2):
+            raise LoganError(f"{self.source} was chosen with selection.split={self.split} and leaves no "
+                             f"{'members and non-members' if labelled else 'images'} of this target set to report; "
+                             "classify the tuning run's target set (leave data.* unset) or select with "
+                             "selection.split=none.")
         if len(reported) < len(target):
             log.info("selection.split=%s: %d of the %d target samples are reported (%s)", self.split, len(reported),
                      len(target), "the std was chosen on the others" if self.split == "holdout" else
@@ -429,7 +437,7 @@ class StdPlan:
         return {"source": str(self.source) if self.source else None, "split": self.split, "stds": self.stds,
                 "per_part": self.per_part, "label_informed": self.label_informed, "note": self.note,
                 "evaluated": sorted(evaluated.sample_id), "n_members": int((evaluated.label == 1).sum()),
-                "n_nonmembers": int((evaluated.label == 0).sum()),
+                "n_nonmembers": int((evaluated.label == 0).sum()), "n_unlabelled": int((evaluated.label < 0).sum()),
                 "folds": [{"samples": sorted(f), "std": stds} for f, stds in self.folds]}
 
 

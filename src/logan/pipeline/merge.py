@@ -95,7 +95,8 @@ def finish(cfg: RunConfig, command: str, shard: ShardInfo) -> Any:
     from logan.pipeline.common import std_plan
 
     target = read_set(out / "datasets" / SET_FILES["target"], "target set")
-    return evaluate(cfg, target, std_plan(cfg))
+    reference = out / "datasets" / SET_FILES["reference"]
+    return evaluate(cfg, target, std_plan(cfg), read_set(reference, "reference set") if reference.is_file() else None)
 
 
 def merge(cfg: RunConfig) -> Path:

@@ -22,15 +22,16 @@ import numpy as np
 import pandas as pd
 
 from logan.config import RunConfig
-from logan.errors import LoganError
+from logan.errors import LoganError, count
 from logan.io import write_json, write_parquet
 from logan.metrics.original import auc_in_original_orientation
 from logan.metrics.registry import get_metric
 from logan.pipeline.common import StdPlan
 from logan.report.blind import save_blind_baseline
-from logan.report.html import std_text, write_report
+from logan.report.html import ReportContext, std_text, write_report
 from logan.report.plots import roc_curves, score_histograms
 from logan.report.scoring import fold_mean_summary, roc_summary
+from logan.report.verdicts import per_image, write_verdicts
 from logan.results import load_baselines, load_scores
 
 log = logging.getLogger(__name__)
@@ -136,26 +137,39 @@ def _order(rows: list[dict[str, Any]], parts: list[str], metrics: list[str]) -> 
     return sorted(rows, key=key)
 
 
-def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan) -> list[dict[str, Any]]:
-    """Write metrics.json, scores.parquet, std_plan.json, plots, the blind baseline and report.html."""
+def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan,
+             reference: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    """Write metrics.json, scores.parquet, std_plan.json, the per-image verdicts against `reference` (known
+    non-members, scored in the same run), plots, the blind baseline and report.html. Images without a label
+    are left out of the AUC tables (an unlabelled target set has none) and get their verdicts."""
     out, k = cfg.output_dir, cfg.selection.k
-    scores = score_table(cfg, target, plan.stds)
+    every = score_table(cfg, target if reference is None else pd.concat([target, reference]), plan.stds)
+    scores = every[every.sample_id.isin(set(target.sample_id))]
     scores = scores[plan.mask(scores)]
     if plan.folds:
         scores = scores.assign(fold=plan.fold_of(scores.sample_id))
     write_json(out / "std_plan.json", plan.record(plan.reported(target)))
-    rows = _order(metric_rows(scores, k, cfg.seed, cfg.img_metrics.compat), cfg.img_metrics.parts,
-                  cfg.img_metrics.metrics_to_use)
+    labelled = scores[scores.label >= 0]
+    rows = _order(metric_rows(labelled, k, cfg.seed, cfg.img_metrics.compat), cfg.img_metrics.parts,
+                  cfg.img_metrics.metrics_to_use) if labelled.label.nunique() == 2 else []
+    if len(labelled) < len(scores):
+        log.info("%s: %s", "no AUC table" if not rows else "AUC tables on the labelled images only",
+                 count(scores.sample_id[scores.label < 0].nunique(), "target image has", "target images have")
+                 + " no membership label (their verdicts are in verdicts.csv)")
     write_json(out / "metrics.json", rows)
     write_parquet(out / "scores.parquet", scores)
-    blind = save_blind_baseline(target, out / "blind_baseline.json", cfg.seed)
+    verdicts = None
+    if reference is not None:
+        table, verdicts = per_image(cfg, plan.source, scores, every[every.sample_id.isin(set(reference.sample_id))])
+        write_verdicts(table, verdicts, out)
+    blind = save_blind_baseline(target[target.label >= 0], out / "blind_baseline.json", cfg.seed)
     plots = {}
-    for std in [None] if plan.own_std else plan.stds:
+    for std in ([None] if plan.own_std else plan.stds) if rows else []:
         suffix = "" if std is None or len(plan.stds) == 1 else f"_std_{std:g}"
         chosen = {}
         for part, row in best_per_part(rows, std, k).items():
-            picked = scores[(scores.part == part) & (scores.metric == row["metric"]) & np.isclose(scores.k, k)
-                            & np.isfinite(scores.score)]
+            picked = labelled[(labelled.part == part) & (labelled.metric == row["metric"])
+                              & np.isclose(labelled.k, k) & np.isfinite(labelled.score)]
             picked = picked if std is None else picked[picked["std"] == std]
             for fold, group in picked.groupby("fold") if plan.folds else [(None, picked)]:
                 name = (f"{part}: {row['metric']} (AUC {row['auc']:.3f})" if fold is None else
@@ -169,10 +183,12 @@ def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan) -> list[dict[s
         for part, row in best_per_part(rows, std, k).items():
             log.info("best LOGAN metric on %s at std %s: %s, AUC %.3f", part, std_text(row), row["metric"],
                      row["auc"])
-    log.info("%s", BEST_NOTE)
+    if rows:
+        log.info("%s", BEST_NOTE)
     if plan.note:
         log.info("std: %s", plan.note)
-    write_report(cfg, rows, blind, plots, out / "report.html", plan, BEST_NOTE)
-    log.info("wrote %s, %s, %s and %s", out / "metrics.json", out / "scores.parquet", out / "blind_baseline.json",
-             out / "report.html")
+    write_report(cfg, rows, blind, plots, out / "report.html", plan, BEST_NOTE,
+                 ReportContext.of(target, reference, verdicts))
+    log.info("wrote %s, %s, %s, %s and %s", out / "metrics.json", out / "scores.parquet", out / "verdicts.csv",
+             out / "blind_baseline.json", out / "report.html")
     return rows

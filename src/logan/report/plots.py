@@ -70,10 +70,16 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, tit
 
 def score_histograms(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
     """Member vs non-member score histograms, one panel per (part: metric)."""
+    _save(histogram_figure(curves), path)
+
+
+def histogram_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+    """The histograms' figure; constrained layout keeps each panel's title clear of the axis label of the
+    panel above it."""
     n = max(len(curves), 1)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
-    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, (labels, scores)) in zip(axes.ravel(), curves.items()):
         bins = np.histogram_bin_edges(scores, bins=30) if len(scores) else 10
@@ -84,4 +90,4 @@ def score_histograms(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(curves):]:
         ax.axis("off")
-    _save(fig, path)
+    return fig
