@@ -30,6 +30,7 @@ from logan.pipeline.common import StdPlan
 from logan.report.blind import save_blind_baseline
 from logan.report.html import std_text, write_report
 from logan.report.plots import roc_curves, score_histograms
+from logan.report.results_file import write_classify_results
 from logan.report.scoring import fold_mean_summary, roc_summary
 from logan.results import load_baselines, load_scores
 
@@ -143,7 +144,8 @@ def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan) -> list[dict[s
     scores = scores[plan.mask(scores)]
     if plan.folds:
         scores = scores.assign(fold=plan.fold_of(scores.sample_id))
-    write_json(out / "std_plan.json", plan.record(plan.reported(target)))
+    record = plan.record(plan.reported(target))
+    write_json(out / "std_plan.json", record)
     rows = _order(metric_rows(scores, k, cfg.seed, cfg.img_metrics.compat), cfg.img_metrics.parts,
                   cfg.img_metrics.metrics_to_use)
     write_json(out / "metrics.json", rows)
@@ -175,4 +177,5 @@ def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan) -> list[dict[s
     write_report(cfg, rows, blind, plots, out / "report.html", plan, BEST_NOTE)
     log.info("wrote %s, %s, %s and %s", out / "metrics.json", out / "scores.parquet", out / "blind_baseline.json",
              out / "report.html")
+    write_classify_results(cfg, rows, record, scores, blind, [p for paths in plots.values() for p in paths])
     return rows
