@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from logan import validate_results
 from logan.cli import main
 from logan.metrics import all_metrics
 
@@ -202,6 +203,17 @@ def test_tuning_curves_and_optimal_std_follow_from_the_scores(tuned: Path) -> No
     for part, entry in optimal["per_part"].items():
         assert entry["optimal_std"] == max(entry["curve"][1:], key=lambda p: p["tune_auc"])["std"], part
     assert is_png(tuned / "tuning_curve.png")
+    # results.json: every part's curve of every divergence, the same points as the scores give
+    results = validate_results(tuned)
+    every = pd.DataFrame(results["curves"])
+    assert sorted(set(zip(every.part, every.metric))) == sorted((p, m) for p in PARTS for m in metrics if m in LOGAN)
+    for point in every.itertuples():
+        scores = at_k[point.std]
+        chosen = scores[(scores.part == point.part) & (scores.metric == point.metric)]
+        assert point.target_mean == pytest.approx(chosen.value[chosen.sample_id.isin(target)].mean(), rel=1e-9,
+                                                  abs=1e-300), point
+        assert point.reference_mean == pytest.approx(chosen.value[chosen.sample_id.isin(reference)].mean(),
+                                                     rel=1e-9, abs=1e-300), point
 
 
 def test_select_alone_reproduces_tune(tuned: Path) -> None:
@@ -342,7 +354,7 @@ def test_help_lists_every_command_and_imports_no_heavy_module() -> None:
     assert result.returncode == short.returncode == 0 and result.stdout == short.stdout and not result.stderr
     section = result.stdout.split("commands:\n", 1)[1].split("\n\n", 1)[0].splitlines()
     purposes = dict(line.split(None, 1) for line in section)
-    assert set(purposes) == {"tune", "select", "classify", "demo", "prepare", "merge", "list"}
+    assert set(purposes) == {"tune", "select", "classify", "demo", "prepare", "merge", "compare", "list"}
     assert all(len(text.split()) >= 4 for text in purposes.values()), purposes  # each says what it does
     assert "exit codes: 0 done" in result.stdout
     # help is instant: it reads the commands' docstrings without importing torch, transformers or Hydra

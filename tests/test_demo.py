@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from logan import validate_results
 from logan.api import run
 
 
@@ -37,3 +38,13 @@ def test_fast_demo_separates_trained_from_control(tmp_path: Path) -> None:
         assert best["tpr_at_5pct_fpr"] is not None
     assert set(summary["optimal_std"]) == {"trained", "control"}
     assert (out / "demo_table.txt").read_text().count("\n") > 10
+    # results.json: the table's rows, the generated data, links to each run's own results.json (all valid)
+    results = validate_results(out)
+    assert results["command"] == "demo" and results["table"] == (out / "demo_table.txt").read_text().splitlines()
+    assert results["provenance"]["data"]["members"]["entries"] == 60
+    for name, rows in (("trained", trained), ("control", control)):
+        for link in results["runs"][name].values():
+            assert validate_results(out / link)["command"] in ("tune", "classify")
+        table = [r for r in zip(results["comparison"]["model"], results["comparison"]["part"],
+                                results["comparison"]["metric"], results["comparison"]["auc"]) if r[0] == name]
+        assert table == [(name, r["part"], r["metric"], r["auc"]) for r in rows if r["k"] == 1.0]

@@ -77,8 +77,10 @@ def test_a_killed_shard_reruns_alone_and_logan_merge_finishes(world, single: Pat
     assert_same_results(out, single)
     shutil.rmtree(out / "per_std")
     (out / "optimal_std.json").unlink()
+    (out / "results.json").unlink()
     run("merge", [f"path.output_dir={out}"])
     assert_same_results(out, single)
+    assert json.loads((out / "results.json").read_text())["command"] == "tune"  # merge finishes it as tune would
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")

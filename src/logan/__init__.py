@@ -5,7 +5,8 @@ Gaussian noise) -> metrics (per-token divergences, Max-K% aggregation) -> engine
 passes) -> pipeline (tune, select, classify, demo) -> report (ROC scoring and plots).
 
 The Python API (`logan.api`, re-exported here): `logan.tune`, `logan.select`, `logan.classify`,
-`logan.demo`, `logan.prepare`, `logan.merge` and `logan.load_run`; each returns a typed result.
+`logan.demo`, `logan.prepare`, `logan.merge`, `logan.compare` and `logan.load_run`; each returns a typed
+result. `logan.validate_results(path)` checks a results.json against the package's JSON Schema.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
-__all__ = ["tune", "select", "classify", "demo", "prepare", "merge", "load_run", "LoganError", "__version__"]
+__all__ = ["tune", "select", "classify", "demo", "prepare", "merge", "compare", "load_run", "validate_results",
+           "LoganError", "__version__"]
 
 if TYPE_CHECKING:
-    from logan.api import classify, demo, merge, prepare, select, tune
+    from logan.api import classify, compare, demo, merge, prepare, select, tune
     from logan.errors import LoganError
+    from logan.report.results_file import validate_results
     from logan.runs import load_run
 
 
 def __getattr__(name: str) -> Any:
     """The API loads on first use, so `import logan` (and `logan --help`) stay instant."""
-    if name in ("tune", "select", "classify", "demo", "prepare", "merge"):
+    if name in ("tune", "select", "classify", "demo", "prepare", "merge", "compare"):
         from logan import api
 
         return getattr(api, name)
@@ -31,6 +34,10 @@ def __getattr__(name: str) -> Any:
         from logan.runs import load_run
 
         return load_run
+    if name == "validate_results":
+        from logan.report.results_file import validate_results
+
+        return validate_results
     if name == "LoganError":
         from logan.errors import LoganError
 

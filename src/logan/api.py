@@ -7,6 +7,7 @@
     result = logan.classify(std=tuned.output_dir / "optimal_std.json", output_dir="runs/classify")
     result.metrics            # a DataFrame: metric, part, std, k, auc, tpr_at_1pct_fpr, ...
     result.roc("max_k_no_norn_kl_div", "img").tpr
+    logan.compare(["runs/classify", "runs/other"]).table   # runs side by side
 
 Each function takes the command line's `key=value` strings as a list (`logan.classify(["noise.std=4",
 ...])`) and keyword arguments: the short names in `SETTINGS` or any dotted key as `**{"data.n_nm_ratio":
@@ -27,7 +28,7 @@ from logan.errors import LoganError, did_you_mean
 
 if TYPE_CHECKING:
     from logan.config import RunConfig
-    from logan.runs import ClassifyResult, DemoResult, PrepareResult, Result, TuneResult
+    from logan.runs import ClassifyResult, CompareResult, DemoResult, PrepareResult, Result, TuneResult
 
 # keyword argument -> dotted config key (a group name: the preset of that group)
 SETTINGS: dict[str, str] = {
@@ -71,6 +72,7 @@ COMMANDS: dict[str, Command] = {
     "demo": Command("logan.pipeline.demo", "demo"),
     "prepare": Command("logan.pipeline.prepare", "prepare"),
     "merge": Command("logan.pipeline.merge", "merge"),
+    "compare": Command("logan.pipeline.compare", "compare"),
 }
 
 
@@ -105,11 +107,15 @@ def configure(command: str, overrides: Sequence[str] = (), settings: Mapping[str
 
 def command_overrides(command: str, overrides: Sequence[str]) -> list[str]:
     """A command's arguments as overrides: `prepare NAME source=DIR ...` names its converter and takes its
-    own keys bare (they become prepare.*)."""
+    own keys bare (they become prepare.*); `compare RUN RUN ...` takes its run folders bare (compare.runs)."""
     if command == "prepare":
         from logan.pipeline.prepare import prepare_overrides
 
         return prepare_overrides(list(overrides))
+    if command == "compare":
+        from logan.pipeline.compare import compare_overrides
+
+        return compare_overrides(list(overrides))
     return list(overrides)
 
 
@@ -117,14 +123,19 @@ def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any]
     """Run one command; returns its result read back from the run folder (None for a data-parallel shard
     that leaves the merge to another process)."""
     from logan.distributed import quiet_other_ranks, shard_info
+    from logan.io import check_writable
+    from logan.report.tracking import check_tracking
     from logan.runlog import run_log
     from logan.runs import load_run
     from logan.threads import torch_threads
 
-    from logan.io import check_writable
-
     cfg = configure(command, overrides, settings)
+    check_tracking(cfg.tracking)  # a tracker asked for but not installed stops here, before any work
     check_writable(cfg.output_dir)
+    if command == "compare":  # before its log opens in a folder that might be a run's
+        from logan.pipeline.compare import check_output
+
+        check_output(cfg)
     spec = COMMANDS[command]
     if spec.loads_weights:  # the checkpoint comes off the disk while torch imports and the data is checked
         from logan.models.hub import local_model
@@ -151,7 +162,7 @@ def _log_folder(cfg: RunConfig, command: str) -> Path:
 def _dotted(settings: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for name, value in settings.items():
-        if "." in name or name in ("seed", "device", "dtype"):
+        if "." in name or name in ("seed", "device", "dtype", "tracking"):
             out[name] = value
         elif name in SETTINGS:
             out[SETTINGS[name]] = value
@@ -196,6 +207,15 @@ def prepare(name: str, overrides: Sequence[str] = (), /, **settings: Any) -> Pre
 
     settings = {f"prepare.{k}" if k in PREPARE_KEYS else k: v for k, v in settings.items()}
     return _typed("prepare")([name, *overrides], **settings)
+
+
+def compare(runs: Sequence[str | Path], overrides: Sequence[str] = (), /, **settings: Any) -> CompareResult:
+    """Finished runs side by side (tune, select, classify or demo folders): `.table` (a DataFrame: run, part,
+    metric, std, k, auc, tpr_at_*), `.tuning`, `.wide()`, the ROC overlay; written to output_dir (default
+    outputs/compare)."""
+    if isinstance(runs, (str, Path)):
+        raise TypeError(f"logan.compare() takes a list of run folders, e.g. [{str(runs)!r}, ...].")
+    return _typed("compare")(overrides, **{"compare.runs": [str(run) for run in runs], **settings})
 
 
 def merge(overrides: Sequence[str] = (), /, **settings: Any) -> Result:

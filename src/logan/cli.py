@@ -137,7 +137,8 @@ def usage() -> str:
               "examples:", "  logan demo",
               "  logan tune target_model.model_path=DIR data.member_dataset=M.json data.nonmember_dataset=N.json "
               "path.output_dir=runs/tune",
-              "  logan classify noise.std=runs/tune/optimal_std.json path.output_dir=runs/classify", "", EXIT_CODES]
+              "  logan classify noise.std=runs/tune/optimal_std.json path.output_dir=runs/classify",
+              "  logan compare runs/classify runs/classify_other", "", EXIT_CODES]
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +148,7 @@ def command_help(command: str, overrides: list[str]) -> str:
     from logan.cli_help import describe_keys
 
     spec = COMMANDS[command]
-    name = " NAME" if command == "prepare" else ""
+    name = {"prepare": " NAME", "compare": " RUN RUN ..."}.get(command, "")
     lines = [f"usage: logan {command}{name} [key=value ...] [--cfg job]", "", spec.purpose, ""]
     lines += describe_keys(command, overrides)
     return "\n".join([*lines, "", EXIT_CODES]) + "\n"

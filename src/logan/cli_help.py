@@ -13,17 +13,18 @@ from typing import Any
 COMMAND_KEYS: dict[str, tuple[str, ...]] = {
     "tune": ("path.", "target_model.", "data.", "noise.std_sets", "noise.quantize", "noise.space", "noise.draws",
              "img_metrics.", "prompt.", "generation.", "inference.", "selection.", "job_meta_params.", "seed",
-             "device", "dtype"),
+             "device", "dtype", "tracking"),
     "select": ("path.output_dir", "selection.", "img_metrics.parts", "img_metrics.metrics_to_use",
-               "img_metrics.ratio"),
+               "img_metrics.ratio", "tracking"),
     "classify": ("path.", "target_model.", "data.dataset", "data.member_dataset", "data.nonmember_dataset",
                  "data.target_set_size", "data.n_nm_ratio", "data.reference_", "data.shard_id", "data.num_shards",
                  "noise.", "img_metrics.", "prompt.", "generation.", "inference.", "selection.k", "verdict.",
-                 "job_meta_params.", "seed", "device", "dtype"),
+                 "job_meta_params.", "seed", "device", "dtype", "tracking"),
     "demo": ("path.output_dir", "demo.", "noise.std_sets", "noise.quantize", "img_metrics.", "prompt.",
-             "selection.", "seed", "device", "dtype"),
+             "selection.", "seed", "device", "dtype", "tracking"),
     "prepare": ("path.output_dir", "prepare."),
     "merge": ("path.output_dir",),
+    "compare": ("path.output_dir", "compare."),
 }
 WIDTH = 46  # column of the explanations
 

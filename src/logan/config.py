@@ -43,6 +43,7 @@ DEFAULT_STD_SETS = (
 # defaults a command sets apart from the schema's, unless the caller gives the key (shown by its --help)
 COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
     "demo": {"selection.split": "holdout"},  # its table reports AUCs on samples the std was not chosen on
+    "compare": {"path.output_dir": "outputs/compare"},  # never a run folder's own default
 }
 
 
@@ -311,6 +312,15 @@ class PrepareConfig:
 
 
 @dataclass
+class CompareConfig:
+    """`logan compare RUN RUN ...`: finished runs side by side."""
+
+    runs: list[str] = key(help="the run folders (tune, select, classify or demo); on the command line simply `logan "
+                          "compare RUN RUN ...`", factory=list)
+    metric: str | None = key(None, "metric of the overlaid ROC curves (null = the first run's selection metric)")
+
+
+@dataclass
 class RunConfig:
     """Everything a LOGAN command reads."""
 
@@ -327,10 +337,14 @@ class RunConfig:
     job_meta_params: JobConfig = field(default_factory=JobConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     seed: int = key(0, "seeds target / reference sampling and every noise draw")
     device: str = key("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = key("auto", "auto (float16 on a GPU, as the original; float32 on the CPU) | float32 | bfloat16 | "
                      "float16", choices=("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"))
+    tracking: str = key("none", "also log metrics, tuning curves and plots to an experiment tracker: none | "
+                        "tensorboard (OUT/tensorboard) | wandb (WANDB_MODE, WANDB_PROJECT respected); its package must "
+                        "be installed", choices=("none", "tensorboard", "wandb"))
     # written by the run, not a setting: every model path setting made local (`logan.models.hub`), with the
     # Hub commit of each; recorded in config.json
     resolved: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})

@@ -22,10 +22,23 @@ from logan.faults import fault_point
 FINGERPRINT_FILE = "run_fingerprint.json"
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary name beside `path`, then rename it into place."""
+def write_json(path: Path, obj: Any, compact: bool = False) -> None:
+    """Write JSON to a temporary name beside `path`, then rename it into place. `compact`: every list of plain
+    values on one line (column-oriented tables stay a line per column) and strict JSON (no NaN)."""
+    text = _compact(obj) if compact else json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def _compact(obj: Any, depth: int = 0) -> str:
+    """Indented JSON whose lists of plain values stand on one line."""
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {_compact(v, depth + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in obj):
+        return "[\n" + ",\n".join(inner + _compact(v, depth + 1) for v in obj) + f"\n{pad}]"
+    return json.dumps(obj, default=_json_default, allow_nan=False, separators=(", ", ": "))
 
 
 def read_json(path: Path) -> Any:

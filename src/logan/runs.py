@@ -8,7 +8,11 @@ gives the same object the command returned:
 - `ClassifyResult` (classify): `metrics` (the rows of metrics.json), `scores` (per sample), ROC arrays,
   the model-free baseline, the plots, and the samples the AUCs count (`split`, `evaluated`);
 - `DemoResult` (demo): the table, and the trained and control models' tune and classify results;
-- `PrepareResult` (prepare): the lists written and their summary.
+- `PrepareResult` (prepare): the lists written and their summary;
+- `CompareResult` (compare): the runs side by side as a DataFrame, the printed tables, the ROC overlay.
+
+Tune, select, classify, demo and compare folders hold a versioned results.json (`results`: its content;
+`{}` for a folder written before LOGAN wrote one, which still loads from its other files).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import pandas as pd
 
 from logan.errors import LoganError
 from logan.io import FINGERPRINT_FILE, read_json
+
+RESULTS = "results.json"  # logan.report.results_file writes it
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class TuneResult:
 
     output_dir: Path
     selection: dict[str, Any] = field(repr=False)   # optimal_std.json as written
+    results: dict[str, Any] = field(default_factory=dict, repr=False)  # results.json ({}: a folder without one)
 
     @property
     def optimal_std(self) -> float:
@@ -53,7 +60,11 @@ class TuneResult:
 
     @property
     def curves(self) -> pd.DataFrame:
-        """One row per (part, metric, std): target mean, reference mean, gap and target-vs-reference AUC."""
+        """One row per (part, metric, std): target mean, reference mean, gap and target-vs-reference AUC (every
+        part and metric from results.json; from a folder without one, the selection part's metrics and the
+        selection metric's other parts, as optimal_std.json holds them)."""
+        if "curves" in self.results:
+            return pd.DataFrame(self.results["curves"]).astype({"std": float})
         s = self.selection
         rows = [{"part": s["part"], "metric": metric, **point} for metric, points in s["curves"].items()
                 for point in points]
@@ -99,6 +110,7 @@ class ClassifyResult:
     k: float = 1.0                                   # the K of the tables and plots (selection.k)
     per_part: bool = False                           # each part scored at its own selected std (noise.per_part)
     plan: dict[str, Any] = field(default_factory=dict, repr=False)  # std_plan.json: split, samples reported, note
+    results: dict[str, Any] = field(default_factory=dict, repr=False)  # results.json ({}: a folder without one)
 
     @property
     def split(self) -> str:
@@ -187,6 +199,7 @@ class DemoResult:
     table: str
     models: dict[str, tuple[TuneResult, ClassifyResult]] = field(repr=False)
     summary_data: dict[str, Any] = field(repr=False)
+    results: dict[str, Any] = field(default_factory=dict, repr=False)  # results.json ({}: a folder without one)
 
     def summary(self) -> str:
         trained = self.models.get("trained")
@@ -216,11 +229,51 @@ class PrepareResult:
         return self.summary()
 
 
-Result = TuneResult | ClassifyResult | DemoResult | PrepareResult
+@dataclass
+class CompareResult:
+    """`logan compare`: finished runs side by side (results.json of the compare folder)."""
+
+    output_dir: Path
+    results: dict[str, Any] = field(repr=False)
+    text: str = ""                                   # the tables as printed (compare.txt)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per (run, part, metric) at each classify run's std and K: std, AUC with its interval, TPR at
+        each FPR target (with the FPR reached and whether it is estimable), n_members, n_nonmembers."""
+        return pd.DataFrame(self.results["metrics"])
+
+    @property
+    def tuning(self) -> pd.DataFrame:
+        """One row per (tuning run, part): the optimal std of its selection metric and the curve there."""
+        return pd.DataFrame(self.results["tuning"])
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        """Each run compared: name (the column label), folder, command and its results.json (None: older run)."""
+        return self.results["runs"]
+
+    def wide(self, value: str = "auc") -> pd.DataFrame:
+        """`value` with (part, metric) as rows and one column per run."""
+        return self.table.pivot_table(index=["part", "metric"], columns="run", values=value, sort=False)
+
+    @property
+    def plots(self) -> list[Path]:
+        return sorted(self.output_dir.glob("compare_*.png"))
+
+    def summary(self) -> str:
+        files = [self.output_dir / "compare.txt", *self.plots, self.output_dir / "results.json"]
+        return "\n".join([self.text.rstrip(), "files: " + ", ".join(str(p) for p in files if p.exists())])
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+Result = TuneResult | ClassifyResult | DemoResult | PrepareResult | CompareResult
 
 
 def load_run(folder: str | Path) -> Result:
-    """Read a finished run folder (tune, classify, demo or prepare) into its result object."""
+    """Read a finished run folder (tune, classify, demo, prepare or compare) into its result object."""
     out = Path(folder).expanduser()
     if (out / "demo_summary.json").is_file():
         return _demo(out)
@@ -228,6 +281,10 @@ def load_run(folder: str | Path) -> Result:
         summary = read_json(out / "prepare_summary.json")
         return PrepareResult(out, {name: out / name for name in summary["sets"]}, summary)
     if not (out / FINGERPRINT_FILE).is_file():
+        results = _results(out)
+        if results.get("command") == "compare":
+            text = (out / "compare.txt").read_text() if (out / "compare.txt").is_file() else ""
+            return CompareResult(out, results, text)
         raise LoganError(f"{out} is not a LOGAN run folder (no {FINGERPRINT_FILE}, demo_summary.json or "
                          "prepare_summary.json).")
     command = read_json(out / FINGERPRINT_FILE).get("command")
@@ -242,7 +299,11 @@ def _tune(out: Path) -> TuneResult:
     if not (out / "optimal_std.json").is_file():
         raise LoganError(f"{out} is an unfinished tuning run (no optimal_std.json): rerun the same 'logan tune' "
                          f"to finish it, or 'logan select path.output_dir={out}'.")
-    return TuneResult(out, read_json(out / "optimal_std.json"))
+    selection, results = read_json(out / "optimal_std.json"), _results(out)
+    recorded = results.get("selection", {})
+    if any(recorded.get(name) != selection.get(name) for name in ("optimal_std", "rule", "part", "k")):
+        results = {}  # a results.json of an earlier selection (a later one stopped before writing its own)
+    return TuneResult(out, selection, results)
 
 
 def _classify(out: Path) -> ClassifyResult:
@@ -254,11 +315,17 @@ def _classify(out: Path) -> ClassifyResult:
     k = float(config.get("selection", {}).get("k", 1.0))
     per_part = bool(config.get("noise", {}).get("per_part", False))
     plan = read_json(out / "std_plan.json") if (out / "std_plan.json").is_file() else {}
-    return ClassifyResult(out, pd.DataFrame(read_json(out / "metrics.json")), blind, k, per_part, plan)
+    return ClassifyResult(out, pd.DataFrame(read_json(out / "metrics.json")), blind, k, per_part, plan,
+                          _results(out))
 
 
 def _demo(out: Path) -> DemoResult:
     summary = read_json(out / "demo_summary.json")
     models = {name: (_tune(out / name / "tune"), _classify(out / name / "classify"))
               for name in ("trained", "control") if (out / name / "classify" / "metrics.json").is_file()}
-    return DemoResult(out, summary["table"], models, summary)
+    return DemoResult(out, summary["table"], models, summary, _results(out))
+
+
+def _results(out: Path) -> dict[str, Any]:
+    """The folder's results.json, or {} where there is none (a folder written before it existed)."""
+    return read_json(out / RESULTS) if (out / RESULTS).is_file() else {}

@@ -32,6 +32,7 @@ from logan.pipeline.classify import classify
 from logan.pipeline.tune import tune
 from logan.report.evaluate import BEST_NOTE, estimable_only, format_tpr
 from logan.report.html import std_text
+from logan.report.results_file import write_demo_results
 from logan.threads import torch_threads
 
 log = logging.getLogger(__name__)
@@ -180,5 +181,6 @@ def _demo(cfg: RunConfig) -> dict[str, Any]:
     write_json(out / "demo_summary.json", summary)
     with atomic_path(out / "demo_table.txt") as tmp:
         tmp.write_text(table + "\n")
+    write_demo_results(cfg, results, table)
     log.info("demo finished in %.0f s", summary["seconds"])
     return summary

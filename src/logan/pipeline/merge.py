@@ -91,7 +91,7 @@ def finish(cfg: RunConfig, command: str, shard: ShardInfo) -> Any:
                      "path.output_dir=%s')", shard.shard_id, shard.num_shards, out)
             return None
     if command == "tune":
-        return select(cfg)
+        return select(cfg, "tune")
     from logan.pipeline.common import std_plan
 
     target = read_set(out / "datasets" / SET_FILES["target"], "target set")

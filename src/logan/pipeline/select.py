@@ -37,6 +37,7 @@ from logan.metrics.registry import get_metric
 from logan.pipeline.common import inherit_settings
 from logan.provenance import read_provenance
 from logan.report.plots import tuning_curve
+from logan.report.results_file import write_tune_results
 from logan.report.scoring import roc_summary
 from logan.results import done_stds, load_scores
 
@@ -194,8 +195,9 @@ def label_note(same: bool, split: str) -> str:
     }[split]
 
 
-def select(cfg: RunConfig) -> dict[str, Any]:
-    """Compute the curves of a tuning folder, write optimal_std.json and the curve plot."""
+def select(cfg: RunConfig, command: str = "select") -> dict[str, Any]:
+    """Compute the curves of a tuning folder, write optimal_std.json, the curve plot and results.json (for
+    `command`: tune ends with this step)."""
     out = cfg.output_dir
     s = cfg.selection
     if s.rule not in RULES:
@@ -217,7 +219,8 @@ def select(cfg: RunConfig) -> dict[str, Any]:
 
     sets = {"none": [on(target)], "holdout": [on(set(folds[0]) if folds else target)],
             "crossfit": [on(target), *(on(set(f)) for f in folds)]}[s.split]
-    chosen = [choose(cfg, curves) for curves in curves_of(out, s.k, sets)]
+    found = curves_of(out, s.k, sets)
+    chosen = [choose(cfg, curves) for curves in found]
     result = chosen[0]
     curves, metric, optimal = result.pop("curves"), result["selection_metric"], result["optimal_std"]
     result |= {
@@ -242,6 +245,7 @@ def select(cfg: RunConfig) -> dict[str, Any]:
     log.info("optimal std = %g (%s on %s, K=%g, rule %s%s); curve plot: %s", optimal, metric, result["part"], s.k,
              s.rule, "" if s.split == "none" else f", split {s.split}", out / "tuning_curve.png")
     log.info("%s", result["label_informed"]["note"])
+    write_tune_results(cfg, command, result, found[0])
     return result
 
 

@@ -30,6 +30,7 @@ from logan.pipeline.common import StdPlan
 from logan.report.blind import save_blind_baseline
 from logan.report.html import ReportContext, std_text, write_report
 from logan.report.plots import roc_curves, score_histograms
+from logan.report.results_file import write_classify_results
 from logan.report.scoring import fold_mean_summary, roc_summary
 from logan.report.verdicts import per_image, write_verdicts
 from logan.results import load_baselines, load_scores
@@ -148,7 +149,8 @@ def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan,
     scores = scores[plan.mask(scores)]
     if plan.folds:
         scores = scores.assign(fold=plan.fold_of(scores.sample_id))
-    write_json(out / "std_plan.json", plan.record(plan.reported(target)))
+    record = plan.record(plan.reported(target))
+    write_json(out / "std_plan.json", record)
     labelled = scores[scores.label >= 0]
     rows = _order(metric_rows(labelled, k, cfg.seed, cfg.img_metrics.compat), cfg.img_metrics.parts,
                   cfg.img_metrics.metrics_to_use) if labelled.label.nunique() == 2 else []
@@ -191,4 +193,6 @@ def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan,
                  ReportContext.of(target, reference, verdicts))
     log.info("wrote %s, %s, %s, %s and %s", out / "metrics.json", out / "scores.parquet", out / "verdicts.csv",
              out / "blind_baseline.json", out / "report.html")
+    write_classify_results(cfg, rows, record, labelled, blind, [p for paths in plots.values() for p in paths],
+                           verdicts)
     return rows

@@ -51,8 +51,26 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, tit
     """Linear and log-log ROC side by side for labelled (labels, scores) pairs."""
     fig = Figure(figsize=(10, 4.2))
     lin, log = fig.subplots(1, 2)
-    for name, (labels, scores) in curves.items():
-        fpr, tpr = roc_points(labels, scores)
+    _roc_pair(lin, log, {name: roc_points(labels, scores) for name, (labels, scores) in curves.items()})
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def roc_overlay(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path, title: str) -> None:
+    """One row per panel (a part): linear and log-log ROC of every named (fpr, tpr) curve, overlaid."""
+    fig = Figure(figsize=(10, 3.9 * max(len(panels), 1)), layout="constrained")
+    axes = fig.subplots(max(len(panels), 1), 2, squeeze=False)
+    for (lin, log), (panel, curves) in zip(axes, panels.items()):
+        _roc_pair(lin, log, curves)
+        lin.set_title(f"{panel} (linear)", fontsize=9)
+        log.set_title(f"{panel} (log-log)", fontsize=9)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def _roc_pair(lin: Any, log: Any, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """(fpr, tpr) curves on a linear and a log-log axis, with the chance diagonal."""
+    for name, (fpr, tpr) in curves.items():
         lin.plot(fpr, tpr, lw=1.2, label=name)
         log.plot(np.maximum(fpr, 1e-5), np.maximum(tpr, 1e-5), lw=1.2, label=name)
     for ax in (lin, log):
@@ -64,6 +82,22 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, tit
     log.set_xlim(1e-3, 1)
     log.set_ylim(1e-3, 1)
     lin.legend(fontsize=6, loc="lower right")
+
+
+def curve_overlay(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path, title: str,
+                  ylabel: str) -> None:
+    """One panel per part: every named (std, value) curve over a log std axis (std 0 left out)."""
+    fig = Figure(figsize=(6.5, 3.4 * max(len(panels), 1)), layout="constrained")
+    axes = fig.subplots(max(len(panels), 1), 1, squeeze=False)[:, 0]
+    for ax, (panel, curves) in zip(axes, panels.items()):
+        for name, (stds, values) in curves.items():
+            ax.plot(stds[stds > 0], values[stds > 0], marker="o", ms=3, lw=1.2, label=name)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("noise std (0-255 pixel units)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel, fontsize=9)
+        ax.legend(fontsize=6, loc="best")
     fig.suptitle(title)
     _save(fig, path)
 
