@@ -365,3 +365,9 @@ def test_real_tensorboard_writes_event_files(runs, tmp_path) -> None:
     tuned = copy(runs["tune"], tmp_path)
     logan.select(output_dir=tuned, tracking="tensorboard")
     assert list((tuned / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tuned / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    curves = pd.DataFrame(read(tuned)["curves"])
+    assert len(events.Tags()["scalars"]) >= curves.groupby(["part", "metric"]).ngroups
+    assert events.Tags()["images"]   # the tuning curve plot
