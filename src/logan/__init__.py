@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
-__all__ = ["tune", "select", "classify", "demo", "prepare", "merge", "load_run", "LoganError", "__version__"]
+__all__ = ["LoganError", "__version__", "classify", "demo", "load_run", "merge", "prepare", "select", "tune"]
 
 if TYPE_CHECKING:
     from logan.api import classify, demo, merge, prepare, select, tune

@@ -287,7 +287,7 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
             )
     if cfg.target_set_size is None:
         raise LoganError("data.target_set_size is not set: give the number of target samples (members + non-members).")
-    n_nonmembers = int(round(cfg.target_set_size * cfg.n_nm_ratio))
+    n_nonmembers = round(cfg.target_set_size * cfg.n_nm_ratio)
     n_members = cfg.target_set_size - n_nonmembers
     if n_members < 1 or n_nonmembers < 1:
         raise LoganError(

@@ -23,10 +23,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from array import array
-from fnmatch import fnmatch
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -241,7 +241,7 @@ def _hub_snapshot(entry: Entry, key: str, cache_dir: str | None) -> tuple[Path, 
     configs = readme_configs(folder)  # a wrong or missing config is named before any data file is fetched
     patterns = _patterns(_chosen(configs, _config(entry, list(configs), key))) if configs else None
     folder, _ = download(replace(ref, revision=commit), key, cache_dir,
-                         allow=["README.md", *sum(patterns.values(), [])] if patterns else None)
+                         allow=["README.md", *(p for split in patterns.values() for p in split)] if patterns else None)
     return folder, commit
 
 

@@ -9,10 +9,13 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from logan.config import PrepareConfig
 from logan.errors import LoganError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MEMBER_NAMES = {"1", "member", "members"}
@@ -97,7 +100,7 @@ class ImageIndex:
         self._entries: list[tuple[str, Ref]] = []
         self._archives: list[zipfile.ZipFile] = []
 
-    def __enter__(self) -> ImageIndex:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
