@@ -109,8 +109,9 @@ def parse_entry(value: str, key: str) -> Entry:
         raise LoganError(f"{key}={value}: config, split and revision apply to hf: datasets only.")
     if options.get("revision") and entry.revision and options["revision"] != entry.revision:
         raise LoganError(f"{key}={value} gives the revision twice ({entry.revision}, {options['revision']}).")
-    entry = replace(entry, **{k: (v or None) if k in ("config", "revision", "caption") else v
-                              for k, v in options.items()})
+    given: dict[str, Any] = {k: (v or None) if k in ("config", "revision", "caption") else v
+                             for k, v in options.items()}
+    entry = replace(entry, **given)
     if entry.kind == "folder" and entry.revision:
         raise LoganError(f"{key}={value}: {entry.location} is a local folder, which has no revision; drop "
                          "@/revision= (a Hub dataset is pinned as hf:ORG/NAME@REVISION).")
@@ -159,6 +160,8 @@ def open_source(entry: Entry, key: str, cache_dir: str | None = None) -> Source:
     import datasets
 
     commit = None
+    options: dict[str, Any]  # the builder's keyword arguments
+    provenance: dict[str, Any]
     if entry.kind == "table":
         path = Path(entry.location)
         if not path.is_file():
@@ -267,6 +270,7 @@ def _patterns(config: dict[str, Any]) -> dict[str, list[str]]:
     if files is None:
         return {"train": [f"{data_dir}/*" if data_dir else "*"]}
     out: dict[str, list[str]] = {}
+    paths: Any  # YAML: one pattern or a list of them
     for item in files if isinstance(files, list) else [files]:
         split, paths = (item.get("split", "train"), item.get("path")) if isinstance(item, dict) else ("train", item)
         out.setdefault(split, []).extend(paths if isinstance(paths, list) else [paths])

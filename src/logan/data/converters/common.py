@@ -35,6 +35,12 @@ class Record:
     path: Path | None = None
     data: bytes | None = None
 
+    def file(self) -> Path:
+        """The image's file, for a record that holds no bytes (a record holds one or the other)."""
+        if self.path is None:
+            raise ValueError(f"record {self.name} holds neither the image's bytes nor its file")
+        return self.path
+
 
 @dataclass
 class Report:
