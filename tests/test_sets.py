@@ -156,6 +156,13 @@ def test_invalid_json(tmp_path):
         read_list(path, "data.member_dataset")
 
 
+def test_list_not_in_utf8(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('[{"image": "café.png", "label": 1}]'.encode("latin-1"))
+    with pytest.raises(LoganError, match=r"latin1\.json is not valid JSON \('utf-8' codec can't decode"):
+        read_list(path, "data.member_dataset")
+
+
 @pytest.mark.parametrize("entry", [{"label": 1}, {"image": "x.png"}, "x.png", ["x.png", 1], None])
 def test_entries_missing_image_or_label(tmp_path, entry):
     path = write_list(tmp_path / "bad.json", [{"image": "ok.png", "label": 1}, entry])

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
-__all__ = ["tune", "select", "classify", "demo", "prepare", "merge", "compare", "load_run", "validate_results",
-           "LoganError", "__version__"]
+__all__ = ["LoganError", "__version__", "classify", "compare", "demo", "load_run", "merge", "prepare", "select",
+           "tune", "validate_results"]
 
 if TYPE_CHECKING:
     from logan.api import classify, compare, demo, merge, prepare, select, tune

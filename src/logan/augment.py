@@ -24,7 +24,7 @@ def _resized_crop(img: Image.Image, rng: np.random.Generator, size: int = 256) -
     for _ in range(10):
         area = w * h * rng.uniform(0.08, 1.0)
         ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
         if 0 < cw <= w and 0 < ch <= h:
             left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
             return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))

@@ -175,9 +175,10 @@ def compose(overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = 
     except (HydraException, OmegaConfBaseException) as exc:
         raise LoganError(_one_line(exc)) from None
     assert isinstance(raw, dict)
+    plain = typing.cast("dict[str, Any]", raw)  # a composed config's keys are its field names
     for name, value in (settings or {}).items():
-        _set(raw, name, value)
-    return raw  # type: ignore[return-value]
+        _set(plain, name, value)
+    return plain
 
 
 def explicit_keys(overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None) -> set[str]:

@@ -40,6 +40,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -139,6 +141,12 @@ def auto_batch_size(trial: Callable[[int], None], start: int) -> int:
 
 
 _AUTO_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {work signature: size}
+
+
+class _Make(Protocol):
+    """The float pixels a pass reads, made from an image and its content key (which seeds any noise)."""
+
+    def __call__(self, image: np.ndarray, /, *, key: int) -> np.ndarray: ...
 
 
 class Engine:
@@ -304,30 +312,28 @@ class Engine:
                 kept = [it.sample_id in save for it in batch]
                 clean, _ = self._inputs(pool, images, keys, None, lambda img, key: img.astype(np.float32))
                 augmented = [collate(self._inputs(pool, images, keys, None,
-                                                  lambda img, key, i=index: augment(img, i, seed=s.seed, key=key))[0])
+                                                  partial(augment, index=index, seed=s.seed))[0])
                              for index in range(N_AUGMENTATIONS if "augment" in self._reducers else 0)]
                 yield _BatchInput(collate(clean), augmented)
                 for std in stds:
                     for draw in range(s.draws):
                         if s.space == "normalized":
-                            noisy = list(pool.map(lambda args, std=std, draw=draw: self._normalized(*args, std, draw),
-                                                  zip(clean, keys)))
+                            noisy = list(pool.map(partial(self._normalized, std=std, draw=draw), clean, keys))
                             yield _NoisyInput(collate(noisy), [None] * len(batch))
                             continue
                         inputs, saved = self._inputs(
                             pool, images, keys, kept if draw == 0 else None,
-                            lambda img, key, std=std, draw=draw: perturb_pixels(
-                                img, std, seed=s.seed, key=key, draw=draw, quantize=s.quantize))
+                            partial(perturb_pixels, std=std, seed=s.seed, draw=draw, quantize=s.quantize))
                         yield _NoisyInput(collate(inputs), saved)
 
     def _inputs(self, pool: ThreadPoolExecutor, images: list[np.ndarray], keys: list[int], kept: list[bool] | None,
-                make: Callable[[np.ndarray, int], np.ndarray]) -> tuple[list[ImageInput], list[np.ndarray | None]]:
-        """The model's pixel input of make(image, key) for each image, made in the pool, and the uint8 copies of
+                make: _Make) -> tuple[list[ImageInput], list[np.ndarray | None]]:
+        """The model's pixel input of make(image, key=key) for each image, made in the pool, and the uint8 copies of
         the `kept` ones."""
 
         def one(args: tuple[np.ndarray, int, bool]) -> tuple[ImageInput, np.ndarray | None]:
             image, key, keep = args
-            floats = make(image, key)
+            floats = make(image, key=key)
             saved = np.clip(np.rint(floats), 0, 255).astype(np.uint8) if keep else None
             return self.model.image_input(floats), saved
 
@@ -337,8 +343,10 @@ class Engine:
     def _normalized(self, clean: ImageInput, key: int, std: float, draw: int) -> ImageInput:
         """`noise.space=normalized`: noise of `std` grey levels added to the model's pixel tensor."""
         shape = tuple(clean.tensors[PIXELS].shape)
+        axis = self.model.traits.channel_axis
+        assert axis is not None  # __init__ refuses noise.space=normalized for a family without one
         return clean.plus(normalized_noise(shape, std, self.model.image_std, seed=self.settings.seed, key=key,
-                                           draw=draw, channel_axis=self.model.traits.channel_axis))
+                                           draw=draw, channel_axis=axis))
 
     def _token_values(self, group: str, clean: torch.Tensor, other: torch.Tensor | None,
                       layout: _Layout) -> dict[str, torch.Tensor]:
@@ -350,6 +358,7 @@ class Engine:
         index, all_targets = (t.to(clean.device, non_blocking=True) for t in (layout.index, layout.flat_targets))
         values: dict[str, torch.Tensor] = {}
         if group == "noise" and self._fused:
+            assert other_rows is not None  # the noise group always compares with the noisy pass
             out = fused.fused_values(clean_rows, other_rows, index, all_targets,
                                      original=self.settings.compat == "original")
             values = {name: out[row] for name, row in self._fused_rows}
@@ -414,7 +423,7 @@ def _clean_nll(pair: TokenPair) -> torch.Tensor:
 
 
 def _noisy_nll(pair: TokenPair) -> torch.Tensor:
-    return -torch.log_softmax(pair.noisy, -1).gather(-1, pair.targets.unsqueeze(-1)).squeeze(-1)
+    return -torch.log_softmax(pair.noisy_logits, -1).gather(-1, pair.targets.unsqueeze(-1)).squeeze(-1)
 
 
 def _reducer(fns: list[TokenMetric], compile: bool) -> Callable[..., torch.Tensor]:
@@ -531,9 +540,10 @@ class _Layout:
         """The tensors the device reads, moved there once per batch (the mask and bookkeeping stay)."""
         if device.type == "cpu":
             return self
-        move = {name: pinned(getattr(self, name)).to(device, non_blocking=True)
-                for name in ("positions", "index", "flat_targets")}
-        return replace(self, tokens=self.tokens.to(device), **move)
+        positions, index, flat_targets = (pinned(t).to(device, non_blocking=True)
+                                          for t in (self.positions, self.index, self.flat_targets))
+        return replace(self, tokens=self.tokens.to(device), positions=positions, index=index,
+                       flat_targets=flat_targets)
 
     def logits(self, model: VLMAdapter, images: ImageBatch) -> torch.Tensor:
         images.check(self.tokens)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -27,7 +27,8 @@ class Prefetch(Generic[T]):
         self._done = False
         self._thread: threading.Thread | None = None
         if depth > 0:
-            self._queue: queue.Queue = queue.Queue(maxsize=depth)
+            # (kind, payload): an item of `source`, the exception it raised, or None at its end
+            self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._produce, name="logan-prefetch", daemon=True)
             self._thread.start()
@@ -68,10 +69,10 @@ class Prefetch(Generic[T]):
                 raise
         kind, value = self._queue.get()
         if kind == _ITEM:
-            return value  # type: ignore[return-value]
+            return value
         self.close()
         if kind == _ERROR:
-            raise value  # type: ignore[misc]
+            raise value
         raise StopIteration
 
     def close(self) -> None:

@@ -116,6 +116,7 @@ def read_folder(path: Path, what: str) -> pd.DataFrame:
 
 
 def _read_json(path: Path, what: str, unlabelled: bool = False) -> pd.DataFrame:
+    text = ""  # stays empty when the file is not UTF-8
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not content
         entries = json.loads(text)
@@ -281,6 +282,16 @@ def _sources(*frames: pd.DataFrame) -> list[dict[str, Any]]:
     return list(found.values())
 
 
+def _class_sources(cfg: DataConfig) -> tuple[str, str]:
+    """data.member_dataset and data.nonmember_dataset, when data.dataset is not given: both are needed."""
+    if not cfg.member_dataset or not cfg.nonmember_dataset:
+        raise LoganError(
+            "no target data: give data.member_dataset=M.json and data.nonmember_dataset=N.json, or a labelled "
+            "dataset as data.dataset=hf:ORG/NAME (or OUT/datasets/target_dataset.parquet)."
+        )
+    return cfg.member_dataset, cfg.nonmember_dataset
+
+
 def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd.DataFrame:
     """Target set: a seeded draw of members and non-members, or a set LOGAN saved reloaded as is.
     The frame's `attrs["sources"]` is the provenance of every entry it was drawn from."""
@@ -292,18 +303,14 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
         pool = open_pool(cfg.dataset, "data.dataset", None, cache_dir)
         if any(pool.records[i]["label"] == UNLABELLED for i in range(len(pool.records))):
             return _as_given(pool)
-    if not cfg.dataset and (not cfg.member_dataset or not cfg.nonmember_dataset):
-        raise LoganError(
-            "no target data: give data.member_dataset=M.json and data.nonmember_dataset=N.json, or a labelled "
-            "dataset as data.dataset=hf:ORG/NAME (or OUT/datasets/target_dataset.parquet)."
-        )
     if not cfg.dataset:
-        saved = [_is_saved(p) for p in (cfg.member_dataset, cfg.nonmember_dataset)]
+        member, nonmember = _class_sources(cfg)
+        saved = [_is_saved(p) for p in (member, nonmember)]
         if all(saved):
-            members = _take_label(read_set(Path(cfg.member_dataset).expanduser(), "data.member_dataset"), 1,
-                                  cfg.member_dataset, "data.member_dataset")
-            nonmembers = _take_label(read_set(Path(cfg.nonmember_dataset).expanduser(), "data.nonmember_dataset"),
-                                     0, cfg.nonmember_dataset, "data.nonmember_dataset")
+            members = _take_label(read_set(Path(member).expanduser(), "data.member_dataset"), 1,
+                                  member, "data.member_dataset")
+            nonmembers = _take_label(read_set(Path(nonmember).expanduser(), "data.nonmember_dataset"),
+                                     0, nonmember, "data.nonmember_dataset")
             target = pd.concat([members, nonmembers], ignore_index=True)
             target.attrs["sources"] = _sources(members, nonmembers)
             return target
@@ -314,7 +321,7 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
             )
     if cfg.target_set_size is None:
         raise LoganError("data.target_set_size is not set: give the number of target samples (members + non-members).")
-    n_nonmembers = int(round(cfg.target_set_size * cfg.n_nm_ratio))
+    n_nonmembers = round(cfg.target_set_size * cfg.n_nm_ratio)
     n_members = cfg.target_set_size - n_nonmembers
     if n_members < 1 or n_nonmembers < 1:
         raise LoganError(
@@ -323,10 +330,13 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
         )
     if cfg.dataset:  # one labelled source: the pool both classes are drawn from
         pools = [open_pool(cfg.dataset, "data.dataset", None, cache_dir)]
-        classes = [(pools[0].records.where(lambda r, v=v: r["label"] == v), "data.dataset") for v in (1, 0)]
+        labelled = pools[0].records
+        classes = [(labelled.where(lambda r: r["label"] == 1), "data.dataset"),
+                   (labelled.where(lambda r: r["label"] == 0), "data.dataset")]
     else:
-        pools = [open_pool(cfg.member_dataset, "data.member_dataset", 1, cache_dir),
-                 open_pool(cfg.nonmember_dataset, "data.nonmember_dataset", 0, cache_dir)]
+        member, nonmember = _class_sources(cfg)
+        pools = [open_pool(member, "data.member_dataset", 1, cache_dir),
+                 open_pool(nonmember, "data.nonmember_dataset", 0, cache_dir)]
         classes = [(pools[0].records, "data.member_dataset"), (pools[1].records, "data.nonmember_dataset")]
     _refuse_members(classes[1][0], _ids(classes[0][0]), classes[1][1], classes[0][1])
     for n, (records, key), what in zip((n_members, n_nonmembers), classes, ("members", "non-members")):

@@ -23,10 +23,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from array import array
-from fnmatch import fnmatch
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -109,8 +109,9 @@ def parse_entry(value: str, key: str) -> Entry:
         raise LoganError(f"{key}={value}: config, split and revision apply to hf: datasets only.")
     if options.get("revision") and entry.revision and options["revision"] != entry.revision:
         raise LoganError(f"{key}={value} gives the revision twice ({entry.revision}, {options['revision']}).")
-    entry = replace(entry, **{k: (v or None) if k in ("config", "revision", "caption") else v
-                              for k, v in options.items()})
+    given: dict[str, Any] = {k: (v or None) if k in ("config", "revision", "caption") else v
+                             for k, v in options.items()}
+    entry = replace(entry, **given)
     if entry.kind == "folder" and entry.revision:
         raise LoganError(f"{key}={value}: {entry.location} is a local folder, which has no revision; drop "
                          "@/revision= (a Hub dataset is pinned as hf:ORG/NAME@REVISION).")
@@ -159,6 +160,8 @@ def open_source(entry: Entry, key: str, cache_dir: str | None = None) -> Source:
     import datasets
 
     commit = None
+    options: dict[str, Any]  # the builder's keyword arguments
+    provenance: dict[str, Any]
     if entry.kind == "table":
         path = Path(entry.location)
         if not path.is_file():
@@ -241,7 +244,7 @@ def _hub_snapshot(entry: Entry, key: str, cache_dir: str | None) -> tuple[Path, 
     configs = readme_configs(folder)  # a wrong or missing config is named before any data file is fetched
     patterns = _patterns(_chosen(configs, _config(entry, list(configs), key))) if configs else None
     folder, _ = download(replace(ref, revision=commit), key, cache_dir,
-                         allow=["README.md", *sum(patterns.values(), [])] if patterns else None)
+                         allow=["README.md", *(p for split in patterns.values() for p in split)] if patterns else None)
     return folder, commit
 
 
@@ -267,6 +270,7 @@ def _patterns(config: dict[str, Any]) -> dict[str, list[str]]:
     if files is None:
         return {"train": [f"{data_dir}/*" if data_dir else "*"]}
     out: dict[str, list[str]] = {}
+    paths: Any  # YAML: one pattern or a list of them
     for item in files if isinstance(files, list) else [files]:
         split, paths = (item.get("split", "train"), item.get("path")) if isinstance(item, dict) else ("train", item)
         out.setdefault(split, []).extend(paths if isinstance(paths, list) else [paths])

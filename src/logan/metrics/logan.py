@@ -27,7 +27,7 @@ import torch
 
 from logan.metrics.divergence import renyi_from_centred
 from logan.metrics.pair import TokenPair
-from logan.metrics.registry import register_metric
+from logan.metrics.registry import TokenMetric, register_metric
 
 ARGMAX_FLIP_KL = math.log1p(1e-12) - math.log(1e-12)  # the original's KL between two distinct one-hots
 
@@ -38,7 +38,7 @@ def kl_plain(pair: TokenPair) -> torch.Tensor:
     return pair.kl_clamped
 
 
-def _kl_normalised(alpha: float):
+def _kl_normalised(alpha: float) -> TokenMetric:
     def metric(pair: TokenPair) -> torch.Tensor:
         return pair.kl_normalised(alpha)
 
@@ -53,11 +53,11 @@ for _alpha, _name in ((0.5, "05"), (1.0, "1"), (2.0, "2")):
 @register_metric("max_k_renyi_inf_kl_div",
                  description="KL of the one-hot argmaxes: ln(1e12) where the argmax flips, else 0")
 def kl_argmax(pair: TokenPair) -> torch.Tensor:
-    flipped = pair.clean.argmax(-1) != pair.noisy.argmax(-1)
+    flipped = pair.clean.argmax(-1) != pair.noisy_logits.argmax(-1)
     return flipped.float() * ARGMAX_FLIP_KL
 
 
-def _renyi(alpha: float):
+def _renyi(alpha: float) -> TokenMetric:
     def metric(pair: TokenPair) -> torch.Tensor:
         return renyi_from_centred(pair.clean_logp, pair.centred_delta, alpha, pair.kl, pair.clean_p)
 

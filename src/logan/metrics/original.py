@@ -34,7 +34,7 @@ import torch
 
 from logan.metrics.divergence import renyi_from_centred
 from logan.metrics.pair import TokenPair
-from logan.metrics.registry import register_metric
+from logan.metrics.registry import TokenMetric, register_metric
 
 CLIP = 1e-12                 # the original's clip of both distributions, and its epsilon inside the log
 LOG_CLIP = math.log(CLIP)
@@ -81,7 +81,7 @@ def clipped_renyi(pair: TokenPair, alpha: float) -> torch.Tensor:
     return torch.where((log_s.abs() <= FAR) & (ratio > -0.5), near, far)
 
 
-def _renyi(alpha: float):
+def _renyi(alpha: float) -> TokenMetric:
     return lambda pair: clipped_renyi(pair, alpha)
 
 
@@ -107,4 +107,4 @@ def next_distinct_gap(pair: TokenPair) -> torch.Tensor:
 def probability_kl(pair: TokenPair) -> torch.Tensor:
     """sum_v p (log p - q), q = the augmented pass's probabilities (its formula), per token; summed over
     the part's tokens by `max_k_sum` (K = 1: all of them)."""
-    return (pair.clean_p * (pair.clean_logp - torch.softmax(pair.noisy, -1))).sum(-1)
+    return (pair.clean_p * (pair.clean_logp - torch.softmax(pair.noisy_logits, -1))).sum(-1)

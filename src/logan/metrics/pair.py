@@ -20,6 +20,9 @@ from logan.metrics.divergence import centred, epsilon_term, exact_log_softmax, k
 
 CLAMP_LOG = math.log(1e-10)  # the original clamps probabilities to [1e-10, 1 - 1e-10]
 
+# (log-weights, weights, centred log-ratio, their KL, noisy log-weights) of one Renyi normalisation
+Normalised = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 class TokenPair:
     """Clean (and, for divergences, noisy) float32 logits [N, V] over the real vocabulary, with the
@@ -30,7 +33,14 @@ class TokenPair:
         self.clean = clean.float()
         self.noisy = noisy.float() if noisy is not None else None
         self.targets = targets if targets is not None else self.clean.argmax(-1)
-        self._normalised: dict[float, tuple[torch.Tensor, ...]] = {}
+        self._normalised: dict[float, Normalised] = {}
+
+    @property
+    def noisy_logits(self) -> torch.Tensor:
+        """The noisy logits, for a metric that compares them (a needs='clean' metric gets none)."""
+        if self.noisy is None:
+            raise ValueError("this pair has no noisy logits: a needs='clean' metric cannot read them")
+        return self.noisy
 
     @cached_property
     def clean_logp(self) -> torch.Tensor:
@@ -58,7 +68,7 @@ class TokenPair:
     @cached_property
     def centred_delta(self) -> torch.Tensor:
         """d = (clean - noisy) logits centred under the clean distribution (= log p - log q, centred)."""
-        return centred(self.clean_p, self.clean - self.noisy)
+        return centred(self.clean_p, self.clean - self.noisy_logits)
 
     @cached_property
     def kl(self) -> torch.Tensor:
@@ -84,7 +94,7 @@ class TokenPair:
         extra = torch.where(floored, p_c * (lp_c - lq_c) - self.clean_p * self.logp_diff, torch.zeros_like(lp))
         return (self.kl + extra.sum(-1) + epsilon_term(p_c, lp_c, lq_c)).clamp(min=0.0)
 
-    def normalised(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def normalised(self, alpha: float) -> Normalised:
         """(log-weights, weights, centred log-ratio, their KL, noisy log-weights) of the original's
         p^a / sum p^a, computed once per alpha.
 

@@ -26,7 +26,7 @@ import torch
 
 from logan.metrics.divergence import exact_logsumexp
 from logan.metrics.pair import TokenPair
-from logan.metrics.registry import register_metric
+from logan.metrics.registry import TokenMetric, register_metric
 
 CLAMP = 1e-10
 LOG_CLAMP = math.log(CLAMP)
@@ -87,7 +87,7 @@ def renyi_entropy(pair: TokenPair, alpha: float) -> torch.Tensor:
     return exact_logsumexp(alpha * logp.clamp(min=LOG_CLAMP)) / (1.0 - alpha)
 
 
-def _entropy(alpha: float):
+def _entropy(alpha: float) -> TokenMetric:
     return lambda pair: renyi_entropy(pair, alpha)
 
 
@@ -129,7 +129,7 @@ def modified_renyi(pair: TokenPair, alpha: float) -> torch.Tensor:
     return -(head + rest) / a
 
 
-def _modified(alpha: float):
+def _modified(alpha: float) -> TokenMetric:
     return lambda pair: modified_renyi(pair, alpha)
 
 

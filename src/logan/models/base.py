@@ -13,7 +13,7 @@ import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,11 @@ import torch
 from logan.errors import LoganError
 from logan.models.contract import PIXELS, Encoded, ImageBatch, ImageInput, Size, TokenBatch, Traits, collate
 from logan.models.preprocess import ImageTransform
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from logan.config import ModelConfig
 
 __all__ = ["Encoded", "ImageBatch", "ImageInput", "TokenBatch", "Traits", "VLMAdapter"]
 
@@ -59,6 +64,9 @@ class VLMAdapter(ABC):
     conv_mode: str
     traits: Traits = Traits()
     default_conv_mode = "llava_v1"  # what conv_mode=auto means for this family
+
+    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
+        """Load the model `cfg` describes onto `device` in `dtype` (how the registry builds every adapter)."""
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -220,6 +228,14 @@ class EagerFallback:
             return fn(*args, **kwargs)
 
         return call
+
+
+def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    """The id of one token of the tokenizer's vocabulary."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    if isinstance(found, int):
+        return found
+    raise ValueError(f"the tokenizer has no id for {token!r}")
 
 
 @contextlib.contextmanager

@@ -35,18 +35,20 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from logan.config import ModelConfig
 from logan.errors import LoganError
-from logan.models.base import VLMAdapter
 from logan.models.contract import PIXELS, Encoded, ImageInput, Size, TokenBatch, Traits, collate
 from logan.models.hf import POSITIONS, HFAdapter, load_checked
 from logan.models.preprocess import float_image_processor
 from logan.models.registry import get_model_factory, register_model
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ def auto_family(cfg: ModelConfig) -> str:
     return DEDICATED.get(raw.get("model_type"), "hf-vlm")
 
 
-def processor_class(folder: Path, model_type: str) -> type | None:
+def processor_class(folder: Path, model_type: str) -> type[ProcessorMixin] | None:
     """The transformers processor class the folder names (or its model_type's), None if not in transformers."""
     import transformers
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
@@ -120,12 +122,14 @@ def processor_class(folder: Path, model_type: str) -> type | None:
     return getattr(transformers, found, None) if found else None
 
 
-def image_only(processor_cls: type) -> type:
+def image_only(processor_cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
     """`processor_cls` without its video processor (video processors need torchvision; LOGAN reads images)."""
     if "video_processor" not in processor_cls.get_attributes():
         return processor_cls
 
-    class ImageOnly(processor_cls):
+    base: Any = processor_cls  # a class known at run time only
+
+    class ImageOnly(base):
         @classmethod
         def get_attributes(cls) -> list[str]:
             return [a for a in processor_cls.get_attributes() if a != "video_processor"]
@@ -142,8 +146,9 @@ def load_processor(folder: Path, model_type: str, trust_remote_code: bool) -> An
     problem: Exception | None = None
     if cls is not None:
         plain = image_only(cls)
-        extra = {"video_processor": None} if plain is not cls else {}
-        for options in ({"backend": "pil"}, {}):  # the PIL image processor wherever the family has one
+        extra: dict[str, Any] = {"video_processor": None} if plain is not cls else {}
+        choices: tuple[dict[str, Any], ...] = ({"backend": "pil"}, {})
+        for options in choices:  # the PIL image processor wherever the family has one
             try:
                 return plain.from_pretrained(folder, **options, **extra)
             except (ImportError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -163,6 +168,7 @@ class HFVLM(HFAdapter):
     """Any decoder-only HF image-text-to-text model; the prompt from the processor's chat template."""
 
     default_conv_mode = CHAT_TEMPLATE
+    image_names: set[str]  # the image tensors the model's forward takes (its parameter names)
 
     @classmethod
     def check(cls, cfg: ModelConfig) -> None:
@@ -309,6 +315,7 @@ class HFVLM(HFAdapter):
         logits on one image (nothing after the LM head is missed)."""
         width, height = CHECK_SIZE
         grey = np.broadcast_to(np.linspace(60, 190, width, dtype=np.float32)[None, :, None], (height, width, 3)).copy()
+        moved: torch.Tensor | float
         try:
             moved = (self.image_input(grey + 0.25).tensors[PIXELS] - self.image_input(grey).tensors[PIXELS]).abs().max()
         except ValueError as error:
@@ -354,8 +361,8 @@ class AutoVLM(HFVLM):
     def check(cls, cfg: ModelConfig) -> None:
         get_model_factory(auto_family(cfg)).check(cfg)
 
-    def __new__(cls, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> VLMAdapter:
-        # an instance of another class: Python does not call AutoVLM.__init__ on it
+    def __new__(cls, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Any:
+        # an instance of another class (the dedicated adapter): Python does not call AutoVLM.__init__ on it
         name = auto_family(cfg)
         log.info("target_model=auto: adapter %s for %s", name, cfg.model_path)
         return get_model_factory(name)(cfg, device, dtype)

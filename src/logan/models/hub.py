@@ -144,11 +144,12 @@ def download(ref: HubRef, key: str, cache_dir: str | None, allow: list[str] | No
     import huggingface_hub as hh
 
     offline = hh.constants.is_offline_mode()
-    kind = {"repo_type": ref.repo_type, "cache_dir": cache_dir}
     try:
-        commit = hh.resolve_revision(ref.repo_id, revision=ref.revision, local_files_only=offline, **kind)
+        commit = hh.resolve_revision(ref.repo_id, revision=ref.revision, local_files_only=offline,
+                                     repo_type=ref.repo_type, cache_dir=cache_dir)
         if ref.filename:
-            path = hh.hf_hub_download(ref.repo_id, ref.filename, revision=commit, local_files_only=offline, **kind)
+            path = hh.hf_hub_download(ref.repo_id, ref.filename, revision=commit, local_files_only=offline,
+                                      repo_type=ref.repo_type, cache_dir=cache_dir)
         elif offline:
             path = _cached_snapshot(ref, commit, allow, cache_dir)
         else:
@@ -157,7 +158,7 @@ def download(ref: HubRef, key: str, cache_dir: str | None, allow: list[str] | No
                 ignore = skipped(hh.HfApi().list_repo_files(ref.repo_id, revision=commit.resolved,
                                                             repo_type=ref.repo_type))
             path = hh.snapshot_download(ref.repo_id, revision=commit, allow_patterns=allow, ignore_patterns=ignore,
-                                        **kind)
+                                        repo_type=ref.repo_type, cache_dir=cache_dir)
     except Exception as error:  # noqa: BLE001 - mapped to one line, or re-raised unchanged
         raise hub_error(error, ref, key, offline, cache_dir) from None
     return Path(path), commit.resolved

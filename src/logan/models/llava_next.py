@@ -63,15 +63,16 @@ class LlavaNext(LlavaHF):
         # preprocessor_config.json's do_pad pads the tile stacks for batching, not the image to a square
         self.transform = replace(self.transform, pad_to_square=False)
         t = self.transform
-        self.tile = t.crop_hw[0] if t.crop_hw else (t.resize_hw[0] if t.resize_hw else t.shortest_edge)
-        self.base_hw = t.resize_hw or (t.shortest_edge, t.shortest_edge)
+        tile = t.crop_hw[0] if t.crop_hw else (t.resize_hw[0] if t.resize_hw else t.shortest_edge)
+        base_hw = t.resize_hw or ((t.shortest_edge, t.shortest_edge) if t.shortest_edge is not None else None)
         strategy = config.vision_feature_select_strategy
-        if strategy != "default" or self.tile != vision.image_size:
+        if strategy != "default" or tile is None or tile != vision.image_size or base_hw is None:
             raise LoganError(
                 f"{self.path} is not a LLaVA-NeXT layout this adapter knows: it needs "
                 f"vision_feature_select_strategy 'default' (has '{strategy}') and image tiles of the vision "
-                f"tower's size {vision.image_size} (its image processor makes {self.tile})."
+                f"tower's size {vision.image_size} (its image processor makes {tile})."
             )
+        self.tile, self.base_hw = tile, base_hw
         self.pinpoints = [tuple(int(v) for v in p) for p in config.image_grid_pinpoints]
         self.side = vision.image_size // vision.patch_size  # features per tile edge
 

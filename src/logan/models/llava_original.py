@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -68,7 +68,8 @@ PROJECTORS = {
                    "2.weight": "linear_2.weight", "2.bias": "linear_2.bias"},
     "linear": {"weight": "weight", "bias": "bias"},
 }
-SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}  # mm_vision_select_feature -> HF strategy
+# mm_vision_select_feature -> HF strategy
+SELECT_FEATURE: dict[str, Literal["default", "full"]] = {"patch": "default", "cls_patch": "full"}
 BUFFERS = ("rotary_emb.inv_freq", "position_ids")  # buffers older checkpoints saved; rebuilt from the config
 CLIP_TEXT = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")  # CLIPModel's text side
 VOCAB_KEYS = ("model.language_model.embed_tokens.weight", "lm_head.weight")
@@ -355,17 +356,17 @@ def _parameters_on_meta() -> Iterator[None]:
     (rotary frequencies, CLIP position ids), like accelerate's init_empty_weights(include_buffers=False)."""
     register = nn.Module.register_parameter
 
-    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
+    def on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(self, name, param)
         if param is not None:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
-    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]  # patched for the block only
     try:
         with torch.random.fork_rng(devices=[]):  # the discarded initial values leave the caller's random state
             yield
     finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
+        nn.Module.register_parameter = register  # type: ignore[method-assign]  # restored
 
 
 def _build(parts: Parts) -> tuple[nn.Module, int]:
@@ -377,13 +378,18 @@ def _build(parts: Parts) -> tuple[nn.Module, int]:
     n_real = int(text.vocab_size)
     rows = -(-(n_real + ADDED_TOKENS) // PAD_ROWS_TO) * PAD_ROWS_TO
     strategy = SELECT_FEATURE[parts.settings.get("mm_vision_select_feature", "patch")]
+    image_size, patch_size = vision.image_size, vision.patch_size
+    if not isinstance(image_size, int) or not isinstance(patch_size, int):
+        raise LoganError(f"{parts.vision_folder}: image_size={image_size} and patch_size={patch_size} must be "
+                         "single numbers (LLaVA-1.5's CLIP tower reads square images).")
     config = LlavaConfig(
         text_config={**text.to_dict(), "vocab_size": rows}, vision_config=vision.to_dict(),
-        image_token_index=n_real, pad_token_id=n_real + 1, projector_hidden_act="gelu",
+        image_token_index=n_real, projector_hidden_act="gelu",
         vision_feature_layer=int(parts.settings.get("mm_vision_select_layer", -2)),
         vision_feature_select_strategy=strategy,
-        image_seq_length=image_token_count(vision.image_size, vision.patch_size, strategy),
+        image_seq_length=image_token_count(image_size, patch_size, strategy),
     )
+    config.pad_token_id = n_real + 1  # not one of LlavaConfig's declared fields: set as an extra key
     with _parameters_on_meta():
         model = LlavaForConditionalGeneration(config)
         if parts.projector_type == "linear":

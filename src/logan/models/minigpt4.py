@@ -51,19 +51,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from math import isqrt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 from torch import nn
 
 from logan.config import ModelConfig
 from logan.errors import LoganError
-from logan.models.base import VLMAdapter, hf_progress_bars_off
+from logan.models.base import VLMAdapter, hf_progress_bars_off, token_id
 from logan.models.contract import ImageBatch, TokenBatch, Traits
 from logan.models.hf import until_eos
 from logan.models.prefix import KeptPrefix, continuation, keep_prefix
 from logan.models.preprocess import ImageTransform
 from logan.models.registry import register_model
+
+if TYPE_CHECKING:
+    from transformers import Blip2QFormerModel, Blip2VisionModel, LlamaForCausalLM
+
+_Module = TypeVar("_Module", bound=nn.Module)
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +160,9 @@ def _resolve(cfg: ModelConfig) -> _Files:
              "llama_model": "the Hugging Face folder of the LLM (Llama-2-7b-chat or Vicuna v0)",
              "vit_model": "the EVA ViT-g weights (eva_vit_g.pth)",
              "q_former_model": "BLIP-2's blip2_pretrained_flant5xxl.pth"}
-    paths: dict[str, Path | None] = {}
+    paths: dict[str, Path] = {}
     for key in PATH_KEYS:
         if key == "q_former_model" and not needs_qformer:
-            paths[key] = None
             continue
         if not given[key]:
             raise LoganError(f"target_model.{key} is not set: {model_type} needs {hints[key]}.")
@@ -178,7 +182,7 @@ def _resolve(cfg: ModelConfig) -> _Files:
                          "(model_type 'llama').")
     size = nested.get("image_size")
     return _Files(model_type, conv_mode, paths["ckpt"], paths["llama_model"], paths["vit_model"],
-                  paths["q_former_model"], int(size) if size else None)
+                  paths.get("q_former_model"), int(size) if size else None)
 
 
 def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -253,7 +257,7 @@ def _reject_unused(keys: set[str], used: set[str], path: Path, what: str) -> Non
         raise LoganError(f"{path} has the unexpected key '{extra[0]}'{more}: it is not {what}.")
 
 
-def _build_vit(path: Path, image_size: int | None) -> nn.Module:
+def _build_vit(path: Path, image_size: int | None) -> Blip2VisionModel:
     """EVA ViT-g (eva_vit_g.pth, bare or `visual_encoder.` names) as a Blip2VisionModel without final norm."""
     from transformers import Blip2VisionConfig, Blip2VisionModel
 
@@ -282,13 +286,13 @@ def _build_vit(path: Path, image_size: int | None) -> nn.Module:
     )
     with torch.device("meta"):
         vit = Blip2VisionModel(config)
-    vit.post_layernorm = nn.Identity()  # MiniGPT-4's ln_vision is a module of its own
+    vit.add_module("post_layernorm", nn.Identity())  # MiniGPT-4's ln_vision is a module of its own
     used = _fill(vit, tensors, _renamer(VIT_FROM_HF), path, what)
     _reject_unused(set(tensors) - dropped, used, path, what)
     return vit
 
 
-def _build_qformer(path: Path, vit_width: int) -> tuple[nn.Module, torch.Tensor, nn.LayerNorm]:
+def _build_qformer(path: Path, vit_width: int) -> tuple[Blip2QFormerModel, torch.Tensor, nn.LayerNorm]:
     """BLIP-2's Q-Former, queries and ln_vision from its LAVIS checkpoint (blip2_pretrained_flant5xxl.pth)."""
     from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
@@ -339,11 +343,13 @@ def _build_projection(files: _Files, features: int) -> nn.Linear:
     return proj
 
 
-def _load_llm(folder: Path, dtype: torch.dtype) -> nn.Module:
+def _load_llm(folder: Path, dtype: torch.dtype) -> LlamaForCausalLM:
     from transformers import LlamaForCausalLM
 
     with hf_progress_bars_off():
-        model, info = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        # with output_loading_info, from_pretrained returns (model, info): its annotation says the model only
+        loaded = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        model, info = cast("tuple[LlamaForCausalLM, dict[str, Any]]", loaded)
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         keys = sorted(map(str, info.get(kind) or []))
         if keys:
@@ -351,6 +357,13 @@ def _load_llm(folder: Path, dtype: torch.dtype) -> nn.Module:
                              f"{f' (and {len(keys) - 1} more)' if len(keys) > 1 else ''}; "
                              "it is not a complete Llama checkpoint.")
     return model
+
+
+def _to_eval(module: _Module, *to: Any) -> _Module:
+    """`module.to(*to).eval()`, which moves it in place, typed as nn.Module's (transformers' annotation of
+    PreTrainedModel.to, a functools.wraps of nn.Module.to, leaves out `self`)."""
+    module.to(*to).eval()
+    return module
 
 
 @register_model("minigpt-4")
@@ -370,33 +383,36 @@ class MiniGPT4(VLMAdapter):
         files = _resolve(cfg)
         vit = _build_vit(files.vit_model, files.image_size)
         width = vit.config.hidden_size
-        self.qformer, self.query_tokens = None, None
-        if files.has_qformer:
-            self.qformer, self.query_tokens, ln_vision = _build_qformer(files.q_former_model, width)
-            self.qformer = self.qformer.to(device, dtype).eval()
-            self.query_tokens = self.query_tokens.to(device, dtype)
+        self.qformer: Blip2QFormerModel | None = None
+        self.query_tokens: torch.Tensor | None = None
+        if files.q_former_model is not None:  # set exactly when the variant has one (files.has_qformer)
+            qformer, queries, ln_vision = _build_qformer(files.q_former_model, width)
+            self.qformer = _to_eval(qformer, device, dtype)
+            self.query_tokens = queries.to(device, dtype)
+            features = qformer.config.hidden_size
         else:
             ln_vision = nn.LayerNorm(width, eps=1e-5)  # fresh, as MiniGPT-4 has it without a Q-Former
-        features = self.qformer.config.hidden_size if files.has_qformer else 4 * width
+            features = 4 * width
         self.llama_proj = _build_projection(files, features).to(device, dtype).eval()
-        self.vit = vit.to(device, dtype).eval()
+        self.vit = _to_eval(vit, device, dtype)
         self.ln_vision = ln_vision.to(device, torch.float32).eval()  # float32, as LAVIS's LayerNorm runs
-        self.llm = _load_llm(files.llama_model, dtype).to(device).eval()
+        self.llm = _to_eval(_load_llm(files.llama_model, dtype), device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(files.llama_model)
         except Exception as error:  # noqa: BLE001 - a missing or broken tokenizer is one user-facing error
             raise LoganError(f"{files.llama_model} has no usable tokenizer ({type(error).__name__}: "
                              f"{error}); it needs tokenizer.model or tokenizer.json.") from None
         names = sorted(self.tokenizer.all_special_tokens, key=len, reverse=True)
-        self._specials = {t: self.tokenizer.convert_tokens_to_ids(t) for t in names}
+        self._specials = {t: token_id(self.tokenizer, t) for t in names}
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self.files, self.device, self.dtype, self.conv_mode = files, device, dtype, files.conv_mode
-        size = vit.config.image_size
+        size, patch = vit.config.image_size, vit.config.patch_size
+        assert isinstance(size, int) and isinstance(patch, int)  # _build_vit gives its config single numbers
         self.transform = ImageTransform(shortest_edge=None, resize_hw=(size, size), crop_hw=None,
                                         pad_to_square=bool(cfg.pad_to_square))
         self.image_token_id = IMAGE_SENTINEL
         self.n_image_tokens = image_token_count(
-            size, vit.config.patch_size, self.query_tokens.shape[1] if files.has_qformer else None)
+            size, patch, self.query_tokens.shape[1] if self.query_tokens is not None else None)
         rows = self.llm.lm_head.out_features
         self.set_token_ids(self.tokenizer, rows, cfg.vocab_size)
         log.info("loaded MiniGPT-4 %s (%s, %s): %d image tokens, vocabulary %d of %d rows", files.model_type,
@@ -417,7 +433,9 @@ class MiniGPT4(VLMAdapter):
         return ids
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        assert isinstance(text, str)  # one list of ids decodes to one string
+        return text.strip()
 
     def fingerprint(self) -> dict[str, Any]:
         f = self.files
@@ -429,6 +447,7 @@ class MiniGPT4(VLMAdapter):
         features = self.vit(**images.to(self.device, self.dtype)).last_hidden_state
         features = self.ln_vision(features.float()).to(self.dtype)
         if self.qformer is not None:
+            assert self.query_tokens is not None  # loaded with the Q-Former
             queries = self.query_tokens.expand(features.shape[0], -1, -1)
             mask = torch.ones(features.shape[:-1], dtype=torch.long, device=features.device)
             features = self.qformer(query_embeds=queries, encoder_hidden_states=features,

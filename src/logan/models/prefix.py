@@ -117,7 +117,9 @@ class KeptPrefix:
         if not prefix or not bool(mask[:, : len(prefix)].all()):
             return 0
         if prefix != self.ids:
-            ids = torch.tensor([prefix], dtype=torch.long, device=self.embed.weight.device)
+            weight = self.embed.weight
+            assert isinstance(weight, torch.Tensor)  # an embedding's table
+            ids = torch.tensor([prefix], dtype=torch.long, device=weight.device)
             layers = capture(self.language_model, self.embed(ids))
             self.ids = prefix
             log.info("the %d prompt tokens before the image run once: %d layers keep their keys", len(prefix), layers)

@@ -197,18 +197,19 @@ def _float_class(pil_class: type) -> type:
 def _target_size(chw: np.ndarray, size: Any) -> tuple[int, int]:
     """The (height, width) transformers' PilBackend.resize gives a C x H x W image for `size` (same rules,
     same order, same helpers)."""
-    from transformers.image_processing_backends import get_size_with_aspect_ratio
-    from transformers.image_transforms import get_resize_output_image_size
+    from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
     from transformers.image_utils import ChannelDimension, get_image_size_for_max_height_width
 
     height, width = chw.shape[1:]
     if size.shortest_edge and size.longest_edge:
-        return tuple(get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge))
+        out_h, out_w = get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge)
+        return out_h, out_w
     if size.shortest_edge:
-        return tuple(get_resize_output_image_size(chw, size=size.shortest_edge, default_to_square=False,
-                                                  input_data_format=ChannelDimension.FIRST))
+        out_h, out_w = get_resize_output_image_size(chw, size=size.shortest_edge, default_to_square=False,
+                                                    input_data_format=ChannelDimension.FIRST)
+        return out_h, out_w
     if size.max_height and size.max_width:
-        return tuple(get_image_size_for_max_height_width((height, width), size.max_height, size.max_width))
+        return get_image_size_for_max_height_width((height, width), size.max_height, size.max_width)
     if size.height and size.width:
         return size.height, size.width
     raise ValueError(f"an image size without height and width, max_height and max_width or shortest_edge: {size}")

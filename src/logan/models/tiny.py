@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from logan.models.base import TEMPLATES
+from logan.models.base import TEMPLATES, token_id
 from logan.models.preprocess import ImageTransform
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 NEWLINE = "⏎"
@@ -36,7 +40,7 @@ class TinySpec:
     max_positions: int = 256
 
 
-def _tokenizer(corpus: list[str]):
+def _tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -64,7 +68,7 @@ def build_tiny_llava(folder: str | Path, corpus: list[str], spec: TinySpec = Tin
     folder = Path(folder)
     texts = [*corpus, instruction, *(t for pair in TEMPLATES.values() for t in pair)]
     tok = _tokenizer(texts)
-    image_token = tok.convert_tokens_to_ids("<image>")
+    image_token = token_id(tok, "<image>")
     config = LlavaConfig(
         text_config={"model_type": "llama", "vocab_size": len(tok), "hidden_size": spec.hidden,
                      "num_hidden_layers": spec.layers, "num_attention_heads": spec.heads,
@@ -77,8 +81,8 @@ def build_tiny_llava(folder: str | Path, corpus: list[str], spec: TinySpec = Tin
                        "intermediate_size": spec.vision_hidden * 2, "projection_dim": spec.vision_hidden},
         image_token_index=image_token, vision_feature_layer=-2, vision_feature_select_strategy="default",
         projector_hidden_act="gelu", image_seq_length=(spec.image_size // spec.patch_size) ** 2,
-        pad_token_id=tok.pad_token_id,
     )
+    config.pad_token_id = tok.pad_token_id  # not one of LlavaConfig's declared fields: set as an extra key
     with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state restored afterwards
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config).eval()

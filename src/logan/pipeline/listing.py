@@ -10,6 +10,7 @@ shown as such, with a warning naming its distribution, and the rest is listed as
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from logan import plugins
 from logan.errors import LoganError, did_you_mean
@@ -49,7 +50,7 @@ def metrics_table() -> str:
     return table(("metric", "needs", "aggregate", "orientation", "from", "description"), rows)
 
 
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     """Left-aligned columns two spaces apart (the last one unpadded), one line per row."""
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header) - 1)]
     lines = ["  ".join([*(str(c).ljust(w) for c, w in zip(r, widths)), str(r[-1])]) for r in (header, *rows)]

@@ -73,7 +73,7 @@ class ListWriter:
             self.duplicates += 1
             return
         try:
-            with Image.open(BytesIO(record.data) if record.data is not None else record.path) as img:
+            with Image.open(BytesIO(record.data) if record.data is not None else record.file()) as img:
                 width, height = img.size
                 fmt = "JPEG" if img.format == "MPO" else str(img.format)
         except (UnidentifiedImageError, OSError, ValueError):
@@ -84,13 +84,13 @@ class ListWriter:
 
     def _place(self, record: Record, fmt: str) -> str:
         if record.data is None and not self.copy:
-            return str(record.path.resolve())
+            return str(record.file().resolve())
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(record.name).stem)[:60] or "image"
         name = f"{len(self.entries):06d}_{stem}{EXTENSIONS.get(fmt, '.' + fmt.lower())}"
         if record.data is not None:
             (self.staging / name).write_bytes(record.data)
         else:
-            shutil.copyfile(record.path, self.staging / name)
+            shutil.copyfile(record.file(), self.staging / name)
         return f"{self.folder}/{name}"
 
     def drop(self, keys: set[str]) -> None:

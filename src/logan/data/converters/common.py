@@ -9,10 +9,13 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from logan.config import PrepareConfig
 from logan.errors import LoganError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MEMBER_NAMES = {"1", "member", "members"}
@@ -31,6 +34,12 @@ class Record:
     key: str
     path: Path | None = None
     data: bytes | None = None
+
+    def file(self) -> Path:
+        """The image's file, for a record that holds no bytes (a record holds one or the other)."""
+        if self.path is None:
+            raise ValueError(f"record {self.name} holds neither the image's bytes nor its file")
+        return self.path
 
 
 @dataclass
@@ -97,7 +106,7 @@ class ImageIndex:
         self._entries: list[tuple[str, Ref]] = []
         self._archives: list[zipfile.ZipFile] = []
 
-    def __enter__(self) -> ImageIndex:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
