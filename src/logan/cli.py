@@ -113,7 +113,7 @@ def _guarded(action: Any) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("logan: interrupted; rerun the same command to resume.\n")
         return 130
-    except Exception as exc:  # noqa: BLE001 - out-of-memory gets a one-line hint, the rest a traceback
+    except Exception as exc:
         if type(exc).__name__ == "OutOfMemoryError":
             return _fail("out of GPU memory; rerun the same command with a smaller inference.batch_size "
                          "(and generation.batch_size), e.g. half the current value.")

@@ -414,7 +414,8 @@ class RunConfig:
         for k in m.ratio:
             if not 0.0 <= float(k) <= 1.0:
                 raise LoganError(f"img_metrics.ratio holds {k}: every Max-K% ratio must lie in [0, 1].")
-        m.parts, m.metrics_to_use, m.ratio = (list(dict.fromkeys(v)) for v in (m.parts, m.metrics_to_use, m.ratio))
+        m.parts, m.metrics_to_use = list(dict.fromkeys(m.parts)), list(dict.fromkeys(m.metrics_to_use))
+        m.ratio = list(dict.fromkeys(m.ratio))
         if self.seed < 0:
             raise LoganError(f"seed={self.seed} must be a non-negative integer.")
         if {"desp", "inst_desp"} & set(m.parts) and self.generation.num_gen_tokens < 1:
@@ -464,7 +465,8 @@ def _expand_home(obj: Any) -> None:
 def _default(spec: dataclasses.Field) -> Any:
     if spec.default is not MISSING:
         return spec.default
-    return spec.default_factory()  # type: ignore[misc]
+    assert spec.default_factory is not MISSING, f"{spec.name} has no default"
+    return spec.default_factory()
 
 
 def _check_original_keys(cfg: RunConfig) -> None:

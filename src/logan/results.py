@@ -118,6 +118,7 @@ class StdWriter:
         stem = res.sample_id.removeprefix(ID_PREFIX)[:16] if res.sample_id.startswith(ID_PREFIX) else \
             Path(res.sample_id).stem
         name = f"{'member' if res.label == 1 else 'nonmember'}_{stem}.png"
+        assert res.image is not None, "add() saves only the results that hold their perturbed image"
         Image.fromarray(res.image).save(folder / name)
 
     def finish(self) -> None:
@@ -141,7 +142,7 @@ def _chosen(subset: set[str] | None, sample_id: str) -> bool:
 
 
 def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
-    columns = list(zip(*rows)) if rows else [[] for _ in schema]
+    columns: list[tuple] = list(zip(*rows)) if rows else [() for _ in schema]
     return pa.table([pa.array(list(col), type=f.type) for col, f in zip(columns, schema)], schema=schema)
 
 
@@ -194,7 +195,8 @@ def combine(sources: list[Path], target: Path, std: float | None, **note: object
                 table = pq.read_table(part)
                 writer = writer or pq.ParquetWriter(tmp / name, table.schema)
                 writer.write_table(table)
-            writer.close()
+            if writer is not None:
+                writer.close()
         for source in sources:
             if (source / "images").is_dir():
                 shutil.copytree(source / "images", tmp / "images", dirs_exist_ok=True)

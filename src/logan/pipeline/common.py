@@ -28,13 +28,12 @@ from logan.engine import Engine, EngineSettings, WorkItem, variants_for
 from logan.errors import LoganError, count
 from logan.faults import fault_point
 from logan.io import RunLock, check_fingerprint, read_json, remove_stale_temporaries, write_json
-from logan.provenance import PROVENANCE, run_provenance
 from logan.metrics import fused
 from logan.metrics.registry import DEFINITIONS, TKN_SUFFIX, all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_compile, resolve_device, resolve_dtype
 from logan.models.hub import local_model, moved_revision, provenance
 from logan.models.registry import check_model, load_model
-from logan.runlog import run_log
+from logan.provenance import PROVENANCE, run_provenance
 from logan.results import (
     PER_STD,
     Checkpoints,
@@ -44,6 +43,7 @@ from logan.results import (
     first_of_each_class,
     is_done,
 )
+from logan.runlog import run_log
 
 log = logging.getLogger(__name__)
 

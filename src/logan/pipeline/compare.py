@@ -185,21 +185,21 @@ def _fit(text: str, width: int) -> str:
 
 def roc_metric(cfg: RunConfig, runs: list[Run]) -> str | None:
     """The metric whose ROC curves are overlaid: compare.metric, else the first classify run's selection metric."""
-    classified = [run for run in runs if isinstance(run.result, ClassifyResult)]
+    classified = [(run, run.result) for run in runs if isinstance(run.result, ClassifyResult)]
     if not classified:
         return None
-    known = {m for run in classified for m in run.result.metrics.metric}
+    known = {m for _, result in classified for m in result.metrics.metric}
     if cfg.compare.metric is not None:
         if cfg.compare.metric not in known:
             raise LoganError(f"compare.metric={cfg.compare.metric} is not a metric of these runs; use one of "
                              f"{', '.join(sorted(known))}.")
         return cfg.compare.metric
-    first = classified[0]
-    config = first.result.results.get("config") or (read_json(first.folder / "config.json")
-                                                     if (first.folder / "config.json").is_file() else {})
+    first, result = classified[0]
+    config = result.results.get("config") or (read_json(first.folder / "config.json")
+                                               if (first.folder / "config.json").is_file() else {})
     chosen = (config.get("selection") or {}).get("metric") or next(iter(config.get("img_metrics", {}).get(
         "metrics_to_use", [])), None)
-    return chosen if chosen in known else str(first.result.metrics.metric.iloc[0])
+    return chosen if chosen in known else str(result.metrics.metric.iloc[0])
 
 
 def roc_panels(runs: list[Run], rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, tuple]]:
@@ -210,6 +210,7 @@ def roc_panels(runs: list[Run], rows: list[dict[str, Any]], metric: str) -> dict
         if row["metric"] != metric:
             continue
         run = by_name[row["run"].split(" @ std ")[0]]
+        assert isinstance(run.result, ClassifyResult), "ROC rows come from classify runs"
         shown = f"{row['run']} (std {std_text(row)}, AUC {row['auc']:.3f})"
         for label, curve in _curves(run.result, row, label=shown).items():
             panels.setdefault(row["part"], {})[label] = curve

@@ -105,7 +105,9 @@ def attack(cfg: RunConfig, model: Path, lists: dict[str, Path], folder: Path) ->
         "noise.std": str(folder / "tune" / "optimal_std.json"), "noise.per_part": True,
         "path.output_dir": str(folder / "classify"),
     })
-    return selected, classify(ccfg)
+    rows = classify(ccfg)
+    assert selected is not None and rows is not None, "the demo runs unsharded: tune and classify finish here"
+    return selected, rows
 
 
 def comparison(results: dict[str, tuple[dict, list[dict]]], k: float) -> str:

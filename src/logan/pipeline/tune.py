@@ -15,8 +15,8 @@ import logging
 
 from logan.config import RunConfig
 from logan.data.sets import build_sets
-from logan.pipeline.common import has_pending, open_model, run_folder, run_stds, work_items
 from logan.distributed import init_process_group, shard_info
+from logan.pipeline.common import has_pending, open_model, run_folder, run_stds, work_items
 from logan.pipeline.merge import finish
 from logan.pipeline.select import check_selection
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ def std_text(row: dict[str, Any]) -> str:
     return f"{row['std']:g}"
 
 
-def _table(rows: list[dict[str, Any]], best: list[dict[str, Any]] = ()) -> str:
+def _table(rows: list[dict[str, Any]], best: Sequence[dict[str, Any]] = ()) -> str:
     """The AUC / TPR table of `rows`; the rows in `best` are marked."""
     original = any("auc_original_orientation" in r for r in rows)  # img_metrics.compat=original
     head = ["part", "metric", "std", "AUC", *(["AUC (original's orientation)"] if original else []), "95% CI", "acc",
@@ -147,8 +148,9 @@ def one_line(rows: list[dict[str, Any]], blind: dict[str, Any], k: float, verdic
         text = (f"Best: <b>{html.escape(best['metric'])}</b> on {html.escape(best['part'])} at std {std_text(best)}, "
                 f"K = {k:g}: AUC <b>{best['auc']:.3f}</b>{_interval(best)} (best of the table, picked with the labels) "
                 f"vs {_cell(blind.get('auc', float('nan')))}{_interval(blind)} for the model-free baseline.")
-    per_std = (verdicts or {}).get("per_std", [])
+    per_std = verdicts.get("per_std", []) if verdicts else []
     for s in per_std:
+        assert verdicts is not None
         where = f" at std {s['std']:g}" if len(per_std) > 1 else ""
         text += (f" Per-image verdicts{where}: <b>{s['n_flagged']} of {s['n_target']}</b> images called member at "
                  f"FPR {fpr_text(verdicts['fpr'])} (realised {fpr_text(s['realised_fpr'])} on {s['n_ref']} reference "

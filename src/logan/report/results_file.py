@@ -261,7 +261,7 @@ def schema() -> dict[str, Any]:
     import json
     from importlib.resources import files
 
-    return json.loads(files("logan").joinpath("schema", SCHEMA_FILE).read_text())
+    return json.loads(files("logan").joinpath("schema").joinpath(SCHEMA_FILE).read_text())
 
 
 def validate_results(path: str | Path) -> dict[str, Any]:

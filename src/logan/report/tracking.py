@@ -50,10 +50,11 @@ def _backend(name: str) -> Any:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             try:
-                from tensorboardX import SummaryWriter
+                from tensorboardX import SummaryWriter as XWriter
             except ImportError:
                 raise LoganError(f"tracking=tensorboard needs TensorBoard, which is not installed: "
                                  f"{INSTALL[name]}; or leave tracking=none.") from None
+            return XWriter
         return SummaryWriter
     if name == "wandb":
         try:
