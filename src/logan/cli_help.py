@@ -18,10 +18,10 @@ COMMAND_KEYS: dict[str, tuple[str, ...]] = {
                "img_metrics.ratio"),
     "classify": ("path.", "target_model.", "data.dataset", "data.member_dataset", "data.nonmember_dataset",
                  "data.target_set_size", "data.n_nm_ratio", "data.shard_id", "data.num_shards", "noise.",
-                 "img_metrics.", "prompt.", "generation.", "inference.", "selection.k", "job_meta_params.", "seed",
+                 "img_metrics.", "prompt.", "generation.", "inference.", "selection.k", "report.", "job_meta_params.", "seed",
                  "device", "dtype"),
     "demo": ("path.output_dir", "demo.", "noise.std_sets", "noise.quantize", "img_metrics.", "prompt.",
-             "selection.", "seed", "device", "dtype"),
+             "selection.", "report.", "seed", "device", "dtype"),
     "prepare": ("path.output_dir", "prepare."),
     "merge": ("path.output_dir",),
 }

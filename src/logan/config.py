@@ -257,6 +257,16 @@ class SelectionConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What classify draws after scoring (metrics.json and scores.parquet always hold every row)."""
+
+    plots: str = key("selected", "ROC and histogram plots of the best LOGAN metric per part: selected (one pair: at "
+                     "the std the tuning run selected, each part at its own with noise.per_part; given several "
+                     "std values, at the one whose best row has the highest AUC) | every_std (a pair per std) | "
+                     "none", choices=("selected", "every_std", "none"))
+
+
+@dataclass
 class JobConfig:
     """The original's job switch."""
 
@@ -309,6 +319,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     job_meta_params: JobConfig = field(default_factory=JobConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
