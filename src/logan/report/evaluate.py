@@ -47,7 +47,7 @@ def score_table(cfg: RunConfig, target: pd.DataFrame, stds: list[float]) -> pd.D
 
     Std-independent baselines are repeated at every std so each std's table is complete.
     """
-    ids = set(target.sample_id)
+    ids = target.sample_id.unique()
     noise = load_scores(cfg.output_dir, stds)
     fixed = load_baselines(cfg.output_dir)
     frames = [noise[noise.sample_id.isin(ids)]]
@@ -56,10 +56,11 @@ def score_table(cfg: RunConfig, target: pd.DataFrame, stds: list[float]) -> pd.D
     scores = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else noise
     if scores.empty:
         raise LoganError(f"{cfg.output_dir} holds no results for std {stds}; run 'logan classify' on it first.")
-    sign = scores.metric.map({m: get_metric(m).sign for m in scores.metric.unique()}).to_numpy(dtype=float)
-    scores["score"] = sign * scores.value.to_numpy()
+    metric, metrics = pd.factorize(scores.metric)
+    scores["score"] = np.array([get_metric(m).sign for m in metrics], dtype=float)[metric] * scores.value.to_numpy()
     shown = {row.sample_id: row.path or row.name for row in target.itertuples(index=False)}
-    scores["image"] = scores.sample_id.map(shown)  # the file, or the dataset row's image name
+    sample, samples = pd.factorize(scores.sample_id)
+    scores["image"] = np.array([shown.get(s) for s in samples], dtype=object)[sample]  # the file, or the row's name
     return scores[["sample_id", "image", "label", *KEYS, "value", "score"]]
 
 
@@ -79,7 +80,7 @@ def metric_rows(scores: pd.DataFrame, ci_k: float, seed: int, compat: str = "log
         by_row.setdefault(unit.key[:len(keys)], []).append(unit)
     for key, folds in by_row.items():  # each fold of a row is drawn with the seed + its place among them
         for i, unit in enumerate(folds):
-            unit.seed = seed + i if np.isclose(key[-1], ci_k) else None
+            unit.seed = seed + i if same_k(key[-1], ci_k) else None
     _score(columns, units)
     rows, specs = [], {}
     for key, folds in by_row.items():
@@ -121,7 +122,10 @@ def _units(scores: pd.DataFrame, keys: list[str]) -> tuple[dict[str, np.ndarray]
     factorized = [pd.factorize(scores[k], sort=True) for k in keys]
     codes = [c for c, _ in factorized]
     kept = np.flatnonzero(np.logical_and.reduce([c >= 0 for c in codes])) if codes else np.arange(len(scores))
-    order = kept[np.lexsort([c[kept] for c in codes[::-1]])]  # stable: ties keep the order of `scores`
+    combined = np.zeros(len(kept), dtype=np.int64)
+    for c, (_, uniques) in zip(codes, factorized):  # one number per key, ordered as the keys sort
+        combined = combined * len(uniques) + c[kept]
+    order = kept[np.argsort(combined, kind="stable")]  # stable: ties keep the order of `scores`
     codes = [c[order] for c in codes]
     changed = np.logical_or.reduce([c[1:] != c[:-1] for c in codes]) if len(order) else np.zeros(0, dtype=bool)
     starts = np.flatnonzero(np.r_[bool(len(order)), changed])
@@ -148,6 +152,11 @@ def _score(columns: dict[str, np.ndarray], units: list[_Unit]) -> None:
             unit.summary, unit.resampled, unit.dropped = summary, draws, n
 
 
+def same_k(a: float, b: float) -> bool:
+    """`np.isclose(a, b)` for two numbers (a row's K and the K asked for), without an array's overhead."""
+    return abs(a - b) <= 1e-8 + 1e-5 * abs(b)
+
+
 def estimable_only(row: dict[str, Any]) -> dict[str, Any]:
     """`row` with every TPR at an FPR this many non-members cannot resolve set to None (its value there is
     a bound reached at FPR 0, not an estimate), for summaries that show the number without the flag."""
@@ -163,7 +172,7 @@ def format_tpr(row: dict[str, Any], key: str) -> str:
 def summary_table(rows: list[dict[str, Any]], k: float, std: float | None = None, note: str = "") -> str:
     """Text table (part x metric) at one std (None: each part at the std of its rows) and K: AUC [95 % CI],
     TPR at 5 / 1 / 0.1 % FPR; `note` (how the std was chosen) below it."""
-    at = [r for r in rows if (std is None or r["std"] == std) and np.isclose(r["k"], k)]
+    at = [r for r in rows if (std is None or r["std"] == std) and same_k(r["k"], k)]
     title = f"std = {std:g}" if std is not None else "each part at its own selected std"
     lines = [f"{title}; K = {k:g}; higher score = member; n/e = not estimable with this many non-members",
              f"{'part':<10} {'metric':<28} {'std':>8} {'AUC':>6} {'95% CI':>13} {'TPR@5%':>7} {'TPR@1%':>7} "
@@ -180,7 +189,7 @@ def best_per_part(rows: list[dict[str, Any]], std: float | None, k: float,
     """The highest-AUC row per part at one std (None: any std) and K (LOGAN's metrics only by default)."""
     best: dict[str, dict] = {}
     for r in rows:
-        if (std is None or r["std"] == std) and np.isclose(r["k"], k) and (needs is None or r["needs"] == needs) \
+        if (std is None or r["std"] == std) and same_k(r["k"], k) and (needs is None or r["needs"] == needs) \
                 and np.isfinite(r["auc"]) and r["auc"] > best.get(r["part"], {"auc": -1})["auc"]:
             best[r["part"]] = r
     return best
