@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from logan.io import follow_umask
 from logan.models.base import TEMPLATES
 from logan.models.preprocess import ImageTransform
 
@@ -88,4 +89,5 @@ def build_tiny_llava(folder: str | Path, corpus: list[str], spec: TinySpec = Tin
     transform = ImageTransform(shortest_edge=spec.image_size, crop_hw=(spec.image_size, spec.image_size))
     (folder / "preprocessor_config.json").write_text(json.dumps(transform.to_config(), indent=2) + "\n")
     (folder / "logan_tiny.json").write_text(json.dumps({"spec": asdict(spec), "seed": seed}, indent=2) + "\n")
+    follow_umask(folder)
     return folder
