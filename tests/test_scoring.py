@@ -257,3 +257,13 @@ def test_plots_are_drawn_where_report_plots_says():
     assert plotted_stds("none", stds, rows, 1.0) == []
     assert plotted_stds("selected", [None], rows, 1.0) == [None]  # each part at its own std: one pair
     assert plotted_stds("selected", stds, [], 1.0) == [1.0]
+
+
+def test_rows_sorted_in_chunks_equal_all_at_once(monkeypatch):
+    from logan.report import scoring
+
+    labels, scores = random_rows(5, rows=9)
+    seeds = [2, None, 2, 3, None, 2, 2, 3, 1]
+    whole = scoring.roc_summaries(labels, scores, seeds)
+    monkeypatch.setattr(scoring, "ROW_ELEMENTS", 2 * scores.shape[1])  # two rows at a time, draws reused
+    assert scoring.roc_summaries(labels, scores, seeds) == whole

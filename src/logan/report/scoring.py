@@ -30,6 +30,7 @@ from sklearn.metrics import roc_curve
 FPR_TARGETS = {"5pct": 0.05, "1pct": 0.01, "0.1pct": 0.001}
 N_BOOTSTRAP = 1000
 CHUNK_ELEMENTS = 1 << 22  # resamples x rows x samples held at once by the bootstrap (32 MiB per array)
+ROW_ELEMENTS = 1 << 20  # rows x samples sorted at once (8 MiB per array)
 
 
 def roc_summary(labels: np.ndarray, scores: np.ndarray, bootstrap_seed: int | None = None) -> dict:
@@ -45,11 +46,19 @@ def roc_summaries(labels: np.ndarray, scores: np.ndarray, seeds: Sequence[int | 
 
 def rows_with_resamples(labels: np.ndarray, scores: np.ndarray,
                         seeds: Sequence[int | None]) -> tuple[list[dict], list[np.ndarray | None]]:
-    """`roc_summaries` and, per row, its bootstrap AUCs (None where no seed is given or a class is empty)."""
-    ranked = Ranked.of(labels, scores)
-    resampled = ranked.bootstrap(seeds)
-    return [summary if draws is None else _with_interval(summary, draws)
-            for summary, draws in zip(ranked.summaries(), resampled)], resampled
+    """`roc_summaries` and, per row, its bootstrap AUCs (None where no seed is given or a class is empty).
+    Rows are sorted ROW_ELEMENTS scores at a time; resample draws are shared across all of them."""
+    scores = np.asarray(scores, dtype=np.float64)
+    summaries: list[dict] = []
+    resampled: list[np.ndarray | None] = []
+    draws: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+    step = max(1, ROW_ELEMENTS // max(1, scores.shape[1]))
+    for start in range(0, len(scores), step):
+        ranked = Ranked.of(labels, scores[start:start + step])
+        resampled += ranked.bootstrap(seeds[start:start + step], draws=draws)
+        summaries += ranked.summaries()
+    return [summary if aucs is None else _with_interval(summary, aucs)
+            for summary, aucs in zip(summaries, resampled)], resampled
 
 
 def bootstrap_auc_interval(labels: np.ndarray, scores: np.ndarray, seed: int,
@@ -167,13 +176,17 @@ class Ranked:
             out.append(row)
         return out
 
-    def bootstrap(self, seeds: Sequence[int | None], resamples: int = N_BOOTSTRAP) -> list[np.ndarray | None]:
+    def bootstrap(self, seeds: Sequence[int | None], resamples: int = N_BOOTSTRAP,
+                  draws: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] | None = None,
+                  ) -> list[np.ndarray | None]:
         """Per row, the AUCs of its stratified bootstrap resamples drawn with its seed (None: not drawn).
 
         A resample draws each member (non-member) slot a number of times; its AUC is the count of
         weighted pairs: sum over member positions of weight x (non-member weight below the position's
         tie group + half the weight within it). The draws are those of `np.random.default_rng` for
-        (seed, members, non-members), made once for every row sharing them."""
+        (seed, members, non-members), made once for every row sharing them (and kept in `draws`, given
+        one, for the rows of the next call)."""
+        draws = {} if draws is None else draws
         out: list[np.ndarray | None] = [None] * len(seeds)
         npos, nneg = self.n_members, self.n_nonmembers
         shared: dict[tuple[int, int, int], list[int]] = {}
@@ -181,7 +194,9 @@ class Ranked:
             if seed is not None and npos[i] > 0 and nneg[i] > 0:
                 shared.setdefault((int(seed), int(npos[i]), int(nneg[i])), []).append(i)
         for (seed, n_pos, n_neg), rows in shared.items():
-            draws_pos, draws_neg = _draw_counts(seed, n_pos, n_neg, resamples)
+            if (seed, n_pos, n_neg) not in draws:
+                draws[(seed, n_pos, n_neg)] = _draw_counts(seed, n_pos, n_neg, resamples)
+            draws_pos, draws_neg = draws[(seed, n_pos, n_neg)]
             per_row = max(1, CHUNK_ELEMENTS // (resamples * max(n_pos, n_neg)))
             for start in range(0, len(rows), per_row):
                 chunk = rows[start:start + per_row]
