@@ -260,10 +260,9 @@ class SelectionConfig:
 class ReportConfig:
     """What classify draws after scoring (metrics.json and scores.parquet always hold every row)."""
 
-    plots: str = key("selected", "ROC and histogram plots of the best LOGAN metric per part: selected (one pair: at "
-                     "the std the tuning run selected, each part at its own with noise.per_part; given several "
-                     "std values, at the one whose best row has the highest AUC) | every_std (a pair per std) | "
-                     "none", choices=("selected", "every_std", "none"))
+    plots: str = key("selected", "ROC + histogram plots of the best LOGAN metric per part: selected (one pair, at the "
+                     "selected std; given several std values, at the best row's) | every_std (a pair per std) | none",
+                     choices=("selected", "every_std", "none"))
 
 
 @dataclass
