@@ -118,7 +118,7 @@ def timed_run(src: Path, args: list[str], out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(HERE), os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
     result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(timings), "--", *args],
-                            env=env, capture_output=True, text=True)
+                            check=False, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"logan classify failed on {src}:\n{result.stderr[-4000:]}")
