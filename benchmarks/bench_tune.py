@@ -86,7 +86,7 @@ def write_lists(folder: Path, n_target: int, n_reference: int) -> dict[str, Path
     paths = {}
     for name, (chosen, label) in groups.items():
         paths[name] = folder / f"{name}.json"
-        paths[name].write_text(json.dumps([{"image": it.sample_id, "label": label} for it in chosen]))
+        paths[name].write_text(json.dumps([{"image": it.image, "label": label} for it in chosen]))
     return paths
 
 

@@ -304,7 +304,10 @@ def test_classify_accepts_a_std_list_and_json_lists(world, tmp_path: Path) -> No
     for metric in LOGAN:  # ten times the noise, larger divergences
         assert means.loc[metric, 10.0] > means.loc[metric, 1.0] or (
             metric == "max_k_renyi_inf_kl_div" and means.loc[metric, 10.0] == means.loc[metric, 1.0] == 0), metric
-    assert is_png(out / "roc_std_1.png") and is_png(out / "roc_std_10.png")
+    # report.plots=selected: plots at the std of the best LOGAN row only (every_std would draw both)
+    best = max((r for r in rows if r["needs"] == "noise" and r["k"] == 1.0), key=lambda r: r["auc"])["std"]
+    assert is_png(out / f"roc_std_{best:g}.png") and is_png(out / f"histograms_std_{best:g}.png")
+    assert [p.name for p in out.glob("roc*.png")] == [f"roc_std_{best:g}.png"]
 
 
 def test_original_job_type_spelling(world, tmp_path: Path) -> None:

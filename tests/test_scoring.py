@@ -165,3 +165,105 @@ def test_roc_points():
     fpr, tpr = roc_points(labels, scores)
     assert fpr[0] == 0.0 and tpr[-1] == 1.0 and fpr[-1] == 1.0
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+
+
+# ------------------------------------------------------------- many rows at once, against a reference
+
+def reference_summary(labels: np.ndarray, scores: np.ndarray, seed: int | None) -> dict:
+    """A straightforward reference: non-finite scores dropped, sklearn's roc_curve / roc_auc_score on the
+    rest, and the bootstrap as one rank sum per resample (scipy's rankdata), resampled as documented."""
+    from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    ok = np.isfinite(scores)
+    labels, scores = labels[ok].astype(int), scores[ok]
+    n_pos, n_neg = int(labels.sum()), int((1 - labels).sum())
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    out = {"n_members": n_pos, "n_nonmembers": n_neg, "auc": roc_auc_score(labels, scores),
+           "acc": np.max(1 - (fpr + (1 - tpr)) / 2)}
+    for key, target in {"5pct": 0.05, "1pct": 0.01, "0.1pct": 0.001}.items():
+        best = int(np.argmax(np.where(fpr <= target, tpr, -1.0)))
+        out |= {f"tpr_at_{key}_fpr": tpr[best], f"fpr_at_{key}_fpr": fpr[best],
+                f"fp_at_{key}_fpr": round(fpr[best] * n_neg), f"tpr_at_{key}_fpr_estimable": n_neg * target >= 1}
+    if seed is not None:
+        rng = np.random.default_rng([seed, 0xB007])
+        pos, neg = scores[labels == 1], scores[labels == 0]
+        drawn = np.concatenate([pos[rng.integers(0, n_pos, (1000, n_pos))], neg[rng.integers(0, n_neg, (1000, n_neg))]], 1)
+        aucs = (rankdata(drawn, axis=1)[:, :n_pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        out["auc_ci_low"], out["auc_ci_high"] = np.percentile(aucs, [2.5, 97.5])
+    return out
+
+
+def random_rows(seed: int, rows: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of scores over one labelled sample: coarse values (many ties), some rows constant, and NaN,
+    +inf and -inf entries scattered over members and non-members."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 90))
+    labels = rng.permutation(np.r_[np.ones(n // 3 + 1), np.zeros(n - n // 3 - 1)]).astype(int)
+    scores = np.round(rng.normal(size=(rows, n)) + rng.uniform(0, 2, (rows, 1)) * labels, int(rng.integers(0, 2)))
+    scores[0] = 1.0  # every score tied
+    holes = rng.random((rows, n)) < 0.1
+    scores[holes] = rng.choice([np.nan, np.inf, -np.inf], holes.sum())
+    return labels, scores
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_many_rows_equal_the_reference(seed):
+    from logan.report.scoring import roc_summaries
+
+    labels, scores = random_rows(seed)
+    seeds = [None if i % 3 == 0 else 11 * i for i in range(len(scores))]
+    seeds[1] = seeds[2] = 5  # rows drawn with one seed share their resampled indices when their counts agree
+    got = roc_summaries(labels, scores, seeds)
+    for row, seed_here, out in zip(scores, seeds, got):
+        want = reference_summary(labels, row, seed_here)
+        assert set(out) == set(want)
+        for key, value in want.items():
+            assert out[key] == pytest.approx(value, abs=1e-12, rel=0), key
+        if seed_here is not None:  # the interval is the same resampled AUCs, not merely close
+            assert (out["auc_ci_low"], out["auc_ci_high"]) == (want["auc_ci_low"], want["auc_ci_high"])
+
+
+def test_a_row_without_a_class_left_is_nan_and_others_are_unaffected():
+    from logan.report.scoring import roc_summaries
+
+    labels = np.array([1, 1, 0, 0, 0])
+    scores = np.array([[3.0, 2.0, 1.0, 0.0, 2.0], [np.nan, np.inf, 1.0, 0.0, 2.0]])
+    first, second = roc_summaries(labels, scores, [0, 0])
+    assert first == pytest.approx(reference_summary(labels, scores[0], 0))
+    assert second["n_members"] == 0 and second["n_nonmembers"] == 3
+    assert math.isnan(second["auc"]) and "auc_ci_low" not in second
+
+
+def test_bootstrap_in_chunks_equals_all_at_once(monkeypatch):
+    from logan.report import scoring
+
+    labels, scores = random_rows(3, rows=5)
+    whole = scoring.roc_summaries(labels, scores, [1] * 5)
+    monkeypatch.setattr(scoring, "CHUNK_ELEMENTS", 7)  # one row and a few resamples at a time
+    assert scoring.roc_summaries(labels, scores, [1] * 5) == whole
+
+
+def test_plots_are_drawn_where_report_plots_says():
+    from logan.report.evaluate import plotted_stds
+
+    def row(std, auc, needs="noise", part="img"):
+        return {"std": std, "k": 1.0, "auc": auc, "needs": needs, "part": part}
+
+    rows = [row(1.0, 0.6), row(2.0, 0.7), row(4.0, 0.65, part="desp"), row(8.0, 0.9, needs="none")]
+    stds = [1.0, 2.0, 4.0, 8.0]
+    assert plotted_stds("selected", stds, rows, 1.0) == [2.0]  # the best LOGAN row, not the baseline's 0.9
+    assert plotted_stds("every_std", stds, rows, 1.0) == stds
+    assert plotted_stds("none", stds, rows, 1.0) == []
+    assert plotted_stds("selected", [None], rows, 1.0) == [None]  # each part at its own std: one pair
+    assert plotted_stds("selected", stds, [], 1.0) == [1.0]
+
+
+def test_rows_sorted_in_chunks_equal_all_at_once(monkeypatch):
+    from logan.report import scoring
+
+    labels, scores = random_rows(5, rows=9)
+    seeds = [2, None, 2, 3, None, 2, 2, 3, 1]
+    whole = scoring.roc_summaries(labels, scores, seeds)
+    monkeypatch.setattr(scoring, "ROW_ELEMENTS", 2 * scores.shape[1])  # two rows at a time, draws reused
+    assert scoring.roc_summaries(labels, scores, seeds) == whole

@@ -272,6 +272,15 @@ class VerdictConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What classify draws after scoring (metrics.json and scores.parquet always hold every row)."""
+
+    plots: str = key("selected", "ROC + histogram plots of the best LOGAN metric per part: selected (one pair, at the "
+                     "selected std; given several std values, at the best row's) | every_std (a pair per std) | none",
+                     choices=("selected", "every_std", "none"))
+
+
+@dataclass
 class JobConfig:
     """The original's job switch."""
 
@@ -334,6 +343,10 @@ class RunConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
+
+
+@dataclass
+    report: ReportConfig = field(default_factory=ReportConfig)
     job_meta_params: JobConfig = field(default_factory=JobConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)

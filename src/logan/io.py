@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,9 +55,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary file path; on success it is renamed to `path`, on failure removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = temporary_beside(path, lambda name: os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
     try:
         yield tmp
         fault_point("json")
@@ -71,7 +69,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `path` (a finished folder), else it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temporary_beside(path, lambda name: os.mkdir(name, 0o777))
     try:
         yield tmp
         if path.exists():
@@ -80,6 +78,42 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def temporary_beside(path: Path, create: Callable[[Path], None]) -> Path:
+    """A new name `.NAME.<random>.tmp` beside `path`, made by `create` (which must fail with
+    FileExistsError when the name is taken). Files are created 0666 and folders 0777, less the user's umask,
+    as any other program's output (tempfile's are 0600 / 0700: a colleague could not read the run)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            create(tmp)
+        except FileExistsError:
+            continue
+        return tmp
+    raise LoganError(f"could not create a temporary file beside {path}; remove the .{path.name}.*.tmp files there.")
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status); elsewhere set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(folder: Path) -> None:
+    """Give `folder` and everything below it the modes a plain open() / mkdir() gives (0666 / 0777 less the
+    umask), for files a library wrote privately (safetensors' weights are 0600)."""
+    mask = current_umask()
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def remove_stale_temporaries(folder: Path) -> None:

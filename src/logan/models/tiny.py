@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from logan.io import follow_umask
 from logan.models.base import TEMPLATES, token_id
 from logan.models.preprocess import ImageTransform
 
@@ -92,4 +93,5 @@ def build_tiny_llava(folder: str | Path, corpus: list[str], spec: TinySpec = Tin
     transform = ImageTransform(shortest_edge=spec.image_size, crop_hw=(spec.image_size, spec.image_size))
     (folder / "preprocessor_config.json").write_text(json.dumps(transform.to_config(), indent=2) + "\n")
     (folder / "logan_tiny.json").write_text(json.dumps({"spec": asdict(spec), "seed": seed}, indent=2) + "\n")
+    follow_umask(folder)
     return folder

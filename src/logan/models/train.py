@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from logan.config import ModelConfig
 from logan.data.images import load_image
+from logan.io import follow_umask
 from logan.models.base import hf_progress_bars_off
 from logan.models.contract import PIXELS, TokenBatch
 from logan.models.llava_hf import LlavaHF
@@ -59,5 +60,6 @@ def train_captioner(folder: Path, pairs: list[tuple[str, str]], instruction: str
             history.append(total / len(pairs))
         with hf_progress_bars_off():
             model.eval().save_pretrained(folder)
+        follow_umask(folder)
     log.info("trained %d epochs on %d members: caption loss %.3f -> %.3f", epochs, len(pairs), history[0], history[-1])
     return history
