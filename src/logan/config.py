@@ -343,9 +343,6 @@ class RunConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
-
-
-@dataclass
     report: ReportConfig = field(default_factory=ReportConfig)
     job_meta_params: JobConfig = field(default_factory=JobConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)

@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from logan.errors import LoganError
 from logan.faults import fault_point
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 
@@ -191,7 +194,7 @@ class RunLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> Self:
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

@@ -27,7 +27,7 @@ from logan.config import RunConfig
 from logan.errors import LoganError, count
 from logan.io import write_json, write_parquet
 from logan.metrics.original import auc_in_original_orientation
-from logan.metrics.registry import get_metric
+from logan.metrics.registry import MetricSpec, get_metric
 from logan.pipeline.common import StdPlan
 from logan.report.blind import save_blind_baseline
 from logan.report.html import ReportContext, std_text, write_report
@@ -84,7 +84,8 @@ def metric_rows(scores: pd.DataFrame, ci_k: float, seed: int, compat: str = "log
         for i, unit in enumerate(folds):
             unit.seed = seed + i if same_k(key[-1], ci_k) else None
     _score(columns, units)
-    rows, specs = [], {}
+    rows: list[dict[str, Any]] = []
+    specs: dict[str, MetricSpec] = {}
     for key, folds in by_row.items():
         metric, k = key[-2], key[-1]
         spec = specs.setdefault(metric, get_metric(metric))
@@ -264,12 +265,12 @@ def evaluate(cfg: RunConfig, target: pd.DataFrame, plan: StdPlan,
         table, verdicts = per_image(cfg, plan.source, scores, every[every.sample_id.isin(set(reference.sample_id))])
         write_verdicts(table, verdicts, out)
     blind = save_blind_baseline(target[target.label >= 0], out / "blind_baseline.json", cfg.seed)
-    sections = ([None] if plan.own_std else plan.stds) if rows else []
+    sections: list[float | None] = ([None] if plan.own_std else list(plan.stds)) if rows else []
     drawn = plotted_stds(cfg.report.plots, sections, rows, k)
     plots: dict[float | None, list[Path]] = {}
     for std in sections:
         suffix = "" if std is None or len(plan.stds) == 1 else f"_std_{std:g}"
-        plots[std] = plot_best(labelled, rows, std, k, plan.folds, out, suffix) if std in drawn else []
+        plots[std] = plot_best(labelled, rows, std, k, bool(plan.folds), out, suffix) if std in drawn else []
         for part, row in best_per_part(rows, std, k).items():
             log.info("best LOGAN metric on %s at std %s: %s, AUC %.3f", part, std_text(row), row["metric"],
                      row["auc"])

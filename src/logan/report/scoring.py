@@ -70,7 +70,9 @@ def bootstrap_auc_interval(labels: np.ndarray, scores: np.ndarray, seed: int,
 def bootstrap_aucs(labels: np.ndarray, scores: np.ndarray, seed: int, resamples: int = N_BOOTSTRAP) -> np.ndarray:
     """The AUCs of `resamples` stratified bootstrap resamples (members and non-members drawn separately)."""
     ranked = Ranked.of(labels, np.asarray(scores, dtype=np.float64)[None])
-    return ranked.bootstrap([seed], resamples)[0]
+    (aucs,) = ranked.bootstrap([seed], resamples)
+    assert aucs is not None, "a seed was given: the resamples are drawn"
+    return aucs
 
 
 def _interval(aucs: np.ndarray) -> tuple[float, float]:
@@ -270,8 +272,9 @@ def fold_mean(each: list[dict], resampled: list[np.ndarray | None] | None) -> di
         else:
             out[name] = float(np.mean([summary.get(name, np.nan) for summary in each]))
     out["fold_auc"] = [summary["auc"] for summary in each]
-    if resampled is not None and all(np.isfinite(out["fold_auc"])) and all(r is not None for r in resampled):
-        out["auc_ci_low"], out["auc_ci_high"] = _interval(np.mean(resampled, axis=0))
+    drawn = [r for r in resampled if r is not None] if resampled is not None else []
+    if resampled is not None and all(np.isfinite(out["fold_auc"])) and len(drawn) == len(resampled):
+        out["auc_ci_low"], out["auc_ci_high"] = _interval(np.mean(drawn, axis=0))
     return out
 
 
