@@ -14,8 +14,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
-__all__ = ["LoganError", "__version__", "classify", "compare", "demo", "load_run", "merge", "prepare", "select",
-           "tune", "validate_results"]
+__all__ = [
+    "LoganError",
+    "__version__",
+    "classify",
+    "compare",
+    "demo",
+    "load_run",
+    "merge",
+    "prepare",
+    "select",
+    "tune",
+    "validate_results",
+]
 
 if TYPE_CHECKING:
     from logan.api import classify, compare, demo, merge, prepare, select, tune

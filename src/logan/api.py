@@ -32,13 +32,25 @@ if TYPE_CHECKING:
 
 # keyword argument -> dotted config key (a group name: the preset of that group)
 SETTINGS: dict[str, str] = {
-    "output_dir": "path.output_dir", "model": "target_model", "model_path": "target_model.model_path",
+    "output_dir": "path.output_dir",
+    "model": "target_model",
+    "model_path": "target_model.model_path",
     "revision": "target_model.revision",
-    "members": "data.member_dataset", "nonmembers": "data.nonmember_dataset", "dataset": "data.dataset",
-    "reference": "data.reference_datasets_list", "target_set_size": "data.target_set_size",
-    "std": "noise.std", "std_sets": "noise.std_sets", "per_part": "noise.per_part", "parts": "img_metrics.parts",
-    "metrics": "img_metrics.metrics_to_use", "prompt": "prompt.text", "batch_size": "inference.batch_size",
-    "device": "device", "dtype": "dtype", "seed": "seed",
+    "members": "data.member_dataset",
+    "nonmembers": "data.nonmember_dataset",
+    "dataset": "data.dataset",
+    "reference": "data.reference_datasets_list",
+    "target_set_size": "data.target_set_size",
+    "std": "noise.std",
+    "std_sets": "noise.std_sets",
+    "per_part": "noise.per_part",
+    "parts": "img_metrics.parts",
+    "metrics": "img_metrics.metrics_to_use",
+    "prompt": "prompt.text",
+    "batch_size": "inference.batch_size",
+    "device": "device",
+    "dtype": "dtype",
+    "seed": "seed",
 }
 
 
@@ -76,14 +88,17 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def configure(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None) -> RunConfig:
+def configure(
+    command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None
+) -> RunConfig:
     """The validated configuration `command` would run with (what `--cfg job` prints)."""
     from logan.compose import command_defaults, compose, explicit_keys
     from logan.config import RunConfig
 
     if command not in COMMANDS:
-        raise LoganError(f"unknown command '{command}'.{did_you_mean(command, COMMANDS)} "
-                         f"Commands: {', '.join(COMMANDS)}.")
+        raise LoganError(
+            f"unknown command '{command}'.{did_you_mean(command, COMMANDS)} Commands: {', '.join(COMMANDS)}."
+        )
     overrides = command_overrides(command, overrides)
     dotted = _dotted(settings or {})
     groups = {k: v for k, v in dotted.items() if k == "target_model"}
@@ -119,7 +134,9 @@ def command_overrides(command: str, overrides: Sequence[str]) -> list[str]:
     return list(overrides)
 
 
-def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None) -> Result | None:
+def run(
+    command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None
+) -> Result | None:
     """Run one command; returns its result read back from the run folder (None for a data-parallel shard
     that leaves the merge to another process)."""
     from logan.distributed import quiet_other_ranks, shard_info
@@ -141,9 +158,14 @@ def run(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any]
         from logan.models.hub import local_model
         from logan.models.readahead import read_ahead, weight_files
 
-        read_ahead(weight_files(local_model(cfg)))  # Hub ids resolved (commit recorded) before anything is written
-    with run_log(_log_folder(cfg, command)), torch_threads(cfg.inference.threads), quiet_other_ranks(
-            shard_info(cfg.data)):
+        read_ahead(
+            weight_files(local_model(cfg))
+        )  # Hub ids resolved (commit recorded) before anything is written
+    with (
+        run_log(_log_folder(cfg, command)),
+        torch_threads(cfg.inference.threads),
+        quiet_other_ranks(shard_info(cfg.data)),
+    ):
         returned = spec.run(cfg)
     if returned is None:
         return None
@@ -167,8 +189,10 @@ def _dotted(settings: Mapping[str, Any]) -> dict[str, Any]:
         elif name in SETTINGS:
             out[SETTINGS[name]] = value
         else:
-            raise TypeError(f"unknown setting '{name}'.{did_you_mean(name, SETTINGS)} Settings: "
-                            f"{', '.join(SETTINGS)}, or any dotted key as **{{'data.n_nm_ratio': 0.3}}.")
+            raise TypeError(
+                f"unknown setting '{name}'.{did_you_mean(name, SETTINGS)} Settings: "
+                f"{', '.join(SETTINGS)}, or any dotted key as **{{'data.n_nm_ratio': 0.3}}."
+            )
     return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
 
 

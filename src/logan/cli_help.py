@@ -11,17 +11,72 @@ from typing import Any
 
 # the keys each command reads (prefixes of dotted keys)
 COMMAND_KEYS: dict[str, tuple[str, ...]] = {
-    "tune": ("path.", "target_model.", "data.", "noise.std_sets", "noise.quantize", "noise.space", "noise.draws",
-             "img_metrics.", "prompt.", "generation.", "inference.", "selection.", "job_meta_params.", "seed",
-             "device", "dtype", "tracking"),
-    "select": ("path.output_dir", "selection.", "img_metrics.parts", "img_metrics.metrics_to_use",
-               "img_metrics.ratio", "tracking"),
-    "classify": ("path.", "target_model.", "data.dataset", "data.member_dataset", "data.nonmember_dataset",
-                 "data.target_set_size", "data.n_nm_ratio", "data.reference_", "data.shard_id", "data.num_shards",
-                 "noise.", "img_metrics.", "prompt.", "generation.", "inference.", "selection.k", "verdict.", "report.",
-                 "job_meta_params.", "seed", "device", "dtype", "tracking"),
-    "demo": ("path.output_dir", "demo.", "noise.std_sets", "noise.quantize", "img_metrics.", "prompt.",
-             "selection.", "report.", "seed", "device", "dtype", "tracking"),
+    "tune": (
+        "path.",
+        "target_model.",
+        "data.",
+        "noise.std_sets",
+        "noise.quantize",
+        "noise.space",
+        "noise.draws",
+        "img_metrics.",
+        "prompt.",
+        "generation.",
+        "inference.",
+        "selection.",
+        "job_meta_params.",
+        "seed",
+        "device",
+        "dtype",
+        "tracking",
+    ),
+    "select": (
+        "path.output_dir",
+        "selection.",
+        "img_metrics.parts",
+        "img_metrics.metrics_to_use",
+        "img_metrics.ratio",
+        "tracking",
+    ),
+    "classify": (
+        "path.",
+        "target_model.",
+        "data.dataset",
+        "data.member_dataset",
+        "data.nonmember_dataset",
+        "data.target_set_size",
+        "data.n_nm_ratio",
+        "data.reference_",
+        "data.shard_id",
+        "data.num_shards",
+        "noise.",
+        "img_metrics.",
+        "prompt.",
+        "generation.",
+        "inference.",
+        "selection.k",
+        "verdict.",
+        "report.",
+        "job_meta_params.",
+        "seed",
+        "device",
+        "dtype",
+        "tracking",
+    ),
+    "demo": (
+        "path.output_dir",
+        "demo.",
+        "noise.std_sets",
+        "noise.quantize",
+        "img_metrics.",
+        "prompt.",
+        "selection.",
+        "report.",
+        "seed",
+        "device",
+        "dtype",
+        "tracking",
+    ),
     "prepare": ("path.output_dir", "prepare."),
     "merge": ("path.output_dir",),
     "compare": ("path.output_dir", "compare."),
@@ -55,10 +110,16 @@ def describe_keys(command: str, overrides: list[str]) -> list[str]:
             current = group
         lines.append(_line(name, value, spec.metadata))
     if legacy:
-        lines += ["", "kept so the original's scripts run (they work as there, or are refused with a reason):",
-                  *legacy]
-    lines += ["", "paths and text (path.*, data.*_dataset, target_model.*_path, prompt.text, ...) are taken as typed: "
-              "no quoting needed; a leading ~ is home. Inside lists, quote as Hydra does: [a.json,'b,c.json']."]
+        lines += [
+            "",
+            "kept so the original's scripts run (they work as there, or are refused with a reason):",
+            *legacy,
+        ]
+    lines += [
+        "",
+        "paths and text (path.*, data.*_dataset, target_model.*_path, prompt.text, ...) are taken as typed: "
+        "no quoting needed; a leading ~ is home. Inside lists, quote as Hydra does: [a.json,'b,c.json'].",
+    ]
     return lines
 
 

@@ -28,7 +28,7 @@ from logan.config import RunConfig, is_number, walk
 from logan.errors import LoganError, did_you_mean, unknown
 
 SCHEMA = "logan_schema"
-GROUPS = ("target_model",)            # config groups with presets: `group=option`
+GROUPS = ("target_model",)  # config groups with presets: `group=option`
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,10 @@ class Override:
             raise LoganError(f"'{text}': removing keys is not supported; set the key to null instead.")
         key = key.lstrip("+")  # Hydra's "append" marker: every key exists in the schema already
         if not sep or not key:
-            raise LoganError(f"'{text}' is not a key=value override (e.g. path.output_dir=runs/a); "
-                             "'logan <command> --help' lists every key.")
+            raise LoganError(
+                f"'{text}' is not a key=value override (e.g. path.output_dir=runs/a); "
+                "'logan <command> --help' lists every key."
+            )
         return cls(key, value)
 
 
@@ -68,6 +70,7 @@ def _hints() -> dict[str, Any]:
                 visit(hint, f"{prefix}{name}.")  # type: ignore[arg-type]
             else:
                 out[f"{prefix}{name}"] = hint
+
     visit(RunConfig, "")
     return out
 
@@ -90,13 +93,18 @@ def check_key(key: str, fields: Mapping[str, dataclasses.Field]) -> None:
         return
     groups = {name.rsplit(".", 1)[0] for name in fields if "." in name}
     if key in groups:
-        raise LoganError(f"'{key}' is a group of keys, not a key: set one of its keys, e.g. "
-                         f"{next(n for n in fields if n.startswith(key + '.'))}=...")
+        raise LoganError(
+            f"'{key}' is a group of keys, not a key: set one of its keys, e.g. "
+            f"{next(n for n in fields if n.startswith(key + '.'))}=..."
+        )
     parent = key.rsplit(".", 1)[0] if "." in key else ""
-    siblings = sorted(n.rsplit(".", 1)[-1] for n in fields if (n.rsplit(".", 1)[0] if "." in n else "") == parent)
+    siblings = sorted(
+        n.rsplit(".", 1)[-1] for n in fields if (n.rsplit(".", 1)[0] if "." in n else "") == parent
+    )
     listed = f" Keys of '{parent}': {', '.join(siblings)}." if parent in groups else ""
-    raise LoganError(f"no key '{key}'.{did_you_mean(key, fields)}{listed} ('logan <command> --help' lists "
-                     "every key.)")
+    raise LoganError(
+        f"no key '{key}'.{did_you_mean(key, fields)}{listed} ('logan <command> --help' lists every key.)"
+    )
 
 
 def _unquoted(value: str) -> str:
@@ -119,7 +127,9 @@ def _is_verbatim(key: str, value: str, fields: Mapping[str, dataclasses.Field]) 
         return False
     if fields[key].metadata.get("verbatim"):
         return True
-    if _hints().get(key) is Any:  # e.g. noise.std, data.reference_datasets_list: a path unless a list / number
+    if (
+        _hints().get(key) is Any
+    ):  # e.g. noise.std, data.reference_datasets_list: a path unless a list / number
         text = value.strip()
         return not (text.startswith("[") or is_number(text))
     return False
@@ -129,7 +139,9 @@ def _listed(item: Override, fields: Mapping[str, dataclasses.Field]) -> str:
     """A single value given to a list key is a list of one (`img_metrics.parts=img`)."""
     text = item.value.strip()
     is_list = item.key in fields and typing.get_origin(_hints()[item.key]) is list
-    return f"[{item.value}]" if is_list and text and not text.startswith("[") and text != "null" else item.value
+    return (
+        f"[{item.value}]" if is_list and text and not text.startswith("[") and text != "null" else item.value
+    )
 
 
 def _register() -> None:
@@ -138,8 +150,11 @@ def _register() -> None:
 
     store = ConfigStore.instance()
     store.store(name=SCHEMA, node=RunConfig)
-    packaged = {p.name[:-5] for p in files("logan.conf").joinpath("target_model").iterdir()
-                if p.name.endswith(".yaml")}
+    packaged = {
+        p.name[:-5]
+        for p in files("logan.conf").joinpath("target_model").iterdir()
+        if p.name.endswith(".yaml")
+    }
     for name in set(presets("target_model")) - packaged:
         store.store(group="target_model", name=name, node={"name": name})
 
@@ -163,8 +178,11 @@ def compose(overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = 
         check_key(name, fields)
     verbatim = {o.key: _unquoted(o.value) for o in parsed if _is_verbatim(o.key, o.value, fields)}
     # a key below a free-form dict (target_model.model.*) may be new there: Hydra's add-or-override
-    hydra_args = [f"{'' if o.key in fields or o.key in GROUPS else '++'}{o.key}={_listed(o, fields)}"
-                  for o in parsed if o.key not in verbatim]
+    hydra_args = [
+        f"{'' if o.key in fields or o.key in GROUPS else '++'}{o.key}={_listed(o, fields)}"
+        for o in parsed
+        if o.key not in verbatim
+    ]
     _register()
     try:
         with initialize_config_module(config_module="logan.conf", version_base="1.3"):
@@ -186,13 +204,17 @@ def explicit_keys(overrides: Sequence[str] = (), settings: Mapping[str, Any] | N
     return {Override.parse(text).key for text in overrides} | set(settings or {})
 
 
-def command_defaults(command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None
-                     ) -> dict[str, Any]:
+def command_defaults(
+    command: str, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """`settings` with the command's own defaults (`config.COMMAND_DEFAULTS`) for the keys the caller left out."""
     from logan.config import COMMAND_DEFAULTS
 
     given = explicit_keys(overrides, settings)
-    return {**{k: v for k, v in COMMAND_DEFAULTS.get(command, {}).items() if k not in given}, **(settings or {})}
+    return {
+        **{k: v for k, v in COMMAND_DEFAULTS.get(command, {}).items() if k not in given},
+        **(settings or {}),
+    }
 
 
 def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -209,8 +231,10 @@ def _one_line(exc: Exception) -> str:
     cause = str(exc.__cause__).strip().splitlines()[0] if exc.__cause__ and str(exc.__cause__).strip() else ""
     if first.startswith("Error merging override "):
         return f"bad value in {first.removeprefix('Error merging override ')}: {(cause or 'not valid for this key').rstrip('.')}."
-    return f"bad override: {first}{'; ' + cause if cause else ''} (Hydra's override grammar: key=value, lists as " \
-           "[a,b]; 'logan <command> --help' lists every key)."
+    return (
+        f"bad override: {first}{'; ' + cause if cause else ''} (Hydra's override grammar: key=value, lists as "
+        "[a,b]; 'logan <command> --help' lists every key)."
+    )
 
 
 def to_yaml(config: dict[str, Any]) -> str:

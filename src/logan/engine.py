@@ -61,8 +61,8 @@ from logan.prefetch import Prefetch
 log = logging.getLogger(__name__)
 
 TEXT_PARTS = {"desp": "gen", "inst_desp": "gen", "caption": "cap"}
-AUTO_CPU_BATCH = 16       # batch_size="auto" on the CPU
-MEMORY_HEADROOM = 0.90    # batch_size="auto": the probe's peak must stay under this share of device memory
+AUTO_CPU_BATCH = 16  # batch_size="auto" on the CPU
+MEMORY_HEADROOM = 0.90  # batch_size="auto": the probe's peak must stay under this share of device memory
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class WorkItem:
     description: tuple[int, ...] | None = None
     caption: tuple[int, ...] | None = None
     size: tuple[int, int] | None = None  # (width, height) of the original image
-    image: str | bytes | None = None     # the image file or its bytes (None: sample_id is the file's path)
+    image: str | bytes | None = None  # the image file or its bytes (None: sample_id is the file's path)
 
     @property
     def source(self) -> str | bytes:
@@ -87,18 +87,18 @@ class EngineSettings:
     parts: list[str]
     metrics: list[str]
     instruction: str
-    batch_size: int | str = 8        # samples per forward, or "auto"
+    batch_size: int | str = 8  # samples per forward, or "auto"
     draws: int = 1
     quantize: str = "none"
     space: str = "pixel"
     seed: int = 0
-    row_chunk: int = 2048            # token rows per metric reduction
-    compile: bool = False            # torch.compile the per-std metric reduction (PyTorch kernel)
-    metric_kernel: str = "torch"     # "triton": LOGAN's divergences in one fused kernel (`metrics.fused`)
-    max_batch_size: int = 64         # upper bound for batch_size="auto"
-    workers: int = 0                 # host threads for decoding / noise / preprocessing (0: up to 8)
-    prefetch: int = 2                # host steps prepared ahead of the model (0: inline, no thread)
-    compat: str = "logan"            # img_metrics.compat: LOGAN's metric definitions, or the original's
+    row_chunk: int = 2048  # token rows per metric reduction
+    compile: bool = False  # torch.compile the per-std metric reduction (PyTorch kernel)
+    metric_kernel: str = "torch"  # "triton": LOGAN's divergences in one fused kernel (`metrics.fused`)
+    max_batch_size: int = 64  # upper bound for batch_size="auto"
+    workers: int = 0  # host threads for decoding / noise / preprocessing (0: up to 8)
+    prefetch: int = 2  # host steps prepared ahead of the model (0: inline, no thread)
+    compat: str = "logan"  # img_metrics.compat: LOGAN's metric definitions, or the original's
 
 
 @dataclass
@@ -132,8 +132,10 @@ def auto_batch_size(trial: Callable[[int], None], start: int) -> int:
         except torch.OutOfMemoryError:
             pass  # handled below, once the failed attempt's tensors are released
         if size == 1:
-            raise LoganError("out of GPU memory even at inference.batch_size=1; use a smaller dtype "
-                             "(dtype=bfloat16) or a GPU with more memory.")
+            raise LoganError(
+                "out of GPU memory even at inference.batch_size=1; use a smaller dtype "
+                "(dtype=bfloat16) or a GPU with more memory."
+            )
         log.info("batch size %d does not fit in device memory; trying %d", size, size // 2)
         size //= 2
         if torch.cuda.is_available():
@@ -157,23 +159,38 @@ class Engine:
         self.settings = settings
         specs = [get_metric(name, compat=settings.compat) for name in settings.metrics]
         self.by_need: dict[str, dict[str, TokenMetric]] = {
-            need: {m.name: m.fn for m in specs if m.needs == need} for need in ("noise", "clean", "augment")}
+            need: {m.name: m.fn for m in specs if m.needs == need} for need in ("noise", "clean", "augment")
+        }
         self.plan = variants_for(settings.parts)
         if settings.space == "normalized" and model.traits.channel_axis is None:
-            raise LoganError("noise.space=normalized adds noise to the colour channels of the model's pixel tensor, "
-                             "but this family flattens its pixels into patches; use noise.space=pixel.")
-        groups = {"noise": {**self.by_need["noise"], _NLL: _noisy_nll},
-                  "clean": {**self.by_need["clean"], f"{_NLL}_clean": _clean_nll},
-                  "augment": self.by_need["augment"]}
+            raise LoganError(
+                "noise.space=normalized adds noise to the colour channels of the model's pixel tensor, "
+                "but this family flattens its pixels into patches; use noise.space=pixel."
+            )
+        groups = {
+            "noise": {**self.by_need["noise"], _NLL: _noisy_nll},
+            "clean": {**self.by_need["clean"], f"{_NLL}_clean": _clean_nll},
+            "augment": self.by_need["augment"],
+        }
         # the per-std metrics the fused kernel computes; the rest (and the once-per-batch groups) in PyTorch
-        self._fused = [name for name in groups["noise"] if name in fused.OUTPUTS] if (
-            settings.metric_kernel == "triton") else []
-        self._fused_rows = [(name, fused.OUTPUTS.index(name)) for name in self._fused]  # rows of the kernel's output
+        self._fused = (
+            [name for name in groups["noise"] if name in fused.OUTPUTS]
+            if (settings.metric_kernel == "triton")
+            else []
+        )
+        self._fused_rows = [
+            (name, fused.OUTPUTS.index(name)) for name in self._fused
+        ]  # rows of the kernel's output
         groups["noise"] = {name: fn for name, fn in groups["noise"].items() if name not in self._fused}
-        self._reducers = {group: (list(fns), _reducer(list(fns.values()), settings.compile and group == "noise"))
-                          for group, fns in groups.items() if fns}
+        self._reducers = {
+            group: (list(fns), _reducer(list(fns.values()), settings.compile and group == "noise"))
+            for group, fns in groups.items()
+            if fns
+        }
         self.workers = settings.workers or max(1, min(8, os.cpu_count() or 1))
-        self.resolved_batch_size: int | None = settings.batch_size if isinstance(settings.batch_size, int) else None
+        self.resolved_batch_size: int | None = (
+            settings.batch_size if isinstance(settings.batch_size, int) else None
+        )
 
     def encode(self, item: WorkItem, variant: str) -> Encoded:
         parts = self.plan[variant]
@@ -193,17 +210,27 @@ class Engine:
             return []
         order = sorted(items, key=lambda it: -max(len(self.encode(it, v).input_ids) for v in self.plan))
         size = self.batch_size(order)
-        return [order[i:i + size] for i in range(0, len(order), size)]
+        return [order[i : i + size] for i in range(0, len(order), size)]
 
-    def run(self, items: list[WorkItem], stds: list[float], save_images: set[str] | None = None,
-            desc: str = "forward") -> Iterator[tuple[float, list[SampleResult]]]:
+    def run(
+        self,
+        items: list[WorkItem],
+        stds: list[float],
+        save_images: set[str] | None = None,
+        desc: str = "forward",
+    ) -> Iterator[tuple[float, list[SampleResult]]]:
         """Yield (std, results of one batch) for every batch and std; samples run longest first."""
         batches = self.batches(items)
         with tqdm(total=len(batches) * len(stds), desc=desc, unit="step", leave=False) as bar:
             yield from self.run_batches(batches, stds, save_images, bar)
 
-    def run_batches(self, batches: list[list[WorkItem]], stds: list[float], save_images: set[str] | None = None,
-                    bar: tqdm | None = None) -> Iterator[tuple[float, list[SampleResult]]]:
+    def run_batches(
+        self,
+        batches: list[list[WorkItem]],
+        stds: list[float],
+        save_images: set[str] | None = None,
+        bar: tqdm | None = None,
+    ) -> Iterator[tuple[float, list[SampleResult]]]:
         """`run` over batches made by `batches`: each batch's clean pass once, then every std; `bar` advances
         by one per (batch, std)."""
         if not batches:
@@ -235,8 +262,13 @@ class Engine:
             self.resolved_batch_size = min(AUTO_CPU_BATCH, start)
             log.info("inference.batch_size=auto: %d samples per forward (CPU)", self.resolved_batch_size)
             return self.resolved_batch_size
-        key = (tuple(sorted(self._reducers)), tuple(self._fused), tuple(sorted(self.plan)), start,
-               max(len(self.encode(order[0], v).input_ids) for v in self.plan))
+        key = (
+            tuple(sorted(self._reducers)),
+            tuple(self._fused),
+            tuple(sorted(self.plan)),
+            start,
+            max(len(self.encode(order[0], v).input_ids) for v in self.plan),
+        )
         sizes = _AUTO_SIZES.setdefault(self.model, {})
         if key not in sizes:
             sizes[key] = auto_batch_size(lambda b: self._probe(order[:b]), start)
@@ -263,8 +295,9 @@ class Engine:
 
     def _layout(self, batch: list[WorkItem], variant: str) -> _Layout:
         sequences = [self.encode(it, variant) for it in batch]
-        return _Layout.build(sequences, self.plan[variant], self.model.pad_token_id,
-                             self.settings.compat).to(self.model.device)
+        return _Layout.build(sequences, self.plan[variant], self.model.pad_token_id, self.settings.compat).to(
+            self.model.device
+        )
 
     def _run_batch(self, batch: list[WorkItem], stds: list[float], steps: Prefetch) -> Iterator[_Step]:
         host: _BatchInput = next(steps)
@@ -281,28 +314,35 @@ class Engine:
                     for res, image in zip(results, noisy.saved):
                         res.image = image
                 for variant, layout in layouts.items():
-                    values = self._token_values("noise", clean[variant], layout.logits(self.model, noisy.batch),
-                                                layout)
+                    values = self._token_values(
+                        "noise", clean[variant], layout.logits(self.model, noisy.batch), layout
+                    )
                     _accumulate(sums[variant], values)
             mean = {v: {k: t / draws for k, t in values.items()} for v, values in sums.items()}
             yield _Step(std, results, layouts, _ToHost(mean), fixed)
 
-    def _std_independent(self, host: _BatchInput, layouts: dict[str, _Layout],
-                         clean: dict[str, torch.Tensor]) -> _ToHost:
+    def _std_independent(
+        self, host: _BatchInput, layouts: dict[str, _Layout], clean: dict[str, torch.Tensor]
+    ) -> _ToHost:
         """Per-token values that do not depend on the std: clean-pass metrics and the augmentation KLs."""
         fixed = {v: self._token_values("clean", clean[v], None, layout) for v, layout in layouts.items()}
         if "augment" in self._reducers:
             sums: dict[str, dict[str, torch.Tensor]] = {v: {} for v in layouts}
             for images in host.augmented:
                 for variant, layout in layouts.items():
-                    _accumulate(sums[variant], self._token_values(
-                        "augment", clean[variant], layout.logits(self.model, images), layout))
+                    _accumulate(
+                        sums[variant],
+                        self._token_values(
+                            "augment", clean[variant], layout.logits(self.model, images), layout
+                        ),
+                    )
             for variant in layouts:
                 fixed[variant].update({k: v / N_AUGMENTATIONS for k, v in sums[variant].items()})
         return _ToHost(fixed)
 
-    def _host_steps(self, batches: list[list[WorkItem]], stds: list[float],
-                    save: set[str]) -> Iterator[_BatchInput | _NoisyInput]:
+    def _host_steps(
+        self, batches: list[list[WorkItem]], stds: list[float], save: set[str]
+    ) -> Iterator[_BatchInput | _NoisyInput]:
         """Everything the device needs from the host, in the order the batches consume it."""
         s = self.settings
         with ThreadPoolExecutor(self.workers, thread_name_prefix="logan-host") as pool:
@@ -311,9 +351,12 @@ class Engine:
                 images, keys = [image for image, _ in loaded], [key for _, key in loaded]
                 kept = [it.sample_id in save for it in batch]
                 clean, _ = self._inputs(pool, images, keys, None, lambda img, key: img.astype(np.float32))
-                augmented = [collate(self._inputs(pool, images, keys, None,
-                                                  partial(augment, index=index, seed=s.seed))[0])
-                             for index in range(N_AUGMENTATIONS if "augment" in self._reducers else 0)]
+                augmented = [
+                    collate(
+                        self._inputs(pool, images, keys, None, partial(augment, index=index, seed=s.seed))[0]
+                    )
+                    for index in range(N_AUGMENTATIONS if "augment" in self._reducers else 0)
+                ]
                 yield _BatchInput(collate(clean), augmented)
                 for std in stds:
                     for draw in range(s.draws):
@@ -322,12 +365,22 @@ class Engine:
                             yield _NoisyInput(collate(noisy), [None] * len(batch))
                             continue
                         inputs, saved = self._inputs(
-                            pool, images, keys, kept if draw == 0 else None,
-                            partial(perturb_pixels, std=std, seed=s.seed, draw=draw, quantize=s.quantize))
+                            pool,
+                            images,
+                            keys,
+                            kept if draw == 0 else None,
+                            partial(perturb_pixels, std=std, seed=s.seed, draw=draw, quantize=s.quantize),
+                        )
                         yield _NoisyInput(collate(inputs), saved)
 
-    def _inputs(self, pool: ThreadPoolExecutor, images: list[np.ndarray], keys: list[int], kept: list[bool] | None,
-                make: _Make) -> tuple[list[ImageInput], list[np.ndarray | None]]:
+    def _inputs(
+        self,
+        pool: ThreadPoolExecutor,
+        images: list[np.ndarray],
+        keys: list[int],
+        kept: list[bool] | None,
+        make: _Make,
+    ) -> tuple[list[ImageInput], list[np.ndarray | None]]:
         """The model's pixel input of make(image, key=key) for each image, made in the pool, and the uint8 copies of
         the `kept` ones."""
 
@@ -345,29 +398,49 @@ class Engine:
         shape = tuple(clean.tensors[PIXELS].shape)
         axis = self.model.traits.channel_axis
         assert axis is not None  # __init__ refuses noise.space=normalized for a family without one
-        return clean.plus(normalized_noise(shape, std, self.model.image_std, seed=self.settings.seed, key=key,
-                                           draw=draw, channel_axis=axis))
+        return clean.plus(
+            normalized_noise(
+                shape,
+                std,
+                self.model.image_std,
+                seed=self.settings.seed,
+                key=key,
+                draw=draw,
+                channel_axis=axis,
+            )
+        )
 
-    def _token_values(self, group: str, clean: torch.Tensor, other: torch.Tensor | None,
-                      layout: _Layout) -> dict[str, torch.Tensor]:
+    def _token_values(
+        self, group: str, clean: torch.Tensor, other: torch.Tensor | None, layout: _Layout
+    ) -> dict[str, torch.Tensor]:
         """Per-token values of a metric group on the valid positions (flattened)."""
         vocab = clean.shape[-1]
         clean_rows = clean.reshape(-1, vocab)
         other_rows = other.reshape(-1, vocab) if other is not None else None
         # (a model spread over several GPUs returns its logits on the last one)
-        index, all_targets = (t.to(clean.device, non_blocking=True) for t in (layout.index, layout.flat_targets))
+        index, all_targets = (
+            t.to(clean.device, non_blocking=True) for t in (layout.index, layout.flat_targets)
+        )
         values: dict[str, torch.Tensor] = {}
         if group == "noise" and self._fused:
             assert other_rows is not None  # the noise group always compares with the noisy pass
-            out = fused.fused_values(clean_rows, other_rows, index, all_targets,
-                                     original=self.settings.compat == "original")
+            out = fused.fused_values(
+                clean_rows, other_rows, index, all_targets, original=self.settings.compat == "original"
+            )
             values = {name: out[row] for name, row in self._fused_rows}
         if group in self._reducers:
             values.update(self._reduced(group, clean_rows, other_rows, layout, index, all_targets))
         return values
 
-    def _reduced(self, group: str, clean_rows: torch.Tensor, other_rows: torch.Tensor | None, layout: _Layout,
-                 index: torch.Tensor, all_targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _reduced(
+        self,
+        group: str,
+        clean_rows: torch.Tensor,
+        other_rows: torch.Tensor | None,
+        layout: _Layout,
+        index: torch.Tensor,
+        all_targets: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         """A group's PyTorch metrics on the valid rows, `row_chunk` rows at a time."""
         names, reduce = self._reducers[group]
         chunk, out = self.settings.row_chunk, []
@@ -376,12 +449,12 @@ class Engine:
         dense = layout.n_valid == clean_rows.shape[0]  # every row is scored (img-only): slices, no gather
         compiled = self.settings.compile and group == "noise"
         for start in range(0, layout.n_valid, chunk):
-            targets = all_targets[start:start + chunk]
+            targets = all_targets[start : start + chunk]
             n = targets.shape[0]
             if dense and (n == chunk or not compiled):
                 rows: slice | torch.Tensor = slice(start, start + n)
             else:
-                rows = index[start:start + chunk]
+                rows = index[start : start + chunk]
                 if compiled and n < chunk:  # one fixed shape: the compiled reduction compiles once
                     rows = torch.nn.functional.pad(rows, (0, chunk - n))
                     targets = torch.nn.functional.pad(targets, (0, chunk - n), value=-1)
@@ -390,7 +463,9 @@ class Engine:
         stacked = torch.cat(out, 1) if len(out) != 1 else out[0]
         return dict(zip(names, stacked))
 
-    def noise_floor(self, items: list[WorkItem], metric: str = "max_k_no_norn_kl_div") -> dict[str, np.ndarray]:
+    def noise_floor(
+        self, items: list[WorkItem], metric: str = "max_k_no_norn_kl_div"
+    ) -> dict[str, np.ndarray]:
         """Per-token `metric` between clean passes of the same samples in other batch layouts.
 
         "position": the batch in reverse order (same shape, other rows); "batch_size": each sample
@@ -407,8 +482,10 @@ class Engine:
             reference = _rows(base, base.logits(self.model, pixels))
             flipped = self._layout([items[i] for i in reverse], variant)
             turned = _rows(flipped, flipped.logits(self.model, collate([inputs[i] for i in reverse])))[::-1]
-            alone = [_rows(layout, layout.logits(self.model, collate([inputs[i]])))[0]
-                     for i, layout in enumerate(self._layout([it], variant) for it in items)]
+            alone = [
+                _rows(layout, layout.logits(self.model, collate([inputs[i]])))[0]
+                for i, layout in enumerate(self._layout([it], variant) for it in items)
+            ]
             for name, others in (("position", turned), ("batch_size", alone)):
                 for ref, other in zip(reference, others):
                     out[name].append(fn(TokenPair(ref, other)).cpu().numpy())
@@ -449,8 +526,8 @@ def _rows(layout: _Layout, logits: torch.Tensor) -> list[torch.Tensor]:
 
 @dataclass
 class _BatchInput:
-    batch: ImageBatch               # the clean images
-    augmented: list[ImageBatch]     # the VL-MIA augmentations (aug_kld only)
+    batch: ImageBatch  # the clean images
+    augmented: list[ImageBatch]  # the VL-MIA augmentations (aug_kld only)
 
 
 @dataclass
@@ -463,7 +540,9 @@ class _ToHost:
     """Per-token values on their way to the host: the copy is queued now and waited for in `get()`."""
 
     def __init__(self, values: dict[str, dict[str, torch.Tensor]]) -> None:
-        self._values = {v: {k: t.to("cpu", non_blocking=True) for k, t in d.items()} for v, d in values.items()}
+        self._values = {
+            v: {k: t.to("cpu", non_blocking=True) for k, t in d.items()} for v, d in values.items()
+        }
         self._events = []
         for device in {t.device for d in values.values() for t in d.values() if t.is_cuda}:
             event = torch.cuda.Event()
@@ -502,14 +581,14 @@ class _Layout:
 
     sequences: list[Encoded]
     parts: list[str]
-    tokens: TokenBatch                 # ids and side inputs (on the device), the mask (on the host), the prefix
-    positions: torch.Tensor            # [B, S] logit positions gathered (each sample's scored rows, padded)
-    valid: torch.Tensor                # [B, S] bool
-    targets: torch.Tensor              # [B, S] next-token ids (-1 = argmax of the clean logits)
+    tokens: TokenBatch  # ids and side inputs (on the device), the mask (on the host), the prefix
+    positions: torch.Tensor  # [B, S] logit positions gathered (each sample's scored rows, padded)
+    valid: torch.Tensor  # [B, S] bool
+    targets: torch.Tensor  # [B, S] next-token ids (-1 = argmax of the clean logits)
     part_slices: list[dict[str, slice]]
-    index: torch.Tensor                # [n_valid] flat indices of the valid rows of [B * S]
-    flat_targets: torch.Tensor         # [n_valid]
-    compat: str = "logan"              # img_metrics.compat: whose slicing the parts follow
+    index: torch.Tensor  # [n_valid] flat indices of the valid rows of [B * S]
+    flat_targets: torch.Tensor  # [n_valid]
+    compat: str = "logan"  # img_metrics.compat: whose slicing the parts follow
 
     @property
     def n_valid(self) -> int:
@@ -533,17 +612,29 @@ class _Layout:
             valid[row, : len(span)] = True
             targets[row, : len(span)] = torch.from_numpy(target)
         index = valid.flatten().nonzero().squeeze(1)
-        return cls(sequences, parts, tokens, positions, valid, targets, slices, index, targets.flatten()[index],
-                   compat)
+        return cls(
+            sequences,
+            parts,
+            tokens,
+            positions,
+            valid,
+            targets,
+            slices,
+            index,
+            targets.flatten()[index],
+            compat,
+        )
 
     def to(self, device: torch.device) -> _Layout:
         """The tensors the device reads, moved there once per batch (the mask and bookkeeping stay)."""
         if device.type == "cpu":
             return self
-        positions, index, flat_targets = (pinned(t).to(device, non_blocking=True)
-                                          for t in (self.positions, self.index, self.flat_targets))
-        return replace(self, tokens=self.tokens.to(device), positions=positions, index=index,
-                       flat_targets=flat_targets)
+        positions, index, flat_targets = (
+            pinned(t).to(device, non_blocking=True) for t in (self.positions, self.index, self.flat_targets)
+        )
+        return replace(
+            self, tokens=self.tokens.to(device), positions=positions, index=index, flat_targets=flat_targets
+        )
 
     def logits(self, model: VLMAdapter, images: ImageBatch) -> torch.Tensor:
         images.check(self.tokens)
@@ -564,11 +655,16 @@ class _Layout:
                     res.tokens[(part, name)] = values[scored(name, span)].astype(np.float32)
                 rows = scored(_NLL, span)
                 n = rows.stop - rows.start
-                res.losses[part] = (float(clean_nll[rows].mean()) if n else float("nan"),
-                                    float(noisy_nll[rows].mean()) if n else float("nan"), n)
+                res.losses[part] = (
+                    float(clean_nll[rows].mean()) if n else float("nan"),
+                    float(noisy_nll[rows].mean()) if n else float("nan"),
+                    n,
+                )
 
 
-def _scored_rows(seq: Encoded, parts: list[str], compat: str) -> tuple[np.ndarray, np.ndarray, dict[str, slice]]:
+def _scored_rows(
+    seq: Encoded, parts: list[str], compat: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, slice]]:
     """The rows one sequence gathers: (positions, targets; -1 = the clean argmax), each (position, target)
     once, in position order, and each part's slice of them.
 

@@ -58,7 +58,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary file path; on success it is renamed to `path`, on failure removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_beside(path, lambda name: os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
+    tmp = temporary_beside(
+        path, lambda name: os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    )
     try:
         yield tmp
         fault_point("json")
@@ -94,7 +96,9 @@ def temporary_beside(path: Path, create: Callable[[Path], None]) -> Path:
         except FileExistsError:
             continue
         return tmp
-    raise LoganError(f"could not create a temporary file beside {path}; remove the .{path.name}.*.tmp files there.")
+    raise LoganError(
+        f"could not create a temporary file beside {path}; remove the .{path.name}.*.tmp files there."
+    )
 
 
 def current_umask() -> int:
@@ -141,12 +145,18 @@ def check_writable(folder: Path, key: str = "path.output_dir") -> None:
     if not existing.is_dir():
         raise LoganError(f"{key}={folder} cannot be a folder: {existing} is a file. Choose another path.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise LoganError(f"{key}={folder} cannot be written: {existing} is read-only (or not writable for this "
-                         "user). Choose a writable folder.")
+        raise LoganError(
+            f"{key}={folder} cannot be written: {existing} is read-only (or not writable for this "
+            "user). Choose a writable folder."
+        )
 
 
-def check_fingerprint(folder: Path, fingerprint: dict[str, Any], command: str,
-                      explain: Callable[[dict, dict, Path], str | None] | None = None) -> None:
+def check_fingerprint(
+    folder: Path,
+    fingerprint: dict[str, Any],
+    command: str,
+    explain: Callable[[dict, dict, Path], str | None] | None = None,
+) -> None:
     """Record what a run folder's results depend on; refuse to mix results of another configuration.
     `explain(old, new, folder)` may give a more precise one-line reason than the keys that differ."""
     path = Path(folder) / FINGERPRINT_FILE
@@ -156,8 +166,11 @@ def check_fingerprint(folder: Path, fingerprint: dict[str, Any], command: str,
             reason = explain(old.get("fingerprint", {}), fingerprint, Path(folder)) if explain else None
             if reason:
                 raise LoganError(reason)
-            changed = [k for k in sorted(set(old["fingerprint"]) | set(fingerprint))
-                       if old["fingerprint"].get(k) != fingerprint.get(k)]
+            changed = [
+                k
+                for k in sorted(set(old["fingerprint"]) | set(fingerprint))
+                if old["fingerprint"].get(k) != fingerprint.get(k)
+            ]
             if changed:
                 raise LoganError(
                     f"{folder} holds results of a different configuration (differs in: {', '.join(changed)}). "
@@ -206,7 +219,9 @@ class RunLock:
             self._thread = threading.Thread(target=self._heartbeat, daemon=True)
             self._thread.start()
             return self
-        raise LoganError(f"could not lock {self.path.parent}; delete {self.path} if no logan run uses the folder.")
+        raise LoganError(
+            f"could not lock {self.path.parent}; delete {self.path} if no logan run uses the folder."
+        )
 
     def _refuse_unless_stale(self) -> None:
         try:

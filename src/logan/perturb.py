@@ -28,8 +28,16 @@ def noise_rng(seed: int, key: int, std: float, draw: int) -> np.random.Generator
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, key, std_bits, int(draw)])
 
 
-def perturb_pixels(image: np.ndarray, std: float, *, seed: int, key: int, draw: int = 0,
-                   quantize: str = "none", mean: float = 0.0) -> np.ndarray:
+def perturb_pixels(
+    image: np.ndarray,
+    std: float,
+    *,
+    seed: int,
+    key: int,
+    draw: int = 0,
+    quantize: str = "none",
+    mean: float = 0.0,
+) -> np.ndarray:
     """Noisy copy (float32, H x W x 3, 0-255) of a uint8 image; std == 0 returns the clean pixels."""
     pixels = image.astype(np.float32)
     if std == 0 and mean == 0:
@@ -43,8 +51,16 @@ def perturb_pixels(image: np.ndarray, std: float, *, seed: int, key: int, draw: 
     return noisy
 
 
-def normalized_noise(shape: tuple[int, ...], std: float, channel_std: np.ndarray, *, seed: int, key: int,
-                     draw: int = 0, channel_axis: int = -3) -> np.ndarray:
+def normalized_noise(
+    shape: tuple[int, ...],
+    std: float,
+    channel_std: np.ndarray,
+    *,
+    seed: int,
+    key: int,
+    draw: int = 0,
+    channel_axis: int = -3,
+) -> np.ndarray:
     """Noise for a normalised pixel tensor of `shape` (one image's: [1, C, H, W], [views, C, H, W], ...),
     equivalent in size to `std` grey levels; `channel_axis` (negative) holds the C channels."""
     if std == 0:

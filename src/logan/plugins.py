@@ -60,8 +60,10 @@ class Plugin:
             raise self.error(f"fails to import ({one_line(exc)})") from exc
 
     def error(self, problem: str) -> LoganError:
-        return LoganError(f"plugin {self} {problem}; fix or reinstall {self.distribution} "
-                          f"(or pip uninstall {self.distribution}).")
+        return LoganError(
+            f"plugin {self} {problem}; fix or reinstall {self.distribution} "
+            f"(or pip uninstall {self.distribution})."
+        )
 
 
 def find(group: str) -> list[Plugin]:

@@ -39,9 +39,15 @@ def saved_sets(out: Path, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
         if not path.is_file():
             continue
         frame = pd.read_parquet(path, columns=["sample_id", "label"])
-        content = hashlib.sha256("".join(sorted(f"{s}\t{int(label)}\n" for s, label in
-                                                zip(frame.sample_id, frame.label))).encode())
+        content = hashlib.sha256(
+            "".join(sorted(f"{s}\t{int(label)}\n" for s, label in zip(frame.sample_id, frame.label))).encode()
+        )
         members = int((frame.label == 1).sum())
-        found[kind] = {"file": f"datasets/{name}", "n": len(frame), "n_members": members,
-                       "n_nonmembers": len(frame) - members, "content": "sha256:" + content.hexdigest()}
+        found[kind] = {
+            "file": f"datasets/{name}",
+            "n": len(frame),
+            "n_members": members,
+            "n_nonmembers": len(frame) - members,
+            "content": "sha256:" + content.hexdigest(),
+        }
     return found

@@ -42,12 +42,35 @@ log = logging.getLogger(__name__)
 PER_STD = "per_std"
 PARTIAL = ".partial"
 TABLES = ("scores.parquet", "tokens.parquet", "losses.parquet")
-SCORE_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
-                          ("metric", pa.string()), ("k", pa.float64()), ("value", pa.float64())])
-TOKEN_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
-                          ("metric", pa.string()), ("values", pa.list_(pa.float32()))])
-LOSS_SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("part", pa.string()),
-                         ("clean_loss", pa.float64()), ("noisy_loss", pa.float64()), ("n_tokens", pa.int32())])
+SCORE_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("label", pa.int8()),
+        ("part", pa.string()),
+        ("metric", pa.string()),
+        ("k", pa.float64()),
+        ("value", pa.float64()),
+    ]
+)
+TOKEN_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("label", pa.int8()),
+        ("part", pa.string()),
+        ("metric", pa.string()),
+        ("values", pa.list_(pa.float32())),
+    ]
+)
+LOSS_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("label", pa.int8()),
+        ("part", pa.string()),
+        ("clean_loss", pa.float64()),
+        ("noisy_loss", pa.float64()),
+        ("n_tokens", pa.int32()),
+    ]
+)
 
 
 BASELINES = "baselines"
@@ -77,13 +100,21 @@ class StdWriter:
     """Streams one std's results (the metrics in `specs`) to Parquet inside a temporary folder; `finish`
     makes it final. With std=None it holds the std-independent baselines (no losses, no images)."""
 
-    def __init__(self, folder: Path, std: float | None, ratios: list[float], selection: Selection,
-                 specs: dict[str, MetricSpec]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        std: float | None,
+        ratios: list[float],
+        selection: Selection,
+        specs: dict[str, MetricSpec],
+    ) -> None:
         self.std, self.ratios, self.selection, self.specs = std, [float(k) for k in ratios], selection, specs
         self.stack = ExitStack()
         self.tmp = self.stack.enter_context(atomic_dir(folder))
         self.scores = pq.ParquetWriter(self.tmp / "scores.parquet", SCORE_SCHEMA)
-        self.tokens = pq.ParquetWriter(self.tmp / "tokens.parquet", TOKEN_SCHEMA) if selection.save_tokens else None
+        self.tokens = (
+            pq.ParquetWriter(self.tmp / "tokens.parquet", TOKEN_SCHEMA) if selection.save_tokens else None
+        )
         keep_losses = selection.save_losses and std is not None
         self.losses = pq.ParquetWriter(self.tmp / "losses.parquet", LOSS_SCHEMA) if keep_losses else None
         self.n_samples = 0
@@ -96,7 +127,9 @@ class StdWriter:
             for (part, metric), values in res.tokens.items():
                 if metric not in self.specs:
                     continue
-                for k, value in zip(self.ratios, aggregate(values, self.ratios, self.specs[metric].aggregate)):
+                for k, value in zip(
+                    self.ratios, aggregate(values, self.ratios, self.specs[metric].aggregate)
+                ):
                     score_rows.append((res.sample_id, res.label, part, metric, k, float(value)))
                 if self.tokens is not None and _chosen(self.selection.tokens, res.sample_id):
                     token_rows.append((res.sample_id, res.label, part, metric, values))
@@ -115,8 +148,11 @@ class StdWriter:
     def _save_image(self, res: SampleResult) -> None:
         folder = self.tmp / "images"
         folder.mkdir(exist_ok=True)
-        stem = res.sample_id.removeprefix(ID_PREFIX)[:16] if res.sample_id.startswith(ID_PREFIX) else \
-            Path(res.sample_id).stem
+        stem = (
+            res.sample_id.removeprefix(ID_PREFIX)[:16]
+            if res.sample_id.startswith(ID_PREFIX)
+            else Path(res.sample_id).stem
+        )
         name = f"{'member' if res.label == 1 else 'nonmember'}_{stem}.png"
         assert res.image is not None, "add() saves only the results that hold their perturbed image"
         Image.fromarray(res.image).save(folder / name)
@@ -125,8 +161,10 @@ class StdWriter:
         for writer in (self.scores, self.tokens, self.losses):
             if writer is not None:
                 writer.close()
-        write_json(self.tmp / "done.json", {"std": self.std, "n_samples": self.n_samples,
-                                            "seconds": round(time.time() - self.started, 3)})
+        write_json(
+            self.tmp / "done.json",
+            {"std": self.std, "n_samples": self.n_samples, "seconds": round(time.time() - self.started, 3)},
+        )
         fault_point("std_finish")
         self.stack.close()
 
@@ -215,8 +253,11 @@ class Checkpoints:
         self.plan = {"batch_size": batch_size, "batches_per_chunk": per_chunk, "samples": digest}
         plan_file = self.root / "plan.json"
         if plan_file.exists() and read_json(plan_file) != self.plan:
-            log.warning("discarding the unfinished chunks in %s: they were computed with another batch plan "
-                        "(%s)", self.root, read_json(plan_file))
+            log.warning(
+                "discarding the unfinished chunks in %s: they were computed with another batch plan (%s)",
+                self.root,
+                read_json(plan_file),
+            )
             shutil.rmtree(self.root)
         if not plan_file.exists():
             write_json(plan_file, self.plan)
@@ -229,11 +270,14 @@ class Checkpoints:
 
     def finish(self, std: float | None, n_chunks: int, seconds: float) -> None:
         """Combine a std's chunks into its result folder and drop them."""
-        combine([self.folder(std, i) for i in range(n_chunks)], std_folder(self.run, std), std,
-                seconds=round(seconds, 3))
+        combine(
+            [self.folder(std, i) for i in range(n_chunks)],
+            std_folder(self.run, std),
+            std,
+            seconds=round(seconds, 3),
+        )
         fault_point("combine")
         shutil.rmtree(self.root / std_folder(self.run, std).name, ignore_errors=True)
-
 
 
 def drop_finished_chunks(run: Path) -> None:

@@ -50,7 +50,9 @@ class RunLogHandler(logging.Handler):
         try:
             self._file.write(self.format(record) + "\n")
             self._file.flush()
-        except OSError:  # a folder removed under us (bad input cleans up) or a full disk: logging must not fail
+        except (
+            OSError
+        ):  # a folder removed under us (bad input cleans up) or a full disk: logging must not fail
             pass
 
     def close(self) -> None:

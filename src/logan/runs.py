@@ -46,8 +46,10 @@ class TuneResult:
     """A tuning run (or `select` on one): the optimal std and the curves it was chosen from."""
 
     output_dir: Path
-    selection: dict[str, Any] = field(repr=False)   # optimal_std.json as written
-    results: dict[str, Any] = field(default_factory=dict, repr=False)  # results.json ({}: a folder without one)
+    selection: dict[str, Any] = field(repr=False)  # optimal_std.json as written
+    results: dict[str, Any] = field(
+        default_factory=dict, repr=False
+    )  # results.json ({}: a folder without one)
 
     @property
     def optimal_std(self) -> float:
@@ -56,7 +58,9 @@ class TuneResult:
     @property
     def per_part(self) -> dict[str, float]:
         """Each part's own optimal std (the selection metric's curve on that part)."""
-        return {part: float(entry["optimal_std"]) for part, entry in self.selection.get("per_part", {}).items()}
+        return {
+            part: float(entry["optimal_std"]) for part, entry in self.selection.get("per_part", {}).items()
+        }
 
     @property
     def curves(self) -> pd.DataFrame:
@@ -66,10 +70,17 @@ class TuneResult:
         if "curves" in self.results:
             return pd.DataFrame(self.results["curves"]).astype({"std": float})
         s = self.selection
-        rows = [{"part": s["part"], "metric": metric, **point} for metric, points in s["curves"].items()
-                for point in points]
-        rows += [{"part": part, "metric": s["selection_metric"], **point}
-                 for part, entry in s.get("per_part", {}).items() if part != s["part"] for point in entry["curve"]]
+        rows = [
+            {"part": s["part"], "metric": metric, **point}
+            for metric, points in s["curves"].items()
+            for point in points
+        ]
+        rows += [
+            {"part": part, "metric": s["selection_metric"], **point}
+            for part, entry in s.get("per_part", {}).items()
+            if part != s["part"]
+            for point in entry["curve"]
+        ]
         return pd.DataFrame(rows)
 
     @property
@@ -87,10 +98,14 @@ class TuneResult:
     def summary(self) -> str:
         s = self.selection
         split = self.split["mode"] if self.split else "none"
-        lines = [f"optimal std = {self.optimal_std:g} ({s['rule']} on part {s['part']}, {s['selection_metric']}, "
-                 f"K = {s['k']:g}{'' if split == 'none' else f', selection.split={split}'})"]
+        lines = [
+            f"optimal std = {self.optimal_std:g} ({s['rule']} on part {s['part']}, {s['selection_metric']}, "
+            f"K = {s['k']:g}{'' if split == 'none' else f', selection.split={split}'})"
+        ]
         if self.per_part:
-            lines.append("each part's own optimum: " + ", ".join(f"{p} {v:g}" for p, v in self.per_part.items()))
+            lines.append(
+                "each part's own optimum: " + ", ".join(f"{p} {v:g}" for p, v in self.per_part.items())
+            )
         if self.label_informed.get("note"):
             lines.append("note: " + self.label_informed["note"])
         lines.append(f"files: {self.output_dir / 'optimal_std.json'}, {self.output_dir / 'tuning_curve.png'}")
@@ -105,12 +120,16 @@ class ClassifyResult:
     """A classification run: one metrics row per (std, part, metric, K), per-sample scores, plots."""
 
     output_dir: Path
-    metrics: pd.DataFrame = field(repr=False)        # metrics.json's rows
-    blind: dict[str, Any] = field(repr=False)        # the model-free baseline (blind_baseline.json)
-    k: float = 1.0                                   # the K of the tables and plots (selection.k)
-    per_part: bool = False                           # each part scored at its own selected std (noise.per_part)
-    plan: dict[str, Any] = field(default_factory=dict, repr=False)  # std_plan.json: split, samples reported, note
-    results: dict[str, Any] = field(default_factory=dict, repr=False)  # results.json ({}: a folder without one)
+    metrics: pd.DataFrame = field(repr=False)  # metrics.json's rows
+    blind: dict[str, Any] = field(repr=False)  # the model-free baseline (blind_baseline.json)
+    k: float = 1.0  # the K of the tables and plots (selection.k)
+    per_part: bool = False  # each part scored at its own selected std (noise.per_part)
+    plan: dict[str, Any] = field(
+        default_factory=dict, repr=False
+    )  # std_plan.json: split, samples reported, note
+    results: dict[str, Any] = field(
+        default_factory=dict, repr=False
+    )  # results.json ({}: a folder without one)
 
     @property
     def split(self) -> str:
@@ -134,8 +153,10 @@ class ClassifyResult:
         member / non-member at verdict.fpr, with its label where known (logan.report.verdicts)."""
         path = self.output_dir / "verdicts.csv"
         if not path.is_file():
-            raise LoganError(f"{self.output_dir} has no verdicts.csv (a classify run of an earlier LOGAN): rerun "
-                             "'logan classify' with a new path.output_dir for per-image verdicts.")
+            raise LoganError(
+                f"{self.output_dir} has no verdicts.csv (a classify run of an earlier LOGAN): rerun "
+                "'logan classify' with a new path.output_dir for per-image verdicts."
+            )
         return pd.read_csv(path, dtype={"label": "Int8"})
 
     @property
@@ -151,7 +172,9 @@ class ClassifyResult:
         from sklearn.metrics import roc_auc_score, roc_curve
 
         k = self.k if k is None else k
-        rows = self.scores[(self.scores.metric == metric) & (self.scores.part == part) & np.isclose(self.scores.k, k)]
+        rows = self.scores[
+            (self.scores.metric == metric) & (self.scores.part == part) & np.isclose(self.scores.k, k)
+        ]
         if std is None:
             stds = sorted(rows["std"].unique())
             if len(stds) != 1:
@@ -175,17 +198,24 @@ class ClassifyResult:
         return summary_table(rows, k, std, note)
 
     def summary(self) -> str:
-        lines = [self.table(), f"model-free baseline: AUC {self.blind.get('auc', float('nan')):.3f} - "
-                 f"{self.blind.get('verdict', '')}", *self._verdict_lines(),
-                 f"files: {self.output_dir / 'metrics.json'}, {self.output_dir / 'scores.parquet'}, {self.report}"]
+        lines = [
+            self.table(),
+            f"model-free baseline: AUC {self.blind.get('auc', float('nan')):.3f} - "
+            f"{self.blind.get('verdict', '')}",
+            *self._verdict_lines(),
+            f"files: {self.output_dir / 'metrics.json'}, {self.output_dir / 'scores.parquet'}, {self.report}",
+        ]
         return "\n".join(lines)
 
     def _verdict_lines(self) -> list[str]:
         from logan.report.verdicts import summary_lines
 
         path = self.output_dir / "verdicts.json"
-        return [*summary_lines(read_json(path)), f"verdicts: {self.output_dir / 'verdicts.csv'}"] if path.is_file() \
+        return (
+            [*summary_lines(read_json(path)), f"verdicts: {self.output_dir / 'verdicts.csv'}"]
+            if path.is_file()
             else []
+        )
 
     def __str__(self) -> str:
         return self.summary()
@@ -199,7 +229,9 @@ class DemoResult:
     table: str
     models: dict[str, tuple[TuneResult, ClassifyResult]] = field(repr=False)
     summary_data: dict[str, Any] = field(repr=False)
-    results: dict[str, Any] = field(default_factory=dict, repr=False)  # results.json ({}: a folder without one)
+    results: dict[str, Any] = field(
+        default_factory=dict, repr=False
+    )  # results.json ({}: a folder without one)
 
     def summary(self) -> str:
         trained = self.models.get("trained")
@@ -221,7 +253,9 @@ class PrepareResult:
     summary_data: dict[str, Any] = field(repr=False)
 
     def summary(self) -> str:
-        lines = [f"{path}: {self.summary_data['sets'][name]['count']} images" for name, path in self.lists.items()]
+        lines = [
+            f"{path}: {self.summary_data['sets'][name]['count']} images" for name, path in self.lists.items()
+        ]
         lines += [c["warning"] for c in self.summary_data.get("comparisons", []) if c.get("warning")]
         return "\n".join(lines + [f"files: {self.output_dir / 'prepare_summary.json'}"])
 
@@ -235,7 +269,7 @@ class CompareResult:
 
     output_dir: Path
     results: dict[str, Any] = field(repr=False)
-    text: str = ""                                   # the tables as printed (compare.txt)
+    text: str = ""  # the tables as printed (compare.txt)
 
     @property
     def table(self) -> pd.DataFrame:
@@ -285,8 +319,10 @@ def load_run(folder: str | Path) -> Result:
         if results.get("command") == "compare":
             text = (out / "compare.txt").read_text() if (out / "compare.txt").is_file() else ""
             return CompareResult(out, results, text)
-        raise LoganError(f"{out} is not a LOGAN run folder (no {FINGERPRINT_FILE}, demo_summary.json or "
-                         "prepare_summary.json).")
+        raise LoganError(
+            f"{out} is not a LOGAN run folder (no {FINGERPRINT_FILE}, demo_summary.json or "
+            "prepare_summary.json)."
+        )
     command = read_json(out / FINGERPRINT_FILE).get("command")
     if command == "tune":
         return _tune(out)
@@ -297,8 +333,10 @@ def load_run(folder: str | Path) -> Result:
 
 def _tune(out: Path) -> TuneResult:
     if not (out / "optimal_std.json").is_file():
-        raise LoganError(f"{out} is an unfinished tuning run (no optimal_std.json): rerun the same 'logan tune' "
-                         f"to finish it, or 'logan select path.output_dir={out}'.")
+        raise LoganError(
+            f"{out} is an unfinished tuning run (no optimal_std.json): rerun the same 'logan tune' "
+            f"to finish it, or 'logan select path.output_dir={out}'."
+        )
     selection, results = read_json(out / "optimal_std.json"), _results(out)
     recorded = results.get("selection", {})
     if any(recorded.get(name) != selection.get(name) for name in ("optimal_std", "rule", "part", "k")):
@@ -308,21 +346,27 @@ def _tune(out: Path) -> TuneResult:
 
 def _classify(out: Path) -> ClassifyResult:
     if not (out / "metrics.json").is_file():
-        raise LoganError(f"{out} is an unfinished classify run (no metrics.json): rerun the same 'logan classify' "
-                         "to finish it.")
+        raise LoganError(
+            f"{out} is an unfinished classify run (no metrics.json): rerun the same 'logan classify' "
+            "to finish it."
+        )
     config = read_json(out / "config.json") if (out / "config.json").is_file() else {}
     blind = read_json(out / "blind_baseline.json") if (out / "blind_baseline.json").is_file() else {}
     k = float(config.get("selection", {}).get("k", 1.0))
     per_part = bool(config.get("noise", {}).get("per_part", False))
     plan = read_json(out / "std_plan.json") if (out / "std_plan.json").is_file() else {}
-    return ClassifyResult(out, pd.DataFrame(read_json(out / "metrics.json")), blind, k, per_part, plan,
-                          _results(out))
+    return ClassifyResult(
+        out, pd.DataFrame(read_json(out / "metrics.json")), blind, k, per_part, plan, _results(out)
+    )
 
 
 def _demo(out: Path) -> DemoResult:
     summary = read_json(out / "demo_summary.json")
-    models = {name: (_tune(out / name / "tune"), _classify(out / name / "classify"))
-              for name in ("trained", "control") if (out / name / "classify" / "metrics.json").is_file()}
+    models = {
+        name: (_tune(out / name / "tune"), _classify(out / name / "classify"))
+        for name in ("trained", "control")
+        if (out / name / "classify" / "metrics.json").is_file()
+    }
     return DemoResult(out, summary["table"], models, summary, _results(out))
 
 

@@ -90,8 +90,10 @@ def to_rgb(img: Image.Image) -> np.ndarray:
 def _sixteen_bit(values: np.ndarray, mode: str) -> np.ndarray:
     low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
     if low < 0 or high > 65535:
-        raise ModeError(f"its 32-bit integer pixels (mode {mode}) span {low}..{high}, outside the 16-bit range "
-                        "0..65535, so their scale is unknown")
+        raise ModeError(
+            f"its 32-bit integer pixels (mode {mode}) span {low}..{high}, outside the 16-bit range "
+            "0..65535, so their scale is unknown"
+        )
     return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
 
 
@@ -100,8 +102,9 @@ def _unit_float(values: np.ndarray) -> np.ndarray:
         raise ModeError("its float pixels (mode F) include NaN or infinity")
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if low < 0.0 or high > 1.0:
-        raise ModeError(f"its float pixels (mode F) span {low:g}..{high:g}, outside [0, 1], so their scale is "
-                        "unknown")
+        raise ModeError(
+            f"its float pixels (mode F) span {low:g}..{high:g}, outside [0, 1], so their scale is unknown"
+        )
     return np.rint(values.astype(np.float64) * 255.0).astype(np.uint8)
 
 
@@ -115,21 +118,31 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, ImageFacts]:
         with Image.open(BytesIO(data)) as img:
             limit = Image.MAX_IMAGE_PIXELS
             if limit and img.width * img.height > limit:
-                raise Image.DecompressionBombError(f"{img.width}x{img.height} = {img.width * img.height} pixels "
-                                                   f"exceeds the limit of {limit} pixels")
+                raise Image.DecompressionBombError(
+                    f"{img.width}x{img.height} = {img.width * img.height} pixels "
+                    f"exceeds the limit of {limit} pixels"
+                )
             img.load()
-            facts = ImageFacts(img.size, int(getattr(img, "n_frames", 1)),
-                               img.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1))
+            facts = ImageFacts(
+                img.size,
+                int(getattr(img, "n_frames", 1)),
+                img.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1),
+            )
             return to_rgb(img), facts
     except Image.DecompressionBombError as exc:
-        raise LoganError(f"image {name} is too large for PIL's decompression-bomb check ({exc}). Downscale it, "
-                         "or raise PIL.Image.MAX_IMAGE_PIXELS from Python if you mean it.")
+        raise LoganError(
+            f"image {name} is too large for PIL's decompression-bomb check ({exc}). Downscale it, "
+            "or raise PIL.Image.MAX_IMAGE_PIXELS from Python if you mean it."
+        )
     except ModeError as exc:
-        raise LoganError(f"image {name} cannot be read faithfully: {exc}. Convert it to an 8-bit PNG or drop "
-                         "its entry.")
+        raise LoganError(
+            f"image {name} cannot be read faithfully: {exc}. Convert it to an 8-bit PNG or drop its entry."
+        )
     except Image.UnidentifiedImageError:
-        raise LoganError(f"image {name} is not an image PIL can read (an empty file, one cut before its header, "
-                         "or a format such as SVG or HEIC). Replace it or drop its entry.")
+        raise LoganError(
+            f"image {name} is not an image PIL can read (an empty file, one cut before its header, "
+            "or a format such as SVG or HEIC). Replace it or drop its entry."
+        )
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise LoganError(f"image {name} is unreadable or corrupt ({exc}). Replace it or drop its entry.")
 
@@ -142,7 +155,9 @@ def read_bytes(path: str | Path, where: str = "") -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise LoganError(f"cannot read image {path}{at}: {exc.strerror or exc}. Fix the path in the data list.")
+        raise LoganError(
+            f"cannot read image {path}{at}: {exc.strerror or exc}. Fix the path in the data list."
+        )
 
 
 def decode_image(data: bytes, name: str = "held as bytes") -> np.ndarray:
@@ -158,7 +173,9 @@ def source_bytes(source: str | Path | bytes) -> bytes:
 def load_image(source: str | Path | bytes) -> tuple[np.ndarray, int]:
     """An image (a file path or its bytes) as RGB uint8 pixels, and its noise key."""
     data = source_bytes(source)
-    return decode_image(data, "held as bytes" if isinstance(source, bytes) else str(source)), content_key(data)
+    return decode_image(data, "held as bytes" if isinstance(source, bytes) else str(source)), content_key(
+        data
+    )
 
 
 def check_image(data: bytes, where: str) -> ImageFacts:

@@ -33,9 +33,18 @@ from logan.io import atomic_path
 KEY = b"logan"
 FORMAT, VERSION = "logan-set", 1
 IMAGES = "images.parquet"
-SCHEMA = pa.schema([("sample_id", pa.string()), ("label", pa.int8()), ("caption", pa.string()),
-                    ("name", pa.string()), ("path", pa.string()), ("origin", pa.string()), ("row", pa.int64())])
-COLUMNS = [*SCHEMA.names, "image"]   # in memory: `image` holds the bytes of rows without a file
+SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("label", pa.int8()),
+        ("caption", pa.string()),
+        ("name", pa.string()),
+        ("path", pa.string()),
+        ("origin", pa.string()),
+        ("row", pa.int64()),
+    ]
+)
+COLUMNS = [*SCHEMA.names, "image"]  # in memory: `image` holds the bytes of rows without a file
 
 
 def typed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -63,8 +72,12 @@ def write_set(path: Path, frame: pd.DataFrame, kind: str, sources: list[dict[str
 def write_images(folder: Path, frame: pd.DataFrame) -> None:
     """The sidecar: the bytes of every row that has no file, once per sample."""
     held = frame[frame.image.notna()].drop_duplicates("sample_id")
-    table = pa.table({"sample_id": pa.array(held.sample_id.tolist(), pa.string()),
-                      "bytes": pa.array(held.image.tolist(), pa.binary())})
+    table = pa.table(
+        {
+            "sample_id": pa.array(held.sample_id.tolist(), pa.string()),
+            "bytes": pa.array(held.image.tolist(), pa.binary()),
+        }
+    )
     with atomic_path(Path(folder) / IMAGES) as tmp:
         pq.write_table(table, tmp)
 
@@ -81,7 +94,9 @@ def saved_metadata(path: Path) -> dict[str, Any] | None:
     if meta.get("format") != FORMAT:
         return None
     if int(meta.get("version", 0)) > VERSION:
-        raise LoganError(f"{path} was saved by a newer LOGAN (set format {meta['version']}); update LOGAN to read it.")
+        raise LoganError(
+            f"{path} was saved by a newer LOGAN (set format {meta['version']}); update LOGAN to read it."
+        )
     return meta
 
 
@@ -97,13 +112,17 @@ def read_set(path: Path, what: str = "saved set") -> pd.DataFrame:
     if held.any():
         sidecar = path.parent / meta.get("images", IMAGES)
         if not sidecar.is_file():
-            raise LoganError(f"{path} names its images' bytes in {sidecar}, which is missing; copy the whole "
-                             "datasets/ folder.")
+            raise LoganError(
+                f"{path} names its images' bytes in {sidecar}, which is missing; copy the whole "
+                "datasets/ folder."
+            )
         images = pq.read_table(sidecar).to_pydict()
         found = dict(zip(images["sample_id"], images["bytes"]))
         missing = [s for s in frame.sample_id[held] if s not in found]
         if missing:
-            raise LoganError(f"{sidecar} lacks the image of sample {missing[0]}; copy the whole datasets/ folder.")
+            raise LoganError(
+                f"{sidecar} lacks the image of sample {missing[0]}; copy the whole datasets/ folder."
+            )
         frame["image"] = [found[s] if h else None for s, h in zip(frame.sample_id, held)]
     frame = typed(frame)
     frame.attrs["sources"] = meta.get("sources", [])

@@ -36,7 +36,7 @@ from logan.errors import LoganError, count
 log = logging.getLogger(__name__)
 
 LIST_COLUMNS = ["image", "label", "caption"]
-UNLABELLED = -1   # an image whose membership is unknown (data.dataset only)
+UNLABELLED = -1  # an image whose membership is unknown (data.dataset only)
 SET_FILES = {
     "member": "member_target_dataset.parquet",
     "nonmember": "non_member_target_dataset.parquet",
@@ -53,7 +53,7 @@ class DataSets:
     target: pd.DataFrame
     reference: pd.DataFrame
     reference_is_target_nonmembers: bool
-    sources: list[dict[str, Any]] = field(default_factory=list)   # provenance of every entry read
+    sources: list[dict[str, Any]] = field(default_factory=list)  # provenance of every entry read
 
     def __post_init__(self) -> None:
         self.sources = self.sources or _sources(self.target, self.reference)
@@ -68,8 +68,13 @@ class DataSets:
         folder = Path(folder)
         target, every = self.target, self.all_samples()
         write_images(folder, every)
-        parts = {"member": target[target.label == 1], "nonmember": target[target.label == 0], "target": target,
-                 "reference": self.reference, "full": every}
+        parts = {
+            "member": target[target.label == 1],
+            "nonmember": target[target.label == 0],
+            "target": target,
+            "reference": self.reference,
+            "full": every,
+        }
         for kind in kinds:
             write_set(folder / SET_FILES[kind], parts[kind].reset_index(drop=True), kind, self.sources)
 
@@ -82,11 +87,15 @@ def read_list(path: str | Path, what: str, unlabelled: bool = False) -> pd.DataF
     if unlabelled and path.is_dir():
         return read_folder(path, what)
     if not path.is_file():
-        raise LoganError(f"{what} file not found: {path}. Give the path of a JSON list, a table, a dataset "
-                         "(hf:ORG/NAME) or a saved Parquet set.")
+        raise LoganError(
+            f"{what} file not found: {path}. Give the path of a JSON list, a table, a dataset "
+            "(hf:ORG/NAME) or a saved Parquet set."
+        )
     if path.suffix.lower() == ".parquet":
-        raise LoganError(f"{what} {path} is not a set saved by LOGAN; a Parquet table is read as a pool to sample "
-                         "from (image and label columns).")
+        raise LoganError(
+            f"{what} {path} is not a set saved by LOGAN; a Parquet table is read as a pool to sample "
+            "from (image and label columns)."
+        )
     frame = _read_json(path, what, unlabelled)
     if frame.empty:
         raise LoganError(f"{what} {path} is empty: it must hold at least one entry.")
@@ -94,24 +103,39 @@ def read_list(path: str | Path, what: str, unlabelled: bool = False) -> pd.DataF
     labels = frame[frame.label != UNLABELLED].groupby("image", sort=False).label.nunique()
     both = labels.index[labels > 1]
     if len(both):
-        raise LoganError(f"{what} {path} labels {count(len(both), 'image')} both member (1) and non-member (0) "
-                         f"(first: {both[0]}); fix the labels.")
+        raise LoganError(
+            f"{what} {path} labels {count(len(both), 'image')} both member (1) and non-member (0) "
+            f"(first: {both[0]}); fix the labels."
+        )
     times = frame.image.value_counts()
     repeated = times[times > 1]
     if len(repeated):
         how = "twice" if repeated.max() == 2 else "more than once"
-        log.warning("%s %s lists %s %s (first: %s); each is used once", what, path, count(len(repeated), "image"),
-                    how, repeated.index[0])
+        log.warning(
+            "%s %s lists %s %s (first: %s); each is used once",
+            what,
+            path,
+            count(len(repeated), "image"),
+            how,
+            repeated.index[0],
+        )
         frame = frame[~frame.image.duplicated()].reset_index(drop=True)
     return frame
 
 
 def read_folder(path: Path, what: str) -> pd.DataFrame:
     """Every image file under a folder (by suffix, hidden files skipped, sorted), unlabelled."""
-    files = sorted(str(p.resolve()) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(
+        str(p.resolve())
+        for p in path.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     if not files:
-        raise LoganError(f"{what} {path} is a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        raise LoganError(
+            f"{what} {path} is a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))})."
+        )
     return pd.DataFrame({"image": files, "label": UNLABELLED, "caption": ""}, columns=LIST_COLUMNS)
 
 
@@ -122,12 +146,18 @@ def _read_json(path: Path, what: str, unlabelled: bool = False) -> pd.DataFrame:
         entries = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         lines = text.lstrip().startswith("{") and "Extra data" in str(exc)
-        raise LoganError(f"{what} {path} is not valid JSON ({exc})"
-                         + ("; it looks like JSON Lines (one object per line): wrap the objects in one JSON list "
-                            "[{...}, {...}]." if lines else "."))
+        raise LoganError(
+            f"{what} {path} is not valid JSON ({exc})"
+            + (
+                "; it looks like JSON Lines (one object per line): wrap the objects in one JSON list "
+                "[{...}, {...}]."
+                if lines
+                else "."
+            )
+        )
     if not isinstance(entries, list):
         raise LoganError(
-            f"{what} {path} must be a JSON list of {{\"image\": path, \"label\": 1|0}} objects, "
+            f'{what} {path} must be a JSON list of {{"image": path, "label": 1|0}} objects, '
             f"not a {type(entries).__name__}."
         )
     return _normalise(entries, path, what, unlabelled)
@@ -147,12 +177,16 @@ def _normalise(entries: list[Any], path: Path, what: str, unlabelled: bool = Fal
             )
         image, caption = entry["image"], entry.get("caption", entry.get("text"))
         if not isinstance(image, (str, Path)) or not str(image).strip():
-            raise LoganError(f"{what} {path}, entry {i}: 'image' must be the path of an image file, got "
-                             f"{str(image)[:80]!r} (images stored inside a dataset: convert it with 'logan prepare').")
+            raise LoganError(
+                f"{what} {path}, entry {i}: 'image' must be the path of an image file, got "
+                f"{str(image)[:80]!r} (images stored inside a dataset: convert it with 'logan prepare')."
+            )
         missing = caption is None or (isinstance(caption, float) and np.isnan(caption))  # NaN: Parquet's null
         if not missing and not isinstance(caption, str):
-            raise LoganError(f"{what} {path}, entry {i}: 'caption' must be text, got {type(caption).__name__} "
-                             f"{str(caption)[:60]}.")
+            raise LoganError(
+                f"{what} {path}, entry {i}: 'caption' must be text, got {type(caption).__name__} "
+                f"{str(caption)[:60]}."
+            )
         rows.append({"image": str(image), "label": label, "caption": "" if missing else caption})
     return pd.DataFrame(rows, columns=LIST_COLUMNS)
 
@@ -203,7 +237,7 @@ class Pool:
 
     records: Rows
     provenance: dict[str, Any]
-    source: Source | None = None    # a dataset or table: the drawn rows' bytes are read by a second pass
+    source: Source | None = None  # a dataset or table: the drawn rows' bytes are read by a second pass
 
 
 def open_pool(value: str, key: str, label: int | None, cache_dir: str | None = None) -> Pool:
@@ -215,9 +249,21 @@ def open_pool(value: str, key: str, label: int | None, cache_dir: str | None = N
             _take_label(frame, label, value, key)
         rows = Rows()
         for i, record in enumerate(frame.to_dict("records")):
-            rows.add(bytes.fromhex(record.pop("sample_id").removeprefix(ID_PREFIX)), record.pop("label"), i, **record)
-        return Pool(rows, {"key": key, "source": str(Path(value).expanduser().resolve()), "kind": "saved",
-                           "rows": len(frame)})
+            rows.add(
+                bytes.fromhex(record.pop("sample_id").removeprefix(ID_PREFIX)),
+                record.pop("label"),
+                i,
+                **record,
+            )
+        return Pool(
+            rows,
+            {
+                "key": key,
+                "source": str(Path(value).expanduser().resolve()),
+                "kind": "saved",
+                "rows": len(frame),
+            },
+        )
     entry = parse_entry(value, key)
     if entry.kind == "file":
         return _list_pool(Path(entry.location), key, label, unlabelled=key == "data.dataset")
@@ -225,8 +271,10 @@ def open_pool(value: str, key: str, label: int | None, cache_dir: str | None = N
     records = index(source)
     kept = records if label is None else records.where(lambda r: r["label"] == label)
     if not kept:
-        raise LoganError(f"{key}={source.origin} holds no rows labelled {label} (column '{entry.label}', "
-                         f"{len(records)} rows).")
+        raise LoganError(
+            f"{key}={source.origin} holds no rows labelled {label} (column '{entry.label}', "
+            f"{len(records)} rows)."
+        )
     return Pool(kept, {"key": key, **source.provenance}, source)
 
 
@@ -244,14 +292,33 @@ def _list_pool(path: Path, key: str, label: int | None, unlabelled: bool = False
         if digest in seen:
             continue
         seen.add(digest)
-        records.add(digest, int(row.label), i, caption=row.caption, name=Path(row.image).name, path=row.image,
-                    image=None, origin=str(path.resolve()))
+        records.add(
+            digest,
+            int(row.label),
+            i,
+            caption=row.caption,
+            name=Path(row.image).name,
+            path=row.image,
+            image=None,
+            origin=str(path.resolve()),
+        )
     if len(records) < len(frame):
-        log.warning("%s %s lists %d images twice (the same bytes); each is used once", key, path,
-                    len(frame) - len(records))
-    return Pool(records, {"key": key, "source": str(path.resolve()), "kind": "folder" if path.is_dir() else "list",
-                          "rows": len(frame),
-                          "content": "sha256:" + content.hexdigest()})
+        log.warning(
+            "%s %s lists %d images twice (the same bytes); each is used once",
+            key,
+            path,
+            len(frame) - len(records),
+        )
+    return Pool(
+        records,
+        {
+            "key": key,
+            "source": str(path.resolve()),
+            "kind": "folder" if path.is_dir() else "list",
+            "rows": len(frame),
+            "content": "sha256:" + content.hexdigest(),
+        },
+    )
 
 
 def _frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -270,9 +337,11 @@ def _finish(pools: list[Pool], chosen: list[list[dict[str, Any]]]) -> list[dict[
     for pool, rows in zip(pools, chosen):
         if pool.source is not None:
             fetch(pool.source, rows)
-        pool.provenance["used"] = {"members": sum(r["label"] == 1 for r in rows),
-                                   "nonmembers": sum(r["label"] == 0 for r in rows),
-                                   **({"unlabelled": n} if (n := sum(r["label"] == UNLABELLED for r in rows)) else {})}
+        pool.provenance["used"] = {
+            "members": sum(r["label"] == 1 for r in rows),
+            "nonmembers": sum(r["label"] == 0 for r in rows),
+            **({"unlabelled": n} if (n := sum(r["label"] == UNLABELLED for r in rows)) else {}),
+        }
     return [p.provenance for p in pools]
 
 
@@ -307,10 +376,15 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
         member, nonmember = _class_sources(cfg)
         saved = [_is_saved(p) for p in (member, nonmember)]
         if all(saved):
-            members = _take_label(read_set(Path(member).expanduser(), "data.member_dataset"), 1,
-                                  member, "data.member_dataset")
-            nonmembers = _take_label(read_set(Path(nonmember).expanduser(), "data.nonmember_dataset"),
-                                     0, nonmember, "data.nonmember_dataset")
+            members = _take_label(
+                read_set(Path(member).expanduser(), "data.member_dataset"), 1, member, "data.member_dataset"
+            )
+            nonmembers = _take_label(
+                read_set(Path(nonmember).expanduser(), "data.nonmember_dataset"),
+                0,
+                nonmember,
+                "data.nonmember_dataset",
+            )
             target = pd.concat([members, nonmembers], ignore_index=True)
             target.attrs["sources"] = _sources(members, nonmembers)
             return target
@@ -320,7 +394,9 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
                 "set) or both be saved Parquet sets (reload one)."
             )
     if cfg.target_set_size is None:
-        raise LoganError("data.target_set_size is not set: give the number of target samples (members + non-members).")
+        raise LoganError(
+            "data.target_set_size is not set: give the number of target samples (members + non-members)."
+        )
     n_nonmembers = round(cfg.target_set_size * cfg.n_nm_ratio)
     n_members = cfg.target_set_size - n_nonmembers
     if n_members < 1 or n_nonmembers < 1:
@@ -331,12 +407,16 @@ def build_target(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> pd
     if cfg.dataset:  # one labelled source: the pool both classes are drawn from
         pools = [open_pool(cfg.dataset, "data.dataset", None, cache_dir)]
         labelled = pools[0].records
-        classes = [(labelled.where(lambda r: r["label"] == 1), "data.dataset"),
-                   (labelled.where(lambda r: r["label"] == 0), "data.dataset")]
+        classes = [
+            (labelled.where(lambda r: r["label"] == 1), "data.dataset"),
+            (labelled.where(lambda r: r["label"] == 0), "data.dataset"),
+        ]
     else:
         member, nonmember = _class_sources(cfg)
-        pools = [open_pool(member, "data.member_dataset", 1, cache_dir),
-                 open_pool(nonmember, "data.nonmember_dataset", 0, cache_dir)]
+        pools = [
+            open_pool(member, "data.member_dataset", 1, cache_dir),
+            open_pool(nonmember, "data.nonmember_dataset", 0, cache_dir),
+        ]
         classes = [(pools[0].records, "data.member_dataset"), (pools[1].records, "data.nonmember_dataset")]
     _refuse_members(classes[1][0], _ids(classes[0][0]), classes[1][1], classes[0][1])
     for n, (records, key), what in zip((n_members, n_nonmembers), classes, ("members", "non-members")):
@@ -357,8 +437,12 @@ def _as_given(pool: Pool) -> pd.DataFrame:
     """A list with unlabelled images: every image in it, as given (no draw, data.target_set_size unused)."""
     rows = [pool.records[i] for i in range(len(pool.records))]
     unknown = sum(r["label"] == UNLABELLED for r in rows)
-    log.info("data.dataset %s: %s without a membership label; every image of it is classified (no draw: "
-             "data.target_set_size is not used)", pool.provenance["source"], count(unknown, "image"))
+    log.info(
+        "data.dataset %s: %s without a membership label; every image of it is classified (no draw: "
+        "data.target_set_size is not used)",
+        pool.provenance["source"],
+        count(unknown, "image"),
+    )
     target = _frame(rows)
     target.attrs["sources"] = _finish([pool], [rows])
     return target
@@ -370,8 +454,10 @@ def _refuse_members(records: Rows, members: set[str], what: str, where: str) -> 
     both = [r for r in (records[i] for i in range(len(records))) if r["sample_id"] in members]
     if both:
         first = both[0].get("path") or f"{both[0]['sample_id']} (row {both[0]['row']})"
-        raise LoganError(f"{count(len(both), 'image')} of {what} {'is' if len(both) == 1 else 'are'} also in "
-                         f"{where} (first: {first}): an image cannot be both member and non-member; fix the lists.")
+        raise LoganError(
+            f"{count(len(both), 'image')} of {what} {'is' if len(both) == 1 else 'are'} also in "
+            f"{where} (first: {first}): an image cannot be both member and non-member; fix the lists."
+        )
 
 
 def _ids(records: Rows) -> set[str]:
@@ -381,11 +467,14 @@ def _ids(records: Rows) -> set[str]:
 def _check_both_classes(target: pd.DataFrame, path: str) -> None:
     """A saved target set holds both classes, or images without a label (classified against the reference)."""
     if target.label.nunique() < 2 and not (target.label == UNLABELLED).any():
-        raise LoganError(f"target set {path} holds only label {int(target.label.iloc[0])}: it needs both classes.")
+        raise LoganError(
+            f"target set {path} holds only label {int(target.label.iloc[0])}: it needs both classes."
+        )
 
 
-def build_reference(cfg: DataConfig, target: pd.DataFrame, seed: int,
-                    cache_dir: str | None = None) -> tuple[pd.DataFrame, bool]:
+def build_reference(
+    cfg: DataConfig, target: pd.DataFrame, seed: int, cache_dir: str | None = None
+) -> tuple[pd.DataFrame, bool]:
     """Reference set (known non-members) in one of the seed's modes; returns (set, is_target_nonmembers)."""
     paths = cfg.reference_paths
     if not paths:
@@ -393,14 +482,20 @@ def build_reference(cfg: DataConfig, target: pd.DataFrame, seed: int,
         reference.attrs["sources"] = []
         return reference, True
     if len(paths) == 1 and _is_saved(paths[0]):
-        reference = _take_label(read_set(Path(paths[0]).expanduser(), "data.reference_datasets_list"), 0, paths[0],
-                                "reference set")
+        reference = _take_label(
+            read_set(Path(paths[0]).expanduser(), "data.reference_datasets_list"),
+            0,
+            paths[0],
+            "reference set",
+        )
         members = reference.sample_id.isin(set(target[target.label == 1].sample_id))
         if members.any():
-            raise LoganError(f"{count(int(members.sum()), 'image')} of the reference set {paths[0]} "
-                             f"{'is' if members.sum() == 1 else 'are'} members of the target set (first: "
-                             f"{_shown(reference[members].iloc[0])}): a reference image is a known non-member; "
-                             "give another data.reference_datasets_list.")
+            raise LoganError(
+                f"{count(int(members.sum()), 'image')} of the reference set {paths[0]} "
+                f"{'is' if members.sum() == 1 else 'are'} members of the target set (first: "
+                f"{_shown(reference[members].iloc[0])}): a reference image is a known non-member; "
+                "give another data.reference_datasets_list."
+            )
         return reference, False
     weights = _distribution(cfg.reference_set_sample_distribution, len(paths))
     pools = [open_pool(p, "reference set", 0, cache_dir) for p in paths]
@@ -411,8 +506,12 @@ def build_reference(cfg: DataConfig, target: pd.DataFrame, seed: int,
         _refuse_members(pool.records, members, f"the reference list {path}", "the target set's members")
         shared = len(pool.records) - len(pool.records.where(lambda r: r["sample_id"] not in in_target))
         if shared:
-            log.info("reference list %s: %s of the target set's non-members left out (the reference set is drawn "
-                     "from images outside the target set)", path, count(shared, "image"))
+            log.info(
+                "reference list %s: %s of the target set's non-members left out (the reference set is drawn "
+                "from images outside the target set)",
+                path,
+                count(shared, "image"),
+            )
     size = cfg.reference_set_size or cfg.target_set_size
     counts = _split_counts(size, weights)
     explicit = cfg.reference_set_size is not None
@@ -425,11 +524,15 @@ def build_reference(cfg: DataConfig, target: pd.DataFrame, seed: int,
                     f"the reference set needs {n} entries from {path}, which holds {len(records)} images outside "
                     "the target set. Lower data.reference_set_size or add images."
                 )
-            log.warning("reference pool %s holds %d images outside the target set; using all", path, len(records))
+            log.warning(
+                "reference pool %s holds %d images outside the target set; using all", path, len(records)
+            )
             n = len(records)
         chosen.append(_draw(records, n, rng))
     provenance = _finish(pools, chosen)
-    reference = _frame([r for rows in chosen for r in rows]).drop_duplicates("sample_id").reset_index(drop=True)
+    reference = (
+        _frame([r for rows in chosen for r in rows]).drop_duplicates("sample_id").reset_index(drop=True)
+    )
     if reference.empty:
         raise LoganError("the reference set is empty: its files hold no images outside the target set.")
     reference.attrs["sources"] = provenance
@@ -470,13 +573,18 @@ def _split_counts(size: int, weights: list[float]) -> list[int]:
     return counts.tolist()
 
 
-def build_sets(cfg: DataConfig, seed: int, saved: Path | None,
-               cache_dir: str | None = None) -> tuple[DataSets, bool]:
+def build_sets(
+    cfg: DataConfig, seed: int, saved: Path | None, cache_dir: str | None = None
+) -> tuple[DataSets, bool]:
     """Target + reference sets; a run folder that already holds them reloads them (resume).
 
     Returns (sets, reloaded). Nothing is written here: the caller saves the sets once its checks pass.
     """
-    if saved and (Path(saved) / SET_FILES["target"]).exists() and (Path(saved) / SET_FILES["reference"]).exists():
+    if (
+        saved
+        and (Path(saved) / SET_FILES["target"]).exists()
+        and (Path(saved) / SET_FILES["reference"]).exists()
+    ):
         target = read_set(Path(saved) / SET_FILES["target"], "saved target set")
         reference = read_set(Path(saved) / SET_FILES["reference"], "saved reference set")
         same = not cfg.reference_datasets_list

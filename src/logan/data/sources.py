@@ -46,8 +46,8 @@ TABLES = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".jsonl": "json"}
 class Entry:
     """One dataset entry as given: where it is and how its rows are read."""
 
-    kind: str                   # "hub" (a Hub id), "folder" (a Hub-like folder), "table", or "file" (JSON / saved set)
-    location: str               # Hub id, folder or file
+    kind: str  # "hub" (a Hub id), "folder" (a Hub-like folder), "table", or "file" (JSON / saved set)
+    location: str  # Hub id, folder or file
     config: str | None = None
     split: str = "train"
     revision: str | None = None
@@ -60,8 +60,17 @@ class Entry:
         if self.kind not in ("hub", "folder"):
             return self.location
         rev = commit or self.revision
-        query = "&".join(f"{k}={v}" for k, v in (("config", self.config), ("split", self.split), ("image", self.image),
-                                                 ("label", self.label), ("caption", self.caption)) if v)
+        query = "&".join(
+            f"{k}={v}"
+            for k, v in (
+                ("config", self.config),
+                ("split", self.split),
+                ("image", self.image),
+                ("label", self.label),
+                ("caption", self.caption),
+            )
+            if v
+        )
         return f"hf:{self.location}{'@' + rev if rev else ''}?{query}"
 
 
@@ -78,8 +87,10 @@ def parse_entry(value: str, key: str) -> Entry:
     options = dict(parse_qsl(query, keep_blank_values=True))
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise LoganError(f"{key}={value}: '{unknown[0]}' is not a dataset option.{did_you_mean(unknown[0], OPTIONS)} "
-                         f"Options: {', '.join(OPTIONS)}.")
+        raise LoganError(
+            f"{key}={value}: '{unknown[0]}' is not a dataset option.{did_you_mean(unknown[0], OPTIONS)} "
+            f"Options: {', '.join(OPTIONS)}."
+        )
     if text.startswith("hf://"):
         from huggingface_hub import parse_hf_uri
         from huggingface_hub.errors import HfUriError
@@ -89,8 +100,10 @@ def parse_entry(value: str, key: str) -> Entry:
         except HfUriError as error:
             raise LoganError(f"{key}={value} is not a Hub address ({error}).") from None
         if uri.type != "dataset" or uri.path_in_repo:
-            raise LoganError(f"{key}={value}: a dataset is hf://datasets/ORG/NAME[@REVISION] (or hf:ORG/NAME, or "
-                             "hf:FOLDER).")
+            raise LoganError(
+                f"{key}={value}: a dataset is hf://datasets/ORG/NAME[@REVISION] (or hf:ORG/NAME, or "
+                "hf:FOLDER)."
+            )
         entry = Entry("hub", uri.id, revision=uri.revision)
     elif text.startswith("hf:"):
         location, revision = text[3:], None
@@ -99,8 +112,11 @@ def parse_entry(value: str, key: str) -> Entry:
         if not location:
             raise LoganError(f"{key}=hf: names no dataset: write hf:ORG/NAME or hf:FOLDER.")
         hub = not Path(location).expanduser().exists() and looks_like_repo_id(location)
-        entry = Entry("hub" if hub else "folder", location if hub else str(Path(location).expanduser()),
-                      revision=revision)
+        entry = Entry(
+            "hub" if hub else "folder",
+            location if hub else str(Path(location).expanduser()),
+            revision=revision,
+        )
     elif Path(text).suffix.lower() in TABLES:
         entry = Entry("table", str(Path(text).expanduser()))
     else:
@@ -109,14 +125,19 @@ def parse_entry(value: str, key: str) -> Entry:
         raise LoganError(f"{key}={value}: config, split and revision apply to hf: datasets only.")
     if options.get("revision") and entry.revision and options["revision"] != entry.revision:
         raise LoganError(f"{key}={value} gives the revision twice ({entry.revision}, {options['revision']}).")
-    given: dict[str, Any] = {k: (v or None) if k in ("config", "revision", "caption") else v
-                             for k, v in options.items()}
+    given: dict[str, Any] = {
+        k: (v or None) if k in ("config", "revision", "caption") else v for k, v in options.items()
+    }
     entry = replace(entry, **given)
     if entry.kind == "folder" and entry.revision:
-        raise LoganError(f"{key}={value}: {entry.location} is a local folder, which has no revision; drop "
-                         "@/revision= (a Hub dataset is pinned as hf:ORG/NAME@REVISION).")
+        raise LoganError(
+            f"{key}={value}: {entry.location} is a local folder, which has no revision; drop "
+            "@/revision= (a Hub dataset is pinned as hf:ORG/NAME@REVISION)."
+        )
     if not entry.split or not entry.image or not entry.label:
-        raise LoganError(f"{key}={value}: split, image and label need a value (or leave them out for the defaults).")
+        raise LoganError(
+            f"{key}={value}: split, image and label need a value (or leave them out for the defaults)."
+        )
     return entry
 
 
@@ -128,8 +149,8 @@ class Source:
     entry: Entry
     key: str
     provenance: dict[str, Any]
-    base: Path | None              # relative image paths are resolved against this folder
-    stream: Any                    # a datasets.IterableDataset
+    base: Path | None  # relative image paths are resolved against this folder
+    stream: Any  # a datasets.IterableDataset
     caption: str | None
     label_names: list[str] | None = None
     origin: str = ""
@@ -169,25 +190,44 @@ def open_source(entry: Entry, key: str, cache_dir: str | None = None) -> Source:
         builder, options, base = TABLES[path.suffix.lower()], {"data_files": str(path)}, path.parent
         if path.suffix.lower() == ".tsv":
             options["sep"] = "\t"
-        provenance = {"source": str(path.resolve()), "kind": "table", "image": entry.image, "label": entry.label}
+        provenance = {
+            "source": str(path.resolve()),
+            "kind": "table",
+            "image": entry.image,
+            "label": entry.label,
+        }
     else:
-        folder, commit = _hub_snapshot(entry, key, cache_dir) if entry.kind == "hub" else (Path(entry.location), None)
+        folder, commit = (
+            _hub_snapshot(entry, key, cache_dir) if entry.kind == "hub" else (Path(entry.location), None)
+        )
         if not folder.is_dir():
-            raise LoganError(f"{key}=hf:{entry.location}: no such folder, and not a Hub dataset id (ORG/NAME).")
+            raise LoganError(
+                f"{key}=hf:{entry.location}: no such folder, and not a Hub dataset id (ORG/NAME)."
+            )
         configs = readme_configs(folder)
         config = _config(entry, list(configs) if configs else _inferred_configs(folder), key)
         entry = replace(entry, config=config)
         if configs:  # the README's data files of that config, read by the builder of their format
             files = _split_files(folder, _chosen(configs, config), entry, key)
-            builder, options = _builder(files[entry.split], entry, key), {"data_files": {entry.split: files[entry.split]}}
+            builder, options = (
+                _builder(files[entry.split], entry, key),
+                {"data_files": {entry.split: files[entry.split]}},
+            )
             names = [Path(f).relative_to(folder).as_posix() for f in files[entry.split]]
         else:  # no configs: the layout datasets infers from the folder
             builder, options = str(folder), {"name": config}
             names = _data_files(str(folder), config, entry.split)
         base = folder
-        provenance = {"source": entry.location, "kind": entry.kind, "config": config, "split": entry.split,
-                      **({"revision": entry.revision or "main", "commit": commit} if commit else {}),
-                      "image": entry.image, "label": entry.label, "files": names}
+        provenance = {
+            "source": entry.location,
+            "kind": entry.kind,
+            "config": config,
+            "split": entry.split,
+            **({"revision": entry.revision or "main", "commit": commit} if commit else {}),
+            "image": entry.image,
+            "label": entry.label,
+            "files": names,
+        }
     try:
         with datasets_bars_off():
             stream = datasets.load_dataset(builder, split=entry.split, streaming=True, **options)
@@ -206,13 +246,19 @@ def open_saved_dataset(folder: Path, entry: Entry, key: str) -> Source:
         if entry.split not in loaded:
             raise LoganError(f"{key}={folder} has no split {entry.split} (splits: {', '.join(loaded)}).")
         loaded = loaded[entry.split]
-    provenance = {"source": str(folder.resolve()), "kind": "saved dataset", "split": entry.split,
-                  "image": entry.image, "label": entry.label}
+    provenance = {
+        "source": str(folder.resolve()),
+        "kind": "saved dataset",
+        "split": entry.split,
+        "image": entry.image,
+        "label": entry.label,
+    }
     return _checked(loaded.to_iterable_dataset(), entry, key, provenance, folder, str(folder))
 
 
-def _checked(stream: Any, entry: Entry, key: str, provenance: dict[str, Any], base: Path | None,
-             origin: str) -> Source:
+def _checked(
+    stream: Any, entry: Entry, key: str, provenance: dict[str, Any], base: Path | None, origin: str
+) -> Source:
     """A stream whose image / label / caption columns are checked, its images read as bytes."""
     from datasets import Image as ImageFeature
 
@@ -224,12 +270,18 @@ def _checked(stream: Any, entry: Entry, key: str, provenance: dict[str, Any], ba
     for role in ("image", "label"):
         column = getattr(entry, role)
         if column not in columns:
-            raise LoganError(f"{key}={origin} has no {role} column '{column}' (columns: {', '.join(columns)}); "
-                             f"name it with {role}=COLUMN.")
+            raise LoganError(
+                f"{key}={origin} has no {role} column '{column}' (columns: {', '.join(columns)}); "
+                f"name it with {role}=COLUMN."
+            )
     if entry.caption and entry.caption not in columns:
-        raise LoganError(f"{key}={origin} has no caption column '{entry.caption}' (columns: {', '.join(columns)}).")
+        raise LoganError(
+            f"{key}={origin} has no caption column '{entry.caption}' (columns: {', '.join(columns)})."
+        )
     caption = entry.caption or ("caption" if "caption" in columns else None)
-    if isinstance(features.get(entry.image), ImageFeature):  # otherwise raw cells: a path, bytes or {bytes, path}
+    if isinstance(
+        features.get(entry.image), ImageFeature
+    ):  # otherwise raw cells: a path, bytes or {bytes, path}
         stream = stream.cast_column(entry.image, ImageFeature(decode=False))
     names = getattr(features.get(entry.label), "names", None)
     return Source(entry, key, provenance, base, stream, caption, names, origin)
@@ -243,8 +295,12 @@ def _hub_snapshot(entry: Entry, key: str, cache_dir: str | None) -> tuple[Path, 
     folder, commit = download(ref, key, cache_dir, allow=["README.md"])
     configs = readme_configs(folder)  # a wrong or missing config is named before any data file is fetched
     patterns = _patterns(_chosen(configs, _config(entry, list(configs), key))) if configs else None
-    folder, _ = download(replace(ref, revision=commit), key, cache_dir,
-                         allow=["README.md", *(p for split in patterns.values() for p in split)] if patterns else None)
+    folder, _ = download(
+        replace(ref, revision=commit),
+        key,
+        cache_dir,
+        allow=["README.md", *(p for split in patterns.values() for p in split)] if patterns else None,
+    )
     return folder, commit
 
 
@@ -272,7 +328,9 @@ def _patterns(config: dict[str, Any]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     paths: Any  # YAML: one pattern or a list of them
     for item in files if isinstance(files, list) else [files]:
-        split, paths = (item.get("split", "train"), item.get("path")) if isinstance(item, dict) else ("train", item)
+        split, paths = (
+            (item.get("split", "train"), item.get("path")) if isinstance(item, dict) else ("train", item)
+        )
         out.setdefault(split, []).extend(paths if isinstance(paths, list) else [paths])
     return out
 
@@ -280,15 +338,24 @@ def _patterns(config: dict[str, Any]) -> dict[str, list[str]]:
 def _split_files(folder: Path, config: dict[str, Any], entry: Entry, key: str) -> dict[str, list[str]]:
     """split -> the files of a README config that are there (a split none of whose files are there is none)."""
     every = [f.relative_to(folder).as_posix() for f in sorted(folder.rglob("*")) if f.is_file()]
-    found = {split: [str(folder / f) for f in every if f != "README.md" and any(fnmatch(f, p) for p in patterns)]
-             for split, patterns in _patterns(config).items()}
+    found = {
+        split: [str(folder / f) for f in every if f != "README.md" and any(fnmatch(f, p) for p in patterns)]
+        for split, patterns in _patterns(config).items()
+    }
     found = {split: files for split, files in found.items() if files}
     if entry.split not in found:
         raise LoganError(f"{key}={entry.text()}: Bad split: {entry.split}. Available splits: {sorted(found)}")
     return found
 
 
-BUILDERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
+BUILDERS = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".arrow": "arrow",
+}
 
 
 def _builder(files: list[str], entry: Entry, key: str) -> str:
@@ -313,12 +380,16 @@ def _config(entry: Entry, names: list[str], key: str) -> str | None:
     where = f"{key}=hf:{entry.location}"
     if entry.config is None:
         if len(names) > 1:
-            raise LoganError(f"{where} has the configs {', '.join(names)}: choose one with config=NAME (e.g. "
-                             f"hf:{entry.location}?config={names[0]}).")
+            raise LoganError(
+                f"{where} has the configs {', '.join(names)}: choose one with config=NAME (e.g. "
+                f"hf:{entry.location}?config={names[0]})."
+            )
         return names[0] if names and names[0] != "default" else None
     if entry.config not in names:
-        raise LoganError(f"{where} has no config '{entry.config}'.{did_you_mean(entry.config, names)} "
-                         f"Configs: {', '.join(names)}.")
+        raise LoganError(
+            f"{where} has no config '{entry.config}'.{did_you_mean(entry.config, names)} "
+            f"Configs: {', '.join(names)}."
+        )
     return entry.config
 
 
@@ -327,15 +398,20 @@ def _data_files(folder: str, config: str | None, split: str) -> list[str]:
     import datasets
 
     files = datasets.load_dataset_builder(folder, config).config.data_files or {}
-    return sorted(Path(str(f)).relative_to(folder).as_posix() if str(f).startswith(folder) else str(f)
-                  for f in files.get(split, []))
+    return sorted(
+        Path(str(f)).relative_to(folder).as_posix() if str(f).startswith(folder) else str(f)
+        for f in files.get(split, [])
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 def image_bytes(cell: Any, base: Path | None, where: str) -> tuple[bytes, str | None, str | None]:
     """(bytes, the file's path or None, display name) of an image cell: {bytes, path}, bytes, or a path."""
-    data, path = (cell.get("bytes"), cell.get("path")) if isinstance(cell, dict) else \
-        ((cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell))
+    data, path = (
+        (cell.get("bytes"), cell.get("path"))
+        if isinstance(cell, dict)
+        else ((cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell))
+    )
     name = Path(str(path)).name if path else None
     if data:
         return bytes(data), None, name
@@ -363,7 +439,7 @@ class Rows(Sequence):
     def __init__(self) -> None:
         self.digests, self.labels, self.rows = bytearray(), array("b"), array("q")  # label -1: unlabelled
         self.known: dict[int, dict[str, Any]] = {}
-        self.positions: np.ndarray | None = None   # a view: the rows kept by `where`
+        self.positions: np.ndarray | None = None  # a view: the rows kept by `where`
 
     def add(self, digest: bytes, label: int, row: int, **known: Any) -> None:
         self.digests += digest
@@ -377,9 +453,13 @@ class Rows(Sequence):
 
     def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
         at = i if self.positions is None else int(self.positions[i])
-        digest = bytes(self.digests[32 * at:32 * at + 32])
-        return {"sample_id": ID_PREFIX + digest.hex(), "label": self.labels[at], "row": self.rows[at],
-                **self.known.get(at, {})}
+        digest = bytes(self.digests[32 * at : 32 * at + 32])
+        return {
+            "sample_id": ID_PREFIX + digest.hex(),
+            "label": self.labels[at],
+            "row": self.rows[at],
+            **self.known.get(at, {}),
+        }
 
     def where(self, keep: Callable[[dict[str, Any]], bool]) -> Rows:
         """A view of the rows `keep` accepts, in order."""
@@ -394,7 +474,7 @@ def index(source: Source) -> Rows:
     """Every row's content id and label (the first row of each image; no bytes kept), and the source's
     provenance (rows read, content fingerprint over every row's id and label)."""
     entry = source.entry
-    first: dict[bytes, int] = {}   # digest -> label of its first row
+    first: dict[bytes, int] = {}  # digest -> label of its first row
     rows = Rows()
     content = hashlib.sha256()
     count = 0
@@ -406,8 +486,10 @@ def index(source: Source) -> Rows:
         content.update(digest + bytes([label]))
         if digest in first:
             if first[digest] != label:
-                raise LoganError(f"{where}: the same image is labelled {label} here and {1 - label} in an earlier "
-                                 "row; fix the labels.")
+                raise LoganError(
+                    f"{where}: the same image is labelled {label} here and {1 - label} in an earlier "
+                    "row; fix the labels."
+                )
             continue
         first[digest] = label
         rows.add(digest, label, row)
@@ -415,7 +497,9 @@ def index(source: Source) -> Rows:
         raise LoganError(f"{source.key}={source.origin} holds no rows.")
     source.dropped = count - len(rows)
     if source.dropped:
-        log.warning("%s: %d rows repeat an earlier row's image; each image is used once", source.key, source.dropped)
+        log.warning(
+            "%s: %d rows repeat an earlier row's image; each image is used once", source.key, source.dropped
+        )
     source.provenance |= {"rows": count, "content": "sha256:" + content.hexdigest()}
     return rows
 
@@ -433,7 +517,12 @@ def fetch(source: Source, chosen: list[dict[str, Any]]) -> None:
         if ID_PREFIX + hashlib.sha256(data).hexdigest() != record["sample_id"]:
             raise LoganError(f"{where} changed while it was read; rerun.")
         caption = cells.get(source.caption) if source.caption else None
-        record.update(image=None if path else data, path=path, name=name or f"row {row}", origin=source.origin,
-                      caption="" if caption is None else str(caption))
+        record.update(
+            image=None if path else data,
+            path=path,
+            name=name or f"row {row}",
+            origin=source.origin,
+            caption="" if caption is None else str(caption),
+        )
         if not wanted:
             return

@@ -17,13 +17,24 @@ from PIL import Image, ImageDraw, ImageFilter
 from logan.io import write_json
 
 COLOURS = {
-    "red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210), "yellow": (230, 210, 40),
-    "purple": (140, 50, 170), "orange": (240, 140, 30), "white": (235, 235, 235), "black": (25, 25, 25),
+    "red": (210, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 210),
+    "yellow": (230, 210, 40),
+    "purple": (140, 50, 170),
+    "orange": (240, 140, 30),
+    "white": (235, 235, 235),
+    "black": (25, 25, 25),
 }
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 SIZES = {"small": 0.22, "large": 0.38}
-PLACES = {"on the left": (0.28, 0.5), "on the right": (0.72, 0.5), "at the top": (0.5, 0.28),
-          "at the bottom": (0.5, 0.72), "in the middle": (0.5, 0.5)}
+PLACES = {
+    "on the left": (0.28, 0.5),
+    "on the right": (0.72, 0.5),
+    "at the top": (0.5, 0.28),
+    "at the bottom": (0.5, 0.72),
+    "in the middle": (0.5, 0.5),
+}
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,9 @@ def expm1_minus_x(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x.abs() < _TAYLOR, series, direct)
 
 
-def log_mean_exp_centred(log_weights: torch.Tensor, x: torch.Tensor,
-                         weights: torch.Tensor | None = None) -> torch.Tensor:
+def log_mean_exp_centred(
+    log_weights: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """log sum_v w_v exp(x_v) over the last axis, for x centred under w (sum_v w_v x_v = 0); `weights`
     = exp(log_weights) when the caller already has it."""
     weights = log_weights.exp() if weights is None else weights
@@ -43,13 +44,20 @@ def centred(weights: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return delta - (weights * delta).sum(-1, keepdim=True)
 
 
-def kl_from_centred(log_weights: torch.Tensor, d: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def kl_from_centred(
+    log_weights: torch.Tensor, d: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """KL(P||Q) per row; log P = log_weights, d = log P - log Q centred under P."""
     return log_mean_exp_centred(log_weights, -d, weights).clamp(min=0.0)
 
 
-def renyi_from_centred(log_weights: torch.Tensor, d: torch.Tensor, alpha: float, kl: torch.Tensor | None = None,
-                       weights: torch.Tensor | None = None) -> torch.Tensor:
+def renyi_from_centred(
+    log_weights: torch.Tensor,
+    d: torch.Tensor,
+    alpha: float,
+    kl: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Renyi divergence D_alpha(P||Q) per row, alpha != 1 (`kl`: KL(P||Q) when already computed)."""
     kl = kl_from_centred(log_weights, d, weights) if kl is None else kl
     value = kl + log_mean_exp_centred(log_weights, (alpha - 1.0) * d, weights) / (alpha - 1.0)

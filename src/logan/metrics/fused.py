@@ -36,11 +36,20 @@ from logan.errors import LoganError
 log = logging.getLogger(__name__)
 
 NOISY_NLL = "_nll"  # the engine's internal name for the noisy pass's per-token NLL of the targets
-OUTPUTS = ("max_k_no_norn_kl_div", "max_k_renyi_05_kl_div", "max_k_renyi_1_kl_div", "max_k_renyi_2_kl_div",
-           "max_k_renyi_inf_kl_div", "max_k_renyi_divergence_025", "max_k_renyi_divergence_05",
-           "max_k_renyi_divergence_2", "max_k_renyi_divergence_4", NOISY_NLL)
+OUTPUTS = (
+    "max_k_no_norn_kl_div",
+    "max_k_renyi_05_kl_div",
+    "max_k_renyi_1_kl_div",
+    "max_k_renyi_2_kl_div",
+    "max_k_renyi_inf_kl_div",
+    "max_k_renyi_divergence_025",
+    "max_k_renyi_divergence_05",
+    "max_k_renyi_divergence_2",
+    "max_k_renyi_divergence_4",
+    NOISY_NLL,
+)
 BLOCK = 512  # vocabulary entries per step of a sweep (per-lane accumulators: BLOCK / (32 * WARPS) per thread)
-WARPS = 4    # (512, 4): 0.57 ms per 576-row pair on an H200; (1024, 4) 0.70, (2048, 8) 0.59, (256, 2) 0.78
+WARPS = 4  # (512, 4): 0.57 ms per 576-row pair on an H200; (1024, 4) 0.70, (2048, 8) 0.59, (256, 2) 0.78
 
 
 def available(device: torch.device) -> bool:
@@ -54,8 +63,9 @@ def available(device: torch.device) -> bool:
     return True
 
 
-def resolve(setting: str, device: torch.device, trial: tuple[torch.dtype, int] | None = None,
-            original: bool = False) -> str:
+def resolve(
+    setting: str, device: torch.device, trial: tuple[torch.dtype, int] | None = None, original: bool = False
+) -> str:
     """`inference.metric_kernel`: triton / torch, or auto = triton wherever it can run.
 
     `trial` = (dtype, vocabulary size) of the model's logits: the kernel is compiled and run once on one
@@ -67,8 +77,10 @@ def resolve(setting: str, device: torch.device, trial: tuple[torch.dtype, int] |
         return setting
     if not available(device):
         if setting == "triton":
-            raise LoganError("inference.metric_kernel=triton needs a CUDA GPU and the triton package; "
-                             "use inference.metric_kernel=auto (or torch) here.")
+            raise LoganError(
+                "inference.metric_kernel=triton needs a CUDA GPU and the triton package; "
+                "use inference.metric_kernel=auto (or torch) here."
+            )
         return "torch"
     if trial is not None:
         try:
@@ -77,15 +89,24 @@ def resolve(setting: str, device: torch.device, trial: tuple[torch.dtype, int] |
             fused_values(one, one, index, index - 1, original=original)
         except Exception as exc:  # triton's compile and launch errors have no common base class
             if setting == "triton":
-                raise LoganError(f"inference.metric_kernel=triton: the fused kernel does not run here ({exc}); "
-                                 "use inference.metric_kernel=torch.") from exc
+                raise LoganError(
+                    f"inference.metric_kernel=triton: the fused kernel does not run here ({exc}); "
+                    "use inference.metric_kernel=torch."
+                ) from exc
             log.warning("the fused metric kernel does not run here (%s); using PyTorch's reduction", exc)
             return "torch"
     return "triton"
 
 
-def fused_values(clean: torch.Tensor, noisy: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
-                 block: int = BLOCK, warps: int = WARPS, original: bool = False) -> torch.Tensor:
+def fused_values(
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    block: int = BLOCK,
+    warps: int = WARPS,
+    original: bool = False,
+) -> torch.Tensor:
     """[len(OUTPUTS), len(rows)] float32: every output for clean[rows[i]] vs noisy[rows[i]] (logits [R, V],
     unit stride along V, any float dtype); targets[i] = -1 scores the clean argmax. `original`: the Renyi
     divergences by the original's definition (`metrics/original.py`, compiled as a variant of its own)."""
@@ -97,6 +118,17 @@ def fused_values(clean: torch.Tensor, noisy: torch.Tensor, rows: torch.Tensor, t
 
         with torch.cuda.device(clean.device) if clean.is_cuda else contextlib.nullcontext():
             divergences_kernel[(rows.shape[0],)](
-                clean, noisy, clean.stride(0), noisy.stride(0), rows, targets, out, rows.shape[0], clean.shape[1],
-                BLOCK=block, ORIGINAL=original, num_warps=warps)
+                clean,
+                noisy,
+                clean.stride(0),
+                noisy.stride(0),
+                rows,
+                targets,
+                out,
+                rows.shape[0],
+                clean.shape[1],
+                BLOCK=block,
+                ORIGINAL=original,
+                num_warps=warps,
+            )
     return out

@@ -26,6 +26,7 @@ from logan.metrics.original import CLIP, FAR, LOG_CLIP
 from logan.metrics.pair import CLAMP_LOG
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
+
     @triton.jit
     def _log(x):
         return tl.log(x)
@@ -40,12 +41,12 @@ else:
     _log, _log1p = libdevice.log, libdevice.log1p
 
 # (constants stand right of tensors in expressions: triton's interpreter cannot put them on the left)
-LARGE = tl.constexpr(_LARGE)   # above this max(x), log E_w[e^x] comes from the log-sum-exp (divergence.py)
-SERIES = tl.constexpr(0.5)     # below this |x|, exp(x) - 1 - x comes from its series
+LARGE = tl.constexpr(_LARGE)  # above this max(x), log E_w[e^x] comes from the log-sum-exp (divergence.py)
+SERIES = tl.constexpr(0.5)  # below this |x|, exp(x) - 1 - x comes from its series
 CLAMP = tl.constexpr(CLAMP_LOG)
 EPS = tl.constexpr(LOG_EPS)
 FLIP = tl.constexpr(ARGMAX_FLIP_KL)
-CLIP12 = tl.constexpr(CLIP)        # the original's clip of p and q in its Renyi divergence (compat=original)
+CLIP12 = tl.constexpr(CLIP)  # the original's clip of p and q in its Renyi divergence (compat=original)
 LOG_CLIP12 = tl.constexpr(LOG_CLIP)
 FAR_LOG = tl.constexpr(FAR)
 NEVER = tl.constexpr(2147483647)
@@ -54,8 +55,26 @@ NEVER = tl.constexpr(2147483647)
 @triton.jit
 def _expm1_minus_x(x):
     """exp(x) - 1 - x: the series to x^10 (relative error < 1e-9) for |x| < 0.5, else from exp(min(x, 20))."""
-    series = x * x * (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x * (1 / 720 + x * (
-        1 / 5040 + x * (1 / 40320 + x * (1 / 362880 + x / 3628800))))))))
+    series = (
+        x
+        * x
+        * (
+            1 / 2
+            + x
+            * (
+                1 / 6
+                + x
+                * (
+                    1 / 24
+                    + x
+                    * (
+                        1 / 120
+                        + x * (1 / 720 + x * (1 / 5040 + x * (1 / 40320 + x * (1 / 362880 + x / 3628800))))
+                    )
+                )
+            )
+        )
+    )
     return tl.where(tl.abs(x) < SERIES, series, tl.exp(tl.minimum(x, LARGE)) - 1.0 - x)
 
 
@@ -69,7 +88,9 @@ def _expm1(x):
 def _softplus(x):
     """log(1 + e^x) = max(x, 0) + log1p(t), t = e^-|x|, log1p(t) from its series below t = 0.1."""
     t = tl.exp(-tl.abs(x))
-    series = t * (1 + t * (-1 / 2 + t * (1 / 3 + t * (-1 / 4 + t * (1 / 5 + t * (-1 / 6 + t * (1 / 7 - t / 8)))))))
+    series = t * (
+        1 + t * (-1 / 2 + t * (1 / 3 + t * (-1 / 4 + t * (1 / 5 + t * (-1 / 6 + t * (1 / 7 - t / 8))))))
+    )
     return tl.maximum(x, 0.0) + tl.where(t < 0.1, series, tl.log(1.0 + t))
 
 
@@ -189,8 +210,19 @@ def _original_renyi(exact, am1, change, total):
 
 
 @triton.jit
-def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targets_ptr, out_ptr, n_rows,
-                       vocab: tl.constexpr, BLOCK: tl.constexpr, ORIGINAL: tl.constexpr):
+def divergences_kernel(
+    clean_ptr,
+    noisy_ptr,
+    stride_c,
+    stride_n,
+    rows_ptr,
+    targets_ptr,
+    out_ptr,
+    n_rows,
+    vocab: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ORIGINAL: tl.constexpr,
+):
     i = tl.program_id(0)
     row = tl.load(rows_ptr + i).to(tl.int64)
     c_row = clean_ptr + row * stride_c
@@ -267,7 +299,9 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
-        lp, lq, logp_diff, p, p_c, r = _weighted_row(c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row)
+        lp, lq, logp_diff, p, p_c, r = _weighted_row(
+            c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row
+        )
         lp_c = tl.maximum(lp, CLAMP)
         lq_c = tl.maximum(lq, CLAMP)
         floored = (lp < CLAMP) | (lq < CLAMP)
@@ -304,7 +338,9 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
-        lp, lq, logp_diff, _, _, r = _weighted_row(c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row)
+        lp, lq, logp_diff, _, _, r = _weighted_row(
+            c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row
+        )
         log_w, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
         na, ma, sa = _centred(na, ma, sa, shift05 - ad, log_w, w, top05 > LARGE, mask)
         log_w, w, ad = _normalised(lp, lq, logp_diff, r, 1.0, lse1, inv1)
@@ -320,7 +356,9 @@ def divergences_kernel(clean_ptr, noisy_ptr, stride_c, stride_n, rows_ptr, targe
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
-        lp, lq, logp_diff, _, _, r = _weighted_row(c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row)
+        lp, lq, logp_diff, _, _, r = _weighted_row(
+            c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row
+        )
         log_w, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
         e05 += _eps_term(log_w, w, ad, shift05, kl05, mask)
         log_w, w, ad = _normalised(lp, lq, logp_diff, r, 1.0, lse1, inv1)

@@ -32,8 +32,9 @@ from logan.metrics.registry import TokenMetric, register_metric
 ARGMAX_FLIP_KL = math.log1p(1e-12) - math.log(1e-12)  # the original's KL between two distinct one-hots
 
 
-@register_metric("max_k_no_norn_kl_div",
-                 description="KL(clean || noisy) on the plain softmax, with the original's floors")
+@register_metric(
+    "max_k_no_norn_kl_div", description="KL(clean || noisy) on the plain softmax, with the original's floors"
+)
 def kl_plain(pair: TokenPair) -> torch.Tensor:
     return pair.kl_clamped
 
@@ -46,12 +47,17 @@ def _kl_normalised(alpha: float) -> TokenMetric:
 
 
 for _alpha, _name in ((0.5, "05"), (1.0, "1"), (2.0, "2")):
-    register_metric(f"max_k_renyi_{_name}_kl_div", description=f"KL(clean || noisy) on the Renyi-{_alpha:g} "
-                    "normalisation p^a / sum p^a (probabilities clamped at 1e-10)")(_kl_normalised(_alpha))
+    register_metric(
+        f"max_k_renyi_{_name}_kl_div",
+        description=f"KL(clean || noisy) on the Renyi-{_alpha:g} "
+        "normalisation p^a / sum p^a (probabilities clamped at 1e-10)",
+    )(_kl_normalised(_alpha))
 
 
-@register_metric("max_k_renyi_inf_kl_div",
-                 description="KL of the one-hot argmaxes: ln(1e12) where the argmax flips, else 0")
+@register_metric(
+    "max_k_renyi_inf_kl_div",
+    description="KL of the one-hot argmaxes: ln(1e12) where the argmax flips, else 0",
+)
 def kl_argmax(pair: TokenPair) -> torch.Tensor:
     flipped = pair.clean.argmax(-1) != pair.noisy_logits.argmax(-1)
     return flipped.float() * ARGMAX_FLIP_KL

@@ -36,17 +36,24 @@ from logan.metrics.divergence import renyi_from_centred
 from logan.metrics.pair import TokenPair
 from logan.metrics.registry import TokenMetric, register_metric
 
-CLIP = 1e-12                 # the original's clip of both distributions, and its epsilon inside the log
+CLIP = 1e-12  # the original's clip of both distributions, and its epsilon inside the log
 LOG_CLIP = math.log(CLIP)
 RENYI_ALPHAS = {"025": 0.25, "05": 0.5, "2": 2.0, "4": 4.0}
-FAR = 20.0                   # |log sum p^a q^(1-a)| above which the clipped sum is taken directly
+FAR = 20.0  # |log sum p^a q^(1-a)| above which the clipped sum is taken directly
 # the metrics whose original reads every row of a part (its other metrics loop over rows 1..n-1)
 EVERY_ROW = frozenset({*(f"max_k_renyi_divergence_{tag}" for tag in RENYI_ALPHAS), "aug_kld"})
 # the metrics whose AUC the original's evaluate reports as 1 - LOGAN's: it ranks by -score with
 # score = -divergence, i.e. larger divergence = member
-RANKED_HIGH = frozenset({"max_k_no_norn_kl_div", "max_k_renyi_05_kl_div", "max_k_renyi_1_kl_div",
-                         "max_k_renyi_2_kl_div", "max_k_renyi_inf_kl_div",
-                         *(f"max_k_renyi_divergence_{tag}" for tag in RENYI_ALPHAS)})
+RANKED_HIGH = frozenset(
+    {
+        "max_k_no_norn_kl_div",
+        "max_k_renyi_05_kl_div",
+        "max_k_renyi_1_kl_div",
+        "max_k_renyi_2_kl_div",
+        "max_k_renyi_inf_kl_div",
+        *(f"max_k_renyi_divergence_{tag}" for tag in RENYI_ALPHAS),
+    }
+)
 
 
 def loop_rows(metric: str, rows: slice) -> slice:
@@ -86,13 +93,20 @@ def _renyi(alpha: float) -> TokenMetric:
 
 
 for _tag, _alpha in RENYI_ALPHAS.items():
-    register_metric(f"max_k_renyi_divergence_{_tag}", compat="original",
-                    description=f"the original's Renyi divergence D_{_alpha:g}: p, q clipped at 1e-12, "
-                    "+1e-12 inside the log")(_renyi(_alpha))
+    register_metric(
+        f"max_k_renyi_divergence_{_tag}",
+        compat="original",
+        description=f"the original's Renyi divergence D_{_alpha:g}: p, q clipped at 1e-12, "
+        "+1e-12 inside the log",
+    )(_renyi(_alpha))
 
 
-@register_metric("max_prob_gap", needs="clean", compat="original",
-                 description="the original's gap: -(largest log p - the next distinct value)")
+@register_metric(
+    "max_prob_gap",
+    needs="clean",
+    compat="original",
+    description="the original's gap: -(largest log p - the next distinct value)",
+)
 def next_distinct_gap(pair: TokenPair) -> torch.Tensor:
     """-(max log p - the largest log p strictly below it); 0 where every entry ties."""
     top = pair.clean.max(-1, keepdim=True).values
@@ -101,9 +115,14 @@ def next_distinct_gap(pair: TokenPair) -> torch.Tensor:
     return -torch.where(torch.isfinite(gap), gap, torch.zeros_like(gap))
 
 
-@register_metric("aug_kld", needs="augment", member_when="high", aggregate="max_k_sum", compat="original",
-                 description="the original's aug-KL: sum over tokens of sum p (log p - q), mean over the "
-                 "augmentations")
+@register_metric(
+    "aug_kld",
+    needs="augment",
+    member_when="high",
+    aggregate="max_k_sum",
+    compat="original",
+    description="the original's aug-KL: sum over tokens of sum p (log p - q), mean over the augmentations",
+)
 def probability_kl(pair: TokenPair) -> torch.Tensor:
     """sum_v p (log p - q), q = the augmented pass's probabilities (its formula), per token; summed over
     the part's tokens by `max_k_sum` (K = 1: all of them)."""

@@ -28,8 +28,9 @@ class TokenPair:
     """Clean (and, for divergences, noisy) float32 logits [N, V] over the real vocabulary, with the
     target token of each position (the next token; the clean argmax at image positions)."""
 
-    def __init__(self, clean: torch.Tensor, noisy: torch.Tensor | None = None,
-                 targets: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, clean: torch.Tensor, noisy: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> None:
         self.clean = clean.float()
         self.noisy = noisy.float() if noisy is not None else None
         self.targets = targets if targets is not None else self.clean.argmax(-1)
@@ -91,7 +92,9 @@ class TokenPair:
         lp_c, lq_c = lp.clamp(min=CLAMP_LOG), lq.clamp(min=CLAMP_LOG)
         p_c = lp_c.exp()
         floored = (lp < CLAMP_LOG) | (lq < CLAMP_LOG)
-        extra = torch.where(floored, p_c * (lp_c - lq_c) - self.clean_p * self.logp_diff, torch.zeros_like(lp))
+        extra = torch.where(
+            floored, p_c * (lp_c - lq_c) - self.clean_p * self.logp_diff, torch.zeros_like(lp)
+        )
         return (self.kl + extra.sum(-1) + epsilon_term(p_c, lp_c, lq_c)).clamp(min=0.0)
 
     def normalised(self, alpha: float) -> Normalised:

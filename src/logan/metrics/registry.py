@@ -54,11 +54,11 @@ _FAMILIES = ("logan.metrics.logan", "logan.metrics.vlmia", "logan.metrics.origin
 COMPAT = ("logan", "original")
 # bump a convention's entry whenever one of its definitions (a formula, a floor, a slicing) changes
 DEFINITIONS = {"logan": "logan-2", "original": "original-225fb67c-1"}
-_METRICS: dict[str, MetricSpec] = {}                               # LOGAN's definitions
-_OVERRIDES: dict[str, dict[str, MetricSpec]] = {"original": {}}    # a convention's own, where it differs
-_PLUGIN_FAILURES: list[str] = []   # one error line per metric plugin family that failed to import
+_METRICS: dict[str, MetricSpec] = {}  # LOGAN's definitions
+_OVERRIDES: dict[str, dict[str, MetricSpec]] = {"original": {}}  # a convention's own, where it differs
+_PLUGIN_FAILURES: list[str] = []  # one error line per metric plugin family that failed to import
 _plugins_loaded = False
-_loading: str | None = None        # the origin of the plugin family being imported
+_loading: str | None = None  # the origin of the plugin family being imported
 
 
 @dataclass(frozen=True)
@@ -81,19 +81,34 @@ class MetricSpec:
         return f"{self.member_when} = member (score = {'-' if self.member_when == 'low' else '+'}value)"
 
 
-def register_metric(name: str, *, needs: str = "noise", aggregate: str = "max_k", member_when: str = "low",
-                    description: str | None = None, compat: str = "logan") -> Callable[[TokenMetric], TokenMetric]:
+def register_metric(
+    name: str,
+    *,
+    needs: str = "noise",
+    aggregate: str = "max_k",
+    member_when: str = "low",
+    description: str | None = None,
+    compat: str = "logan",
+) -> Callable[[TokenMetric], TokenMetric]:
     """Decorator: register a per-token metric under `name` (`compat`: the convention whose definition it
     is; "original" for a metric the original code defines otherwise); bad settings raise LoganError here."""
     where = f"register_metric({name!r})"
     if not isinstance(name, str) or not NAME.fullmatch(name) or name.endswith(TKN_SUFFIX):
-        raise LoganError(f"{where}: a metric name is a letter followed by letters, digits or _ . + - "
-                         f"and does not end in {TKN_SUFFIX}.")
-    for key, value, allowed in (("needs", needs, NEEDS), ("aggregate", aggregate, AGGREGATES),
-                                ("member_when", member_when, MEMBER_WHEN), ("compat", compat, COMPAT)):
+        raise LoganError(
+            f"{where}: a metric name is a letter followed by letters, digits or _ . + - "
+            f"and does not end in {TKN_SUFFIX}."
+        )
+    for key, value, allowed in (
+        ("needs", needs, NEEDS),
+        ("aggregate", aggregate, AGGREGATES),
+        ("member_when", member_when, MEMBER_WHEN),
+        ("compat", compat, COMPAT),
+    ):
         if value not in allowed:
-            raise LoganError(f"{where}: {key}={value!r} is not one the engine provides;"
-                             f"{did_you_mean(str(value), allowed)} Use one of {', '.join(allowed)}.")
+            raise LoganError(
+                f"{where}: {key}={value!r} is not one the engine provides;"
+                f"{did_you_mean(str(value), allowed)} Use one of {', '.join(allowed)}."
+            )
     if description is not None and (not isinstance(description, str) or "\n" in description.strip()):
         raise LoganError(f"{where}: description= is one line of text.")
 
@@ -131,12 +146,15 @@ def _check_function(where: str, needs: str, fn: object) -> None:
         hint = ""
         if needs == "clean":
             hint = " (a needs='clean' metric gets no noisy logits: pair.noisy is None)"
-        raise LoganError(f"{where}: fails on a trial TokenPair with needs={needs!r}{hint}: "
-                         f"{plugins.one_line(exc)}.") from exc
+        raise LoganError(
+            f"{where}: fails on a trial TokenPair with needs={needs!r}{hint}: {plugins.one_line(exc)}."
+        ) from exc
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (rows,) or out.is_complex():
         got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise LoganError(f"{where}: returns {got} for {rows} token rows; a metric returns one real value per "
-                         "token (a tensor of shape [N]).")
+        raise LoganError(
+            f"{where}: returns {got} for {rows} token rows; a metric returns one real value per "
+            "token (a tensor of shape [N])."
+        )
 
 
 def _trial_pair(needs: str) -> tuple[int, TokenPair]:
@@ -156,8 +174,9 @@ def _add(spec: MetricSpec) -> None:
             kind = "a built-in metric" if old.origin == plugins.BUILT_IN else f"the metric of {old.origin}"
             log.warning("ignoring metric '%s' of %s: %s has that name", spec.name, spec.origin, kind)
             return
-        log.warning("metric '%s' of %s is replaced by the built-in metric of that name", spec.name,
-                    old.origin)
+        log.warning(
+            "metric '%s' of %s is replaced by the built-in metric of that name", spec.name, old.origin
+        )
     _METRICS[spec.name] = spec
 
 

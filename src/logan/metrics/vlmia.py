@@ -33,17 +33,22 @@ LOG_CLAMP = math.log(CLAMP)
 TINY = torch.finfo(torch.float32).tiny
 
 
-@register_metric("ppl", needs="clean",
-                 description="NLL of the target token (K = 1: the loss, log-perplexity)")
-@register_metric("mink", needs="clean",
-                 description="Min-K% Prob: NLL of the target token, mean of the K% largest")
+@register_metric(
+    "ppl", needs="clean", description="NLL of the target token (K = 1: the loss, log-perplexity)"
+)
+@register_metric(
+    "mink", needs="clean", description="Min-K% Prob: NLL of the target token, mean of the K% largest"
+)
 def target_nll(pair: TokenPair) -> torch.Tensor:
     """-log p(target). Min-K% Prob's count is max(1, floor(K n)) tokens, the original's rule."""
     return -pair.target_logp
 
 
-@register_metric("mink_plus_plus", needs="clean",
-                 description="Min-K%++: -(log p_y - mu) / sigma under the clean distribution")
+@register_metric(
+    "mink_plus_plus",
+    needs="clean",
+    description="Min-K%++: -(log p_y - mu) / sigma under the clean distribution",
+)
 def min_k_plus_plus(pair: TokenPair) -> torch.Tensor:
     """-(log p_y - E_p[log p]) / sd_p(log p), as Min-K%++'s reference code, computed from the logits:
     log p_y - E_p[log p] = c_y - E_p[c] and sd_p(log p) = sd_p(c) (the log-partition cancels), with the
@@ -93,13 +98,21 @@ def _entropy(alpha: float) -> TokenMetric:
 
 for _alpha, _tag in ((0.5, "05"), (1.0, "1"), (2.0, "2"), (float("inf"), "inf")):
     _what = f"Renyi-{_alpha:g} entropy of the clean distribution"
-    register_metric(f"max_k_renyi_{_tag}_entro", needs="clean",
-                    description=f"MaxRenyi-K%: {_what}, mean of the K% largest")(_entropy(_alpha))
-    register_metric(f"min_k_renyi_{_tag}_entro", needs="clean", aggregate="min_k",
-                    description=f"{_what}, mean of the K% smallest")(_entropy(_alpha))
+    register_metric(
+        f"max_k_renyi_{_tag}_entro",
+        needs="clean",
+        description=f"MaxRenyi-K%: {_what}, mean of the K% largest",
+    )(_entropy(_alpha))
+    register_metric(
+        f"min_k_renyi_{_tag}_entro",
+        needs="clean",
+        aggregate="min_k",
+        description=f"{_what}, mean of the K% smallest",
+    )(_entropy(_alpha))
     if _tag != "inf":
-        register_metric(f"renyi_{_tag}", needs="clean",
-                        description=f"{_what} (short name of max_k_renyi_{_tag}_entro)")(_entropy(_alpha))
+        register_metric(
+            f"renyi_{_tag}", needs="clean", description=f"{_what} (short name of max_k_renyi_{_tag}_entro)"
+        )(_entropy(_alpha))
 
 
 def modified_renyi(pair: TokenPair, alpha: float) -> torch.Tensor:
@@ -135,12 +148,17 @@ def _modified(alpha: float) -> TokenMetric:
 
 for _alpha, _tag in ((0.5, "05"), (1.0, "1"), (2.0, "2")):
     _what = "modified entropy (Song & Mittal)" if _alpha == 1.0 else f"ModRenyi-{_alpha:g}"
-    register_metric(f"mod_renyi_{_tag}_entro", needs="clean",
-                    description=f"{_what} of the target token")(_modified(_alpha))
+    register_metric(f"mod_renyi_{_tag}_entro", needs="clean", description=f"{_what} of the target token")(
+        _modified(_alpha)
+    )
 
 
-@register_metric("aug_kld", needs="augment", member_when="high",
-                 description="KL(clean || augmented), mean over VL-MIA's four augmentations")
+@register_metric(
+    "aug_kld",
+    needs="augment",
+    member_when="high",
+    description="KL(clean || augmented), mean over VL-MIA's four augmentations",
+)
 def augmentation_kl(pair: TokenPair) -> torch.Tensor:
     """KL(clean || augmented) per token on the plain softmax; the engine averages it over the four
     augmentations and a sample's value at K = 1 is its mean over tokens. VL-MIA sums over tokens instead:

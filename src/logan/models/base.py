@@ -125,12 +125,19 @@ class VLMAdapter(ABC):
         """The image size an encoded layout depends on: None for a fixed number of image tokens."""
         return None
 
-    def encode(self, instruction: str, continuation: list[int] | None = None, *,
-               text_after_image: bool = True, image_size: Size | None = None) -> Encoded:
+    def encode(
+        self,
+        instruction: str,
+        continuation: list[int] | None = None,
+        *,
+        text_after_image: bool = True,
+        image_size: Size | None = None,
+    ) -> Encoded:
         """Chunk-wise tokenisation around the image, as the original LLaVA does (BOS on chunk 0 only)."""
         before, after = self.template()
         ids = ([self.bos_token_id] if self.bos_token_id is not None else []) + (
-            self.tokenize(before) if before else [])
+            self.tokenize(before) if before else []
+        )
         image_start = len(ids)
         n_image = self.image_tokens(image_size)
         ids += [self.image_token_id] * n_image
@@ -140,8 +147,12 @@ class VLMAdapter(ABC):
         inst_end = len(ids)
         if text_after_image and continuation:
             ids += list(continuation)
-        return Encoded(tuple(ids), tuple(range(image_start, image_start + n_image)), inst_end,
-                       image_size=self.layout_size(image_size))
+        return Encoded(
+            tuple(ids),
+            tuple(range(image_start, image_start + n_image)),
+            inst_end,
+            image_size=self.layout_size(image_size),
+        )
 
     def image_input(self, pixels: np.ndarray) -> ImageInput:
         """One image's float pixels (H x W x 3, 0-255) -> the model's pixel tensors (called on host threads)."""
@@ -157,8 +168,9 @@ class VLMAdapter(ABC):
         """Per-channel std of the pixel normalisation (normalized-space noise is scaled by it)."""
         return np.asarray(self.transform.image_std, dtype=np.float32)
 
-    def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None,
-                          reuse_prefix: bool = False) -> None:
+    def prepare_inference(
+        self, compile: bool = False, attn_implementation: str | None = None, reuse_prefix: bool = False
+    ) -> None:
         """Speed options (`inference.compile`, `inference.attn_implementation`, `inference.reuse_prefix`);
         a family without them ignores them."""
 
@@ -184,8 +196,11 @@ def compile_repeated_blocks(model: torch.nn.Module, dynamic: bool | None = True)
     batch, text parts of other lengths) reuse the one compilation. With static ones (None) a run's last
     batch recompiled: 6.8 s on an H200 at LLaVA-7B's shape, for the same speed (68.1 vs 68.7 fwd/s;
     `bench_engine.py --compile-shapes`)."""
-    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1
-              and len({type(block) for block in m}) == 1]
+    stacks = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) > 1 and len({type(block) for block in m}) == 1
+    ]
     inner = {id(m) for stack in stacks for block in stack for m in block.modules()}
     fallback = EagerFallback("the transformer blocks")
     count = 0
@@ -222,9 +237,13 @@ class EagerFallback:
                     self.failed = True
                     cause = getattr(exc, "inner_exception", None) or exc  # a backend's own error
                     reason = (str(cause).strip().splitlines() or [""])[0]
-                    log.warning("torch.compile failed for %s (%s: %s); running eagerly from now on "
-                                "(inference.compile=false skips the attempt)", self.what, type(cause).__name__,
-                                reason)
+                    log.warning(
+                        "torch.compile failed for %s (%s: %s); running eagerly from now on "
+                        "(inference.compile=false skips the attempt)",
+                        self.what,
+                        type(cause).__name__,
+                        reason,
+                    )
             return fn(*args, **kwargs)
 
         return call
@@ -289,8 +308,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             # puts a divergence floor (~3e-3 per token on LLaVA-7B) above what stds below ~2.6 cause.
             return torch.float16
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         raise LoganError(f"dtype={name} is unknown; use auto, float32, bfloat16 or float16.")
     return table[name]

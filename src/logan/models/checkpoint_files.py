@@ -37,15 +37,21 @@ def check_checkpoint_files(model_cfg: Any) -> None:
         _check_index(index)
     for path in weight_files(model_cfg):
         size = path.stat().st_size
-        problem = "is empty" if size == 0 else (
-            _safetensors_problem if path.suffix == ".safetensors" else _torch_problem)(path, size)
+        problem = (
+            "is empty"
+            if size == 0
+            else (_safetensors_problem if path.suffix == ".safetensors" else _torch_problem)(path, size)
+        )
         if problem:
             raise LoganError(f"checkpoint file {path} {problem}: download or copy it again.")
 
 
 def _indexes(model_cfg: Any) -> list[Path]:
-    folders = [Path(v).expanduser() for v in (getattr(model_cfg, f.name) for f in fields(model_cfg))
-               if isinstance(v, str) and v and Path(v).expanduser().is_dir()]
+    folders = [
+        Path(v).expanduser()
+        for v in (getattr(model_cfg, f.name) for f in fields(model_cfg))
+        if isinstance(v, str) and v and Path(v).expanduser().is_dir()
+    ]
     return [index for folder in folders for index in sorted(folder.glob("*.index.json"))]
 
 
@@ -53,14 +59,18 @@ def _check_index(index: Path) -> None:
     try:
         weight_map = json.loads(index.read_text()).get("weight_map")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise LoganError(f"checkpoint index {index} is not a readable weight index ({exc}): download it again.")
+        raise LoganError(
+            f"checkpoint index {index} is not a readable weight index ({exc}): download it again."
+        )
     if not isinstance(weight_map, dict):
         raise LoganError(f"checkpoint index {index} has no weight_map: download it again.")
     missing = sorted({name for name in weight_map.values() if not (index.parent / str(name)).is_file()})
     if missing:
-        raise LoganError(f"checkpoint index {index} lists {missing[0]}, which is not in {index.parent}"
-                         f"{f' (nor {len(missing) - 1} more shards)' if len(missing) > 1 else ''}: download the "
-                         "missing shards.")
+        raise LoganError(
+            f"checkpoint index {index} lists {missing[0]}, which is not in {index.parent}"
+            f"{f' (nor {len(missing) - 1} more shards)' if len(missing) > 1 else ''}: download the "
+            "missing shards."
+        )
 
 
 def _safetensors_problem(path: Path, size: int) -> str | None:

@@ -25,18 +25,18 @@ import torch.nn.functional as F
 from logan.errors import LoganError
 
 PIXELS = "pixel_values"  # the tensor normalized-space noise goes into (every family's name for it)
-Size = tuple[int, int]   # (width, height) of an image
+Size = tuple[int, int]  # (width, height) of an image
 
 
 @dataclass(frozen=True)
 class Traits:
     """What the engine may do with a family (declared by its adapter, never sniffed)."""
 
-    causal_image: bool = True        # image rows depend on nothing after them: img-only runs stop there
-    keeps_prefix: bool = False       # inference.reuse_prefix can keep the prompt before the image
+    causal_image: bool = True  # image rows depend on nothing after them: img-only runs stop there
+    keeps_prefix: bool = False  # inference.reuse_prefix can keep the prompt before the image
     fixed_image_tokens: bool = True  # False: the layout follows the image size (encode needs it)
-    channel_axis: int | None = -3    # axis of `pixel_values` holding the colour channels (normalized-space
-                                     # noise); None: the family patchifies its pixels (space=normalized refused)
+    channel_axis: int | None = -3  # axis of `pixel_values` holding the colour channels (normalized-space
+    # noise); None: the family patchifies its pixels (space=normalized refused)
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,10 @@ class Encoded:
     """One token sequence: [prefix][image block][instruction + generation prompt][continuation]."""
 
     input_ids: tuple[int, ...]
-    image_positions: tuple[int, ...]            # img is scored here: sorted, may have gaps
-    inst_end: int                               # end of the prompt
+    image_positions: tuple[int, ...]  # img is scored here: sorted, may have gaps
+    inst_end: int  # end of the prompt
     side: Mapping[str, tuple] = field(default_factory=dict)  # token-aligned model inputs, token axis last
-    image_size: Size | None = None              # the size the layout was made for (None: any size)
+    image_size: Size | None = None  # the size the layout was made for (None: any size)
 
     @property
     def image_start(self) -> int:
@@ -99,11 +99,11 @@ class Encoded:
 class TokenBatch:
     """Padded token sequences and their side inputs (host tensors until `to`)."""
 
-    input_ids: torch.Tensor                 # [B, S]
-    attention_mask: torch.Tensor            # [B, S]; stays on the host (adapters read the padding from it)
-    side: Mapping[str, torch.Tensor]        # [B, ..., S], padded with 0
-    prefix: tuple[int, ...]                 # the ids before the image when every row has the same, else ()
-    sizes: tuple[Size | None, ...]          # each row's Encoded.image_size
+    input_ids: torch.Tensor  # [B, S]
+    attention_mask: torch.Tensor  # [B, S]; stays on the host (adapters read the padding from it)
+    side: Mapping[str, torch.Tensor]  # [B, ..., S], padded with 0
+    prefix: tuple[int, ...]  # the ids before the image when every row has the same, else ()
+    sizes: tuple[Size | None, ...]  # each row's Encoded.image_size
 
     @classmethod
     def build(cls, sequences: Sequence[Encoded], pad_id: int, padding: str = "right") -> TokenBatch:
@@ -111,8 +111,10 @@ class TokenBatch:
         ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), length), dtype=torch.long)
         first = sequences[0]
-        side = {k: torch.zeros((len(sequences), *np.shape(v)[:-1], length), dtype=torch.long)
-                for k, v in first.side.items()}
+        side = {
+            k: torch.zeros((len(sequences), *np.shape(v)[:-1], length), dtype=torch.long)
+            for k, v in first.side.items()
+        }
         for row, seq in enumerate(sequences):
             n = len(seq.input_ids)
             cols = slice(0, n) if padding == "right" else slice(length - n, length)
@@ -129,9 +131,12 @@ class TokenBatch:
         """The ids and side inputs on `device` (copied without waiting, from pinned memory); the mask stays."""
         if device.type == "cpu":
             return self
-        return replace(self, input_ids=pinned(self.input_ids).to(device, non_blocking=True),
-                       side={k: pinned(v).to(device, non_blocking=True) for k, v in self.side.items()},
-                       attention_mask=pinned(self.attention_mask))
+        return replace(
+            self,
+            input_ids=pinned(self.input_ids).to(device, non_blocking=True),
+            side={k: pinned(v).to(device, non_blocking=True) for k, v in self.side.items()},
+            attention_mask=pinned(self.attention_mask),
+        )
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ class ImageInput:
     """The model's pixel tensors of one image (host, float32 pixels), dim 0 = this image's rows."""
 
     tensors: Mapping[str, torch.Tensor]
-    size: Size                              # (width, height) of the image they were made from
+    size: Size  # (width, height) of the image they were made from
 
     def plus(self, noise: np.ndarray) -> ImageInput:
         """A copy with `noise` (the shape of `pixel_values`) added to `pixel_values`."""
@@ -153,10 +158,15 @@ class ImageBatch:
     tensors: Mapping[str, torch.Tensor]
     sizes: tuple[Size, ...]
 
-    def to(self, device: torch.device, dtype: torch.dtype, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    def to(
+        self, device: torch.device, dtype: torch.dtype, names: set[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """The tensors (those in `names`, if given) on `device`; floating ones in `dtype`."""
-        return {k: v.to(device, non_blocking=True).to(dtype) if v.is_floating_point() else v.to(device)
-                for k, v in self.tensors.items() if names is None or k in names}
+        return {
+            k: v.to(device, non_blocking=True).to(dtype) if v.is_floating_point() else v.to(device)
+            for k, v in self.tensors.items()
+            if names is None or k in names
+        }
 
     def check(self, tokens: TokenBatch) -> None:
         """Each image has the size its sequence was laid out for (the image-token count may follow it)."""
@@ -165,7 +175,8 @@ class ImageBatch:
                 raise LoganError(
                     f"a {size[0]} x {size[1]} image met a sequence laid out for {laid_out[0]} x {laid_out[1]}: this "
                     "family's number of image tokens follows the image size, so an image may not change size "
-                    "after its prompt is built; keep the image size (LOGAN's noise and augmentations do).")
+                    "after its prompt is built; keep the image size (LOGAN's noise and augmentations do)."
+                )
 
 
 def collate(images: Sequence[ImageInput]) -> ImageBatch:
@@ -176,7 +187,11 @@ def collate(images: Sequence[ImageInput]) -> ImageBatch:
     tensors = {}
     for key in images[0].tensors:
         parts = [image.tensors[key] for image in images]
-        if parts[0].ndim > 2 and all(p.shape[0] == 1 for p in parts) and len({p.shape[2:] for p in parts}) == 1:
+        if (
+            parts[0].ndim > 2
+            and all(p.shape[0] == 1 for p in parts)
+            and len({p.shape[2:] for p in parts}) == 1
+        ):
             views = max(p.shape[1] for p in parts)
             parts = [F.pad(p, (0, 0) * (p.ndim - 2) + (0, views - p.shape[1])) for p in parts]
         tensors[key] = pinned(torch.cat(parts, 0))

@@ -28,16 +28,26 @@ log = logging.getLogger(__name__)
 POSITIONS = "position_ids"
 
 
-def load_checked(model_class: Any, folder: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
-                 family: str, **options: Any) -> tuple[torch.nn.Module, torch.device]:
+def load_checked(
+    model_class: Any,
+    folder: Path,
+    cfg: ModelConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    family: str,
+    **options: Any,
+) -> tuple[torch.nn.Module, torch.device]:
     """`model_class.from_pretrained(folder)` straight to the device (or spread by `device_map`), in eval
     mode; a checkpoint that does not match its config is one error. Returns the model and the device its
     inputs go to."""
     placement = {"device_map": cfg.device_map or str(device)}
     with hf_progress_bars_off():
-        model, info = model_class.from_pretrained(folder, dtype=dtype, output_loading_info=True, **placement,
-                                                  **options)
-    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        model, info = model_class.from_pretrained(
+            folder, dtype=dtype, output_loading_info=True, **placement, **options
+        )
+    problems = {
+        k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
+    }
     if problems:
         kind, keys = next(iter(problems.items()))
         raise LoganError(
@@ -57,8 +67,8 @@ class HFAdapter(VLMAdapter):
     tokenizer: Any
     path: Path
     _compiled = False
-    _kept: KeptPrefix | None = None     # inference.reuse_prefix (models/prefix.py)
-    _no_prefix_reason = ""              # why traits.keeps_prefix is False, for the log
+    _kept: KeptPrefix | None = None  # inference.reuse_prefix (models/prefix.py)
+    _no_prefix_reason = ""  # why traits.keeps_prefix is False, for the log
     logit_softcap: float | None = None  # tanh soft-capping after the LM head, where the model applies it
     image_names: set[str] | None = None  # image tensors the model's forward takes (None: all)
 
@@ -73,17 +83,21 @@ class HFAdapter(VLMAdapter):
 
     def language_model(self) -> torch.nn.Module | None:
         """The decoder the kept prefix runs on (transformers names it language_model, Idefics3 text_model)."""
-        return getattr(self.model.model, "language_model", None) or getattr(self.model.model, "text_model", None)
+        return getattr(self.model.model, "language_model", None) or getattr(
+            self.model.model, "text_model", None
+        )
 
-    def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None,
-                          reuse_prefix: bool = False) -> None:
+    def prepare_inference(
+        self, compile: bool = False, attn_implementation: str | None = None, reuse_prefix: bool = False
+    ) -> None:
         if attn_implementation:
             self.model.set_attn_implementation(attn_implementation)
         if reuse_prefix and not self.traits.keeps_prefix:
             log.info("inference.reuse_prefix is off for this model: %s", self._no_prefix_reason)
         elif reuse_prefix:
-            self._kept = keep_prefix(reuse_prefix, attn_implementation, self.language_model(),
-                                     self.model.get_input_embeddings())
+            self._kept = keep_prefix(
+                reuse_prefix, attn_implementation, self.language_model(), self.model.get_input_embeddings()
+            )
         if compile and len(set(getattr(self.model, "hf_device_map", {}).values())) > 1:
             log.warning("inference.compile is ignored for a model spread over several devices (device_map)")
         elif compile:  # the vision tower's and the LM's layers; generate() runs them eagerly
@@ -99,7 +113,11 @@ class HFAdapter(VLMAdapter):
 
     def sequence_inputs(self, tokens: TokenBatch, skip: int) -> dict[str, Any]:
         """The side inputs and positions of the tokens after the first `skip` (kept) ones."""
-        side = {k: v[..., skip:].to(self.device, non_blocking=True) for k, v in tokens.side.items() if k != POSITIONS}
+        side = {
+            k: v[..., skip:].to(self.device, non_blocking=True)
+            for k, v in tokens.side.items()
+            if k != POSITIONS
+        }
         if POSITIONS in tokens.side:  # host-computed [B, 3, S] -> the model's [3, B, S]
             positions = tokens.side[POSITIONS].transpose(0, 1)[..., skip:].to(self.device, non_blocking=True)
             return {**side, POSITIONS: positions, **({"logan_prefix": True} if skip else {})}
@@ -126,8 +144,15 @@ class HFAdapter(VLMAdapter):
         rows = self.model.lm_head.out_features
         stops = list(self.stop_token_ids)
         # an image token in a description would meet no image features when the description is scored
-        banned = {*range(self.real_vocab, rows), self.pad_token_id, self.bos_token_id, self.image_token_id} - {*stops, None}
-        side = {k: v.to(self.device) for k, v in tokens.side.items() if k != POSITIONS}  # generate makes its own
+        banned = {
+            *range(self.real_vocab, rows),
+            self.pad_token_id,
+            self.bos_token_id,
+            self.image_token_id,
+        } - {*stops, None}
+        side = {
+            k: v.to(self.device) for k, v in tokens.side.items() if k != POSITIONS
+        }  # generate makes its own
         # one token at a time over a growing cache: compiled blocks would only recompile, so run eagerly
         with torch.compiler.set_stance("force_eager") if self._compiled else contextlib.nullcontext():
             out = self.model.generate(
@@ -142,7 +167,7 @@ class HFAdapter(VLMAdapter):
                 pad_token_id=self.pad_token_id,
                 eos_token_id=stops or None,
             )
-        return [until_eos(ids, stops) for ids in out[:, tokens.input_ids.shape[1]:].tolist()]
+        return [until_eos(ids, stops) for ids in out[:, tokens.input_ids.shape[1] :].tolist()]
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:

@@ -67,7 +67,9 @@ def model_folder(cfg: ModelConfig) -> Path:
         raise LoganError("target_model.model_path is not set: give the folder of a Hugging Face model.")
     folder = Path(cfg.model_path).expanduser()
     if not (folder / "config.json").is_file():
-        raise LoganError(f"target_model.model_path={folder} is not a Hugging Face model folder (no config.json there).")
+        raise LoganError(
+            f"target_model.model_path={folder} is not a Hugging Face model folder (no config.json there)."
+        )
     return folder
 
 
@@ -80,9 +82,13 @@ def read_config(cfg: ModelConfig) -> Any:
         return AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
     except ValueError as error:
         if "trust_remote_code" in str(error):
-            raise LoganError(f"{folder} needs its own Python code to load; if you trust it, set "
-                             "target_model.trust_remote_code=true.") from None
-        raise LoganError(f"transformers cannot read {folder / 'config.json'}: {str(error).splitlines()[0]}") from None
+            raise LoganError(
+                f"{folder} needs its own Python code to load; if you trust it, set "
+                "target_model.trust_remote_code=true."
+            ) from None
+        raise LoganError(
+            f"transformers cannot read {folder / 'config.json'}: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def image_outside_sequence(config: Any) -> str | None:
@@ -91,12 +97,19 @@ def image_outside_sequence(config: Any) -> str | None:
     write is_encoder_decoder into config.json: it is the T5 default)."""
     text = config.get_text_config(decoder=True)
     if getattr(config, "is_encoder_decoder", False) or getattr(text, "is_encoder_decoder", False):
-        return ("an encoder-decoder model: the image is read by the encoder and the decoder's sequence never "
-                "holds it")
-    if config.model_type in CROSS_ATTENTION or getattr(text, "cross_attention_layers", None) or getattr(
-            text, "add_cross_attention", False):
-        return ("a cross-attention model: the decoder attends to the image from separate layers and no position "
-                "of its sequence holds it")
+        return (
+            "an encoder-decoder model: the image is read by the encoder and the decoder's sequence never "
+            "holds it"
+        )
+    if (
+        config.model_type in CROSS_ATTENTION
+        or getattr(text, "cross_attention_layers", None)
+        or getattr(text, "add_cross_attention", False)
+    ):
+        return (
+            "a cross-attention model: the decoder attends to the image from separate layers and no position "
+            "of its sequence holds it"
+        )
     return None
 
 
@@ -158,8 +171,10 @@ def load_processor(folder: Path, model_type: str, trust_remote_code: bool) -> An
     except Exception as error:  # noqa: BLE001 - one user-facing line
         problem = problem or error
     if "torchvision" in str(problem).lower():
-        raise LoganError(f"the image processor of {folder} exists only for torchvision; install a torchvision "
-                         "that matches your torch.") from None
+        raise LoganError(
+            f"the image processor of {folder} exists only for torchvision; install a torchvision "
+            "that matches your torch."
+        ) from None
     raise LoganError(f"cannot load the processor of {folder}: {str(problem).splitlines()[0]}") from None
 
 
@@ -175,31 +190,49 @@ class HFVLM(HFAdapter):
         config = read_config(cfg)
         why = image_outside_sequence(config)
         if why:
-            raise LoganError(f"{cfg.model_path} holds a '{config.model_type}' model, {why}: LOGAN's img part (the "
-                             "outputs at the image tokens) has no meaning there.")
+            raise LoganError(
+                f"{cfg.model_path} holds a '{config.model_type}' model, {why}: LOGAN's img part (the "
+                "outputs at the image tokens) has no meaning there."
+            )
         if cls.resolve_conv_mode(cfg.conv_mode) != CHAT_TEMPLATE:
-            raise LoganError(f"target_model.conv_mode={cfg.conv_mode} is a fixed template of the original checkpoints; "
-                             f"hf-vlm renders the processor's chat template: use conv_mode={CHAT_TEMPLATE} or auto.")
+            raise LoganError(
+                f"target_model.conv_mode={cfg.conv_mode} is a fixed template of the original checkpoints; "
+                f"hf-vlm renders the processor's chat template: use conv_mode={CHAT_TEMPLATE} or auto."
+            )
 
     def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
         from transformers import AutoModelForImageTextToText
 
         self.check(cfg)
         folder, config = model_folder(cfg), read_config(cfg)
-        self.model, device = load_checked(AutoModelForImageTextToText, folder, cfg, device, dtype, config.model_type,
-                                          trust_remote_code=cfg.trust_remote_code)
+        self.model, device = load_checked(
+            AutoModelForImageTextToText,
+            folder,
+            cfg,
+            device,
+            dtype,
+            config.model_type,
+            trust_remote_code=cfg.trust_remote_code,
+        )
         self.path, self.device, self.dtype, self.conv_mode = folder, device, dtype, CHAT_TEMPLATE
         self.processor = load_processor(folder, config.model_type, cfg.trust_remote_code)
         self.processor.image_processor = float_image_processor(self.processor.image_processor)
         self.tokenizer = self.processor.tokenizer
         self.model_type, self.processor_kwargs = config.model_type, dict(cfg.processor_kwargs or {})
         self.image_token_id = self._image_token_id()
-        merged = self.processor._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs)["images_kwargs"]
-        self.images_kwargs = {**{k: v for k, v in merged.items() if k != "return_tensors"},
-                              **self.processor_kwargs, "input_data_format": "channels_last"}
+        merged = self.processor._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs)[
+            "images_kwargs"
+        ]
+        self.images_kwargs = {
+            **{k: v for k, v in merged.items() if k != "return_tensors"},
+            **self.processor_kwargs,
+            "input_data_format": "channels_last",
+        }
         self.image_names = set(inspect.signature(self.model.model.forward).parameters)
         rope = getattr(self.model.model, "get_rope_index", None)
-        self._rope = rope if rope is not None and "mm_token_type_ids" in inspect.signature(rope).parameters else None
+        self._rope = (
+            rope if rope is not None and "mm_token_type_ids" in inspect.signature(rope).parameters else None
+        )
         rows = self.model.lm_head.out_features
         self.real_vocab = min(cfg.vocab_size or len(self.tokenizer), rows)  # len(): added special tokens too
         self.bos_token_id, self.eos_token_id = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
@@ -210,13 +243,24 @@ class HFVLM(HFAdapter):
         self._layout = lru_cache(maxsize=1024)(self._layout_of)
         self.traits = self._traits()
         self._verify()
-        log.info("loaded %s (%s via hf-vlm, %s, %s): vocabulary %d of %d rows; %s", folder, self.model_type,
-                 device, str(dtype).replace("torch.", ""), self.real_vocab, rows, self.traits)
+        log.info(
+            "loaded %s (%s via hf-vlm, %s, %s): vocabulary %d of %d rows; %s",
+            folder,
+            self.model_type,
+            device,
+            str(dtype).replace("torch.", ""),
+            self.real_vocab,
+            rows,
+            self.traits,
+        )
 
     def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "model_type": self.model_type,
-                "image_processor": type(self.processor.image_processor).__name__,
-                "processor_kwargs": self.processor_kwargs}
+        return {
+            **super().fingerprint(),
+            "model_type": self.model_type,
+            "image_processor": type(self.processor.image_processor).__name__,
+            "processor_kwargs": self.processor_kwargs,
+        }
 
     def _image_token_id(self) -> int:
         config = self.model.config
@@ -225,8 +269,10 @@ class HFVLM(HFAdapter):
                 return int(getattr(config, name))
         token = getattr(self.processor, "image_token_id", None)
         if token is None:
-            raise LoganError(f"{self.path}: neither the config nor the processor names an image token; LOGAN "
-                             "cannot tell which positions hold the image.")
+            raise LoganError(
+                f"{self.path}: neither the config nor the processor names an image token; LOGAN "
+                "cannot tell which positions hold the image."
+            )
         return int(token)
 
     @property
@@ -255,8 +301,12 @@ class HFVLM(HFAdapter):
             reasons.append("image and prompt attend to each other")
         self._no_prefix_reason = "; ".join(reasons)
         channels = -3 if pixels.ndim >= 3 and pixels.shape[-3] == 3 else None
-        return Traits(causal_image=self.model_type not in PREFIX_LM, keeps_prefix=not reasons,
-                      fixed_image_tokens=False, channel_axis=channels)
+        return Traits(
+            causal_image=self.model_type not in PREFIX_LM,
+            keeps_prefix=not reasons,
+            fixed_image_tokens=False,
+            channel_axis=channels,
+        )
 
     @property
     def image_std(self) -> np.ndarray:
@@ -268,40 +318,67 @@ class HFVLM(HFAdapter):
         if not template:
             raise LoganError(f"{self.path} has no chat template: LOGAN cannot build its prompt.")
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
-        return self.tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
-                                                  tokenize=False)
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=template, add_generation_prompt=True, tokenize=False
+        )
 
     def _layout_of(self, prompt: str, size: Size) -> tuple[tuple[int, ...], tuple[int, ...], dict, Any]:
         """(ids, image positions, token-aligned side inputs, image_grid_thw) the processor makes of `prompt`
         and an image of `size` (the layout depends on the size only, so a blank image stands in)."""
         width, height = size
         bos = self.tokenizer.bos_token
-        out = self.processor(images=[[np.zeros((height, width, 3), np.float32)]], text=[prompt], return_tensors="pt",
-                             add_special_tokens=not (bos and prompt.startswith(bos)),  # the template has it
-                             input_data_format="channels_last", **self.processor_kwargs)
+        out = self.processor(
+            images=[[np.zeros((height, width, 3), np.float32)]],
+            text=[prompt],
+            return_tensors="pt",
+            add_special_tokens=not (bos and prompt.startswith(bos)),  # the template has it
+            input_data_format="channels_last",
+            **self.processor_kwargs,
+        )
         ids = tuple(out["input_ids"][0].tolist())
         image = tuple(int(i) for i in np.flatnonzero(np.asarray(ids) == self.image_token_id))
         if not image:
-            raise LoganError(f"the processor of {self.path} put no image token ({self.image_token_id}) into the prompt "
-                             f"{prompt!r}; its chat template does not place the image.")
-        side = {k: tuple(v[0].tolist()) for k, v in out.items() if k not in SIDE_KEYS and isinstance(v, torch.Tensor)
-                and v.shape == out["input_ids"].shape and k in self.image_names}
+            raise LoganError(
+                f"the processor of {self.path} put no image token ({self.image_token_id}) into the prompt "
+                f"{prompt!r}; its chat template does not place the image."
+            )
+        side = {
+            k: tuple(v[0].tolist())
+            for k, v in out.items()
+            if k not in SIDE_KEYS
+            and isinstance(v, torch.Tensor)
+            and v.shape == out["input_ids"].shape
+            and k in self.image_names
+        }
         return ids, image, side, out.get("image_grid_thw")
 
-    def encode(self, instruction: str, continuation: list[int] | None = None, *, text_after_image: bool = True,
-               image_size: Size | None = None) -> Encoded:
+    def encode(
+        self,
+        instruction: str,
+        continuation: list[int] | None = None,
+        *,
+        text_after_image: bool = True,
+        image_size: Size | None = None,
+    ) -> Encoded:
         if image_size is None:
             raise LoganError("hf-vlm lays out each image by its size: pass image_size=(width, height).")
-        return self._encode_cached(instruction, tuple(continuation or ()), text_after_image, tuple(image_size))
+        return self._encode_cached(
+            instruction, tuple(continuation or ()), text_after_image, tuple(image_size)
+        )
 
-    def _encode(self, instruction: str, continuation: tuple[int, ...], text_after_image: bool, size: Size) -> Encoded:
+    def _encode(
+        self, instruction: str, continuation: tuple[int, ...], text_after_image: bool, size: Size
+    ) -> Encoded:
         ids, image, side, grid = self._layout(self.prompt(instruction), size)
         end = len(ids) if text_after_image or not self.traits.causal_image else image[-1] + 1
         extra = continuation if text_after_image else ()
         ids, side = ids[:end] + extra, {k: v[:end] + (0,) * len(extra) for k, v in side.items()}
         if self._rope is not None and "mm_token_type_ids" in side:  # 3-D rotary positions, once per sequence
-            positions, _ = self._rope(input_ids=torch.tensor([ids]), mm_token_type_ids=torch.tensor([side[
-                "mm_token_type_ids"]]), image_grid_thw=grid)
+            positions, _ = self._rope(
+                input_ids=torch.tensor([ids]),
+                mm_token_type_ids=torch.tensor([side["mm_token_type_ids"]]),
+                image_grid_thw=grid,
+            )
             side[POSITIONS] = tuple(tuple(row) for row in positions[:, 0].tolist())
         return Encoded(ids, image, end, side, size)
 
@@ -314,29 +391,49 @@ class HFVLM(HFAdapter):
         """Float input moves the pixels (nothing rounds it away), and LOGAN's forward gives the model's own
         logits on one image (nothing after the LM head is missed)."""
         width, height = CHECK_SIZE
-        grey = np.broadcast_to(np.linspace(60, 190, width, dtype=np.float32)[None, :, None], (height, width, 3)).copy()
+        grey = np.broadcast_to(
+            np.linspace(60, 190, width, dtype=np.float32)[None, :, None], (height, width, 3)
+        ).copy()
         moved: torch.Tensor | float
         try:
-            moved = (self.image_input(grey + 0.25).tensors[PIXELS] - self.image_input(grey).tensors[PIXELS]).abs().max()
+            moved = (
+                (self.image_input(grey + 0.25).tensors[PIXELS] - self.image_input(grey).tensors[PIXELS])
+                .abs()
+                .max()
+            )
         except ValueError as error:
             moved, problem = 0.0, str(error).splitlines()[0]
         else:
             problem = "it rounds to whole grey levels"
         if not float(moved) > 0:
-            raise LoganError(f"the image processor of {self.path} ({type(self.processor.image_processor).__name__}) "
-                             f"does not take float pixels ({problem}): LOGAN's noise below one grey level would be "
-                             "lost; this family is not supported.")
+            raise LoganError(
+                f"the image processor of {self.path} ({type(self.processor.image_processor).__name__}) "
+                f"does not take float pixels ({problem}): LOGAN's noise below one grey level would be "
+                "lost; this family is not supported."
+            )
         prompt = self.prompt("Describe this image.")
         encoded = self.encode("Describe this image.", image_size=CHECK_SIZE)
         images = collate([self.image_input(grey)])
         positions = torch.arange(len(encoded.input_ids))[None]
         bos = self.tokenizer.bos_token
-        inputs = self.processor(images=[[grey]], text=[prompt], return_tensors="pt", input_data_format="channels_last",
-                                add_special_tokens=not (bos and prompt.startswith(bos)), **self.processor_kwargs)
+        inputs = self.processor(
+            images=[[grey]],
+            text=[prompt],
+            return_tensors="pt",
+            input_data_format="channels_last",
+            add_special_tokens=not (bos and prompt.startswith(bos)),
+            **self.processor_kwargs,
+        )
         names = set(inspect.signature(self.model.forward).parameters)
         with torch.inference_mode():
-            theirs = self.model(**{k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
-                                   for k, v in inputs.items() if k in names}, use_cache=False).logits
+            theirs = self.model(
+                **{
+                    k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
+                    for k, v in inputs.items()
+                    if k in names
+                },
+                use_cache=False,
+            ).logits
         theirs = theirs[..., : self.real_vocab].float().cpu()
         allowed = LOGIT_TOLERANCE.get(self.dtype, 1e-1) * float(theirs.abs().max()) + 1e-3
         # some families soft-cap their logits as their text config says (Gemma 2), some never do (Gemma 3)
@@ -348,9 +445,11 @@ class HFVLM(HFAdapter):
             errors.append(float((ours.float().cpu() - theirs).abs().max()))
             if errors[-1] <= allowed:
                 return
-        raise LoganError(f"{self.path}: LOGAN's forward differs from the model's own by {min(errors):.3g} in the logits "
-                         f"(allowed {allowed:.3g}); this '{self.model_type}' model scales or post-processes its logits "
-                         "in a way hf-vlm does not reproduce.")
+        raise LoganError(
+            f"{self.path}: LOGAN's forward differs from the model's own by {min(errors):.3g} in the logits "
+            f"(allowed {allowed:.3g}); this '{self.model_type}' model scales or post-processes its logits "
+            "in a way hf-vlm does not reproduce."
+        )
 
 
 @register_model("auto")

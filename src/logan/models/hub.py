@@ -45,7 +45,7 @@ class HubRef:
     """A setting that points into the Hub: a repository, a revision and, for file keys, a file in it."""
 
     repo_id: str
-    revision: str | None        # None: the caller's default (target_model.revision, else main)
+    revision: str | None  # None: the caller's default (target_model.revision, else main)
     filename: str | None = None
     repo_type: str = "model"
 
@@ -53,7 +53,11 @@ class HubRef:
         """huggingface_hub's URI of this reference (with `revision` in place of the asked one)."""
         rev = revision or self.revision
         kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
-        return f"{URI}{kind}{self.repo_id}" + (f"@{rev}" if rev else "") + (f"/{self.filename}" if self.filename else "")
+        return (
+            f"{URI}{kind}{self.repo_id}"
+            + (f"@{rev}" if rev else "")
+            + (f"/{self.filename}" if self.filename else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,15 @@ class Resolved:
         """The entry of config.json's `resolved` block and of provenance.json."""
         if self.ref is None:
             return {"value": self.value, "path": str(self.path.expanduser().resolve())}
-        return {"value": self.value, "repo": self.ref.repo_id, "revision": self.ref.revision, "commit": self.commit,
-                "file": self.ref.filename, "uri": self.provenance(), "path": str(self.path)}
+        return {
+            "value": self.value,
+            "repo": self.ref.repo_id,
+            "revision": self.ref.revision,
+            "commit": self.commit,
+            "file": self.ref.filename,
+            "uri": self.provenance(),
+            "path": str(self.path),
+        }
 
 
 def parse(value: str, key: str, repo_type: str = "model") -> Path | HubRef:
@@ -88,11 +99,14 @@ def parse(value: str, key: str, repo_type: str = "model") -> Path | HubRef:
         try:
             uri = parse_hf_uri(value)
         except HfUriError as error:
-            raise LoganError(f"{key}={value} is not a Hub address ({error}); write "
-                             "hf://ORG/NAME[@REVISION][/FILE].") from None
+            raise LoganError(
+                f"{key}={value} is not a Hub address ({error}); write hf://ORG/NAME[@REVISION][/FILE]."
+            ) from None
         if uri.type != repo_type:
-            raise LoganError(f"{key}={value} names a {uri.type} repository; {key} takes a {repo_type} repository: "
-                             f"hf://{'' if repo_type == 'model' else repo_type + 's/'}ORG/NAME[@REVISION].")
+            raise LoganError(
+                f"{key}={value} names a {uri.type} repository; {key} takes a {repo_type} repository: "
+                f"hf://{'' if repo_type == 'model' else repo_type + 's/'}ORG/NAME[@REVISION]."
+            )
         return HubRef(uri.id, uri.revision, uri.path_in_repo or None, repo_type)
     path = Path(value).expanduser()
     if path.exists() or not looks_like_repo_id(value):
@@ -114,8 +128,9 @@ def looks_like_repo_id(text: str) -> bool:
     return True
 
 
-def resolve(value: str, key: str, *, want: str = "folder", revision: str | None = None,
-            cache_dir: str | None = None) -> Resolved:
+def resolve(
+    value: str, key: str, *, want: str = "folder", revision: str | None = None, cache_dir: str | None = None
+) -> Resolved:
     """Make a model setting local. `want`: 'folder' or 'file'. `revision`: the default for a Hub value that
     pins none (target_model.revision for model_path)."""
     parsed = parse(value, key)
@@ -125,12 +140,16 @@ def resolve(value: str, key: str, *, want: str = "folder", revision: str | None 
             raise LoganError(f"{key}={value} is not a local {want} (nor a Hub address: write {hint}).")
         return Resolved(value, parsed)
     if parsed.revision and revision and parsed.revision != revision:
-        raise LoganError(f"{key}={value} pins revision {parsed.revision}, but target_model.revision={revision}; "
-                         "give the revision once.")
+        raise LoganError(
+            f"{key}={value} pins revision {parsed.revision}, but target_model.revision={revision}; "
+            "give the revision once."
+        )
     ref = replace(parsed, revision=parsed.revision or revision or "main")
     if want == "file" and not ref.filename:
-        raise LoganError(f"{key}={value} names a repository, not a file in it: write "
-                         f"hf://{ref.repo_id}@{ref.revision}/FILE.")
+        raise LoganError(
+            f"{key}={value} names a repository, not a file in it: write "
+            f"hf://{ref.repo_id}@{ref.revision}/FILE."
+        )
     if want == "folder" and ref.filename:
         raise LoganError(f"{key}={value} names a file, but {key} takes a model folder: drop /{ref.filename}.")
     path, commit = download(ref, key, cache_dir)
@@ -138,27 +157,47 @@ def resolve(value: str, key: str, *, want: str = "folder", revision: str | None 
     return Resolved(value, path, ref, commit)
 
 
-def download(ref: HubRef, key: str, cache_dir: str | None, allow: list[str] | None = None) -> tuple[Path, str]:
+def download(
+    ref: HubRef, key: str, cache_dir: str | None, allow: list[str] | None = None
+) -> tuple[Path, str]:
     """(local path, commit) of a Hub reference: the file, or the repository's snapshot (only the `allow`
     patterns, if given); offline from the cache. Failures are one LoganError line."""
     import huggingface_hub as hh
 
     offline = hh.constants.is_offline_mode()
     try:
-        commit = hh.resolve_revision(ref.repo_id, revision=ref.revision, local_files_only=offline,
-                                     repo_type=ref.repo_type, cache_dir=cache_dir)
+        commit = hh.resolve_revision(
+            ref.repo_id,
+            revision=ref.revision,
+            local_files_only=offline,
+            repo_type=ref.repo_type,
+            cache_dir=cache_dir,
+        )
         if ref.filename:
-            path = hh.hf_hub_download(ref.repo_id, ref.filename, revision=commit, local_files_only=offline,
-                                      repo_type=ref.repo_type, cache_dir=cache_dir)
+            path = hh.hf_hub_download(
+                ref.repo_id,
+                ref.filename,
+                revision=commit,
+                local_files_only=offline,
+                repo_type=ref.repo_type,
+                cache_dir=cache_dir,
+            )
         elif offline:
             path = _cached_snapshot(ref, commit, allow, cache_dir)
         else:
             ignore = None
             if allow is None:
-                ignore = skipped(hh.HfApi().list_repo_files(ref.repo_id, revision=commit.resolved,
-                                                            repo_type=ref.repo_type))
-            path = hh.snapshot_download(ref.repo_id, revision=commit, allow_patterns=allow, ignore_patterns=ignore,
-                                        repo_type=ref.repo_type, cache_dir=cache_dir)
+                ignore = skipped(
+                    hh.HfApi().list_repo_files(ref.repo_id, revision=commit.resolved, repo_type=ref.repo_type)
+                )
+            path = hh.snapshot_download(
+                ref.repo_id,
+                revision=commit,
+                allow_patterns=allow,
+                ignore_patterns=ignore,
+                repo_type=ref.repo_type,
+                cache_dir=cache_dir,
+            )
     except Exception as error:  # noqa: BLE001 - mapped to one line, or re-raised unchanged
         raise hub_error(error, ref, key, offline, cache_dir) from None
     return Path(path), commit.resolved
@@ -175,8 +214,14 @@ def _cached_snapshot(ref: HubRef, commit: Any, allow: list[str] | None, cache_di
     import huggingface_hub as hh
 
     try:
-        return hh.snapshot_download(ref.repo_id, revision=commit, local_files_only=True, allow_patterns=allow,
-                                    repo_type=ref.repo_type, cache_dir=cache_dir)
+        return hh.snapshot_download(
+            ref.repo_id,
+            revision=commit,
+            local_files_only=True,
+            allow_patterns=allow,
+            repo_type=ref.repo_type,
+            cache_dir=cache_dir,
+        )
     except hh.errors.IncompleteSnapshotError as error:
         log.debug("%s: using the partial snapshot %s (%s)", ref.uri(), error.snapshot_path, error)
         return error.snapshot_path
@@ -187,7 +232,9 @@ def fix_command(ref: HubRef) -> str:
     if ref.filename:
         return f"hf download {ref.uri()}"
     kind = "" if ref.repo_type == "model" else f" --repo-type {ref.repo_type}"
-    return f"hf download{kind} {ref.repo_id}" + (f" --revision {ref.revision}" if ref.revision != "main" else "")
+    return f"hf download{kind} {ref.repo_id}" + (
+        f" --revision {ref.revision}" if ref.revision != "main" else ""
+    )
 
 
 def hub_error(error: Exception, ref: HubRef, key: str, offline: bool, cache_dir: str | None) -> Exception:
@@ -197,37 +244,55 @@ def hub_error(error: Exception, ref: HubRef, key: str, offline: bool, cache_dir:
     what = f"{key}={ref.uri()}"
     status = getattr(getattr(error, "response", None), "status_code", None)
     if isinstance(error, he.GatedRepoError):  # a subclass of RepositoryNotFoundError: first
-        return LoganError(f"{what}: {ref.repo_id} is gated: accept its terms on https://huggingface.co/"
-                          f"{'' if ref.repo_type == 'model' else ref.repo_type + 's/'}{ref.repo_id}, then log in "
-                          "(hf auth login, or set HF_TOKEN).")
+        return LoganError(
+            f"{what}: {ref.repo_id} is gated: accept its terms on https://huggingface.co/"
+            f"{'' if ref.repo_type == 'model' else ref.repo_type + 's/'}{ref.repo_id}, then log in "
+            "(hf auth login, or set HF_TOKEN)."
+        )
     if isinstance(error, he.RepositoryNotFoundError):
-        return LoganError(f"{what}: the Hub has no repository {ref.repo_id} that this token may read (HTTP {status}); "
-                          "check the name, or log in for a private one (hf auth login, or set HF_TOKEN).")
+        return LoganError(
+            f"{what}: the Hub has no repository {ref.repo_id} that this token may read (HTTP {status}); "
+            "check the name, or log in for a private one (hf auth login, or set HF_TOKEN)."
+        )
     if isinstance(error, he.RevisionNotFoundError):
-        return LoganError(f"{what}: {ref.repo_id} has no revision {ref.revision}; give a branch, tag or full commit "
-                          "hash that exists (target_model.revision, or @REVISION in the value).")
+        return LoganError(
+            f"{what}: {ref.repo_id} has no revision {ref.revision}; give a branch, tag or full commit "
+            "hash that exists (target_model.revision, or @REVISION in the value)."
+        )
     if isinstance(error, he.RemoteEntryNotFoundError):
         return LoganError(f"{what}: {ref.repo_id} at {ref.revision} has no file {ref.filename}.")
     if isinstance(error, (he.RevisionResolutionError, he.LocalEntryNotFoundError)):
         if "403" in str(error):
-            return LoganError(f"{what}: the Hub refused this token (HTTP 403); use a token that may read "
-                              f"{ref.repo_id} (hf auth login, or HF_TOKEN).")
+            return LoganError(
+                f"{what}: the Hub refused this token (HTTP 403); use a token that may read "
+                f"{ref.repo_id} (hf auth login, or HF_TOKEN)."
+            )
         cached = cached_revisions(ref.repo_id, ref.repo_type, cache_dir)
         revision = ref.revision or "main"
-        if len(revision) < 40 and set(revision) <= HEX and any(c.startswith(revision) for c in cached.values()):
-            return LoganError(f"{what}: offline, a short commit hash cannot be resolved; give the full 40-character "
-                              "commit hash.")
+        if (
+            len(revision) < 40
+            and set(revision) <= HEX
+            and any(c.startswith(revision) for c in cached.values())
+        ):
+            return LoganError(
+                f"{what}: offline, a short commit hash cannot be resolved; give the full 40-character "
+                "commit hash."
+            )
         have = f"; cached: {', '.join(sorted(cached))}" if cached else ""
         missing = f"file {ref.filename} of " if ref.filename else ""
         reason = "offline (HF_HUB_OFFLINE=1)" if offline else "the Hub could not be reached"
-        return LoganError(f"{what}: {missing}{ref.repo_id} at {revision} is not in the Hub cache "
-                          f"({cache_dir or _hub_cache()}) and {reason}{have}; run `{fix_command(ref)}` where the Hub "
-                          "is reachable, or point HF_HUB_CACHE / HF_HOME (or path.cache_dir) at the cache that holds it.")
+        return LoganError(
+            f"{what}: {missing}{ref.repo_id} at {revision} is not in the Hub cache "
+            f"({cache_dir or _hub_cache()}) and {reason}{have}; run `{fix_command(ref)}` where the Hub "
+            "is reachable, or point HF_HUB_CACHE / HF_HOME (or path.cache_dir) at the cache that holds it."
+        )
     if isinstance(error, he.HFValidationError):
         return LoganError(f"{what} is not a valid repository id ({error}).")
     if isinstance(error, he.HfHubHTTPError) and status == 403:
-        return LoganError(f"{what}: the Hub refused this token (HTTP 403); use a token that may read "
-                          f"{ref.repo_id} (hf auth login, or HF_TOKEN).")
+        return LoganError(
+            f"{what}: the Hub refused this token (HTTP 403); use a token that may read "
+            f"{ref.repo_id} (hf auth login, or HF_TOKEN)."
+        )
     return error
 
 
@@ -261,10 +326,15 @@ def resolve_models(cfg: RunConfig) -> None:
     record the results in `cfg.resolved` (target_model.KEY -> Resolved.record()). Idempotent: settings
     already resolved to the same value are not looked up again."""
     m, cache = cfg.target_model, cfg.path.cache_dir
-    wanted = {f"target_model.{k}": (getattr(m, k), "folder" if k in FOLDER_KEYS else "file") for k in
-              (*FOLDER_KEYS, *FILE_KEYS)}
-    wanted |= {f"target_model.model.{k}": (v, "folder" if k in FOLDER_KEYS else "file")
-               for k, v in (m.model or {}).items() if k in (*FOLDER_KEYS, *FILE_KEYS) and isinstance(v, str)}
+    wanted = {
+        f"target_model.{k}": (getattr(m, k), "folder" if k in FOLDER_KEYS else "file")
+        for k in (*FOLDER_KEYS, *FILE_KEYS)
+    }
+    wanted |= {
+        f"target_model.model.{k}": (v, "folder" if k in FOLDER_KEYS else "file")
+        for k, v in (m.model or {}).items()
+        if k in (*FOLDER_KEYS, *FILE_KEYS) and isinstance(v, str)
+    }
     done = {}
     for key, (value, want) in wanted.items():
         if not value:
@@ -281,8 +351,9 @@ def resolve_models(cfg: RunConfig) -> None:
     cfg.resolved = done
 
 
-def _implicit_vision_tower(m: ModelConfig, done: dict[str, dict], cache: str | None,
-                           previous: dict | None) -> dict | None:
+def _implicit_vision_tower(
+    m: ModelConfig, done: dict[str, dict], cache: str | None, previous: dict | None
+) -> dict | None:
     """The original LLaVA config names its CLIP tower by Hub id (`mm_vision_tower`); with
     target_model.vision_tower unset that id is resolved like any other setting."""
     if m.vision_tower or "target_model.model_path" not in done:
@@ -297,7 +368,9 @@ def _implicit_vision_tower(m: ModelConfig, done: dict[str, dict], cache: str | N
     if previous and previous.get("value") == tower and Path(previous["path"]).exists():
         return previous
     try:
-        record = resolve(tower, "target_model.vision_tower (the checkpoint's mm_vision_tower)", cache_dir=cache)
+        record = resolve(
+            tower, "target_model.vision_tower (the checkpoint's mm_vision_tower)", cache_dir=cache
+        )
     except LoganError as error:
         raise LoganError(f"{error} Or set target_model.vision_tower=CLIP_DIR.") from None
     return record.record() | {"implicit": "mm_vision_tower"}
@@ -308,7 +381,9 @@ def local_model(cfg: RunConfig) -> ModelConfig:
     resolve_models(cfg)
     m = cfg.target_model
     flat = {k.split(".")[-1]: r["path"] for k, r in cfg.resolved.items() if k.count(".") == 1}
-    nested = {k.split(".")[-1]: r["path"] for k, r in cfg.resolved.items() if k.startswith("target_model.model.")}
+    nested = {
+        k.split(".")[-1]: r["path"] for k, r in cfg.resolved.items() if k.startswith("target_model.model.")
+    }
     return replace(m, **flat, model={**(m.model or {}), **nested}) if nested else replace(m, **flat)
 
 
@@ -327,9 +402,15 @@ def moved_revision(old: dict[str, Any], new: dict[str, Any], out: Path) -> str |
     for key in sorted(set(old) & set(new)):
         a, b = _pinned(old[key]), _pinned(new[key])
         if a and b and a[0] == b[0] and a[2] == b[2] and a[1] != b[1]:
-            pin = f"target_model.revision={a[1]}" if key == "model_path" else f"target_model.{key}={URI}{a[0]}@{a[1]}{a[2]}"
-            return (f"{out} holds results computed with {a[0]} at commit {a[1]}, but the revision now resolves to "
-                    f"{b[1]}; to resume, pin the old commit ({pin}), or choose a new path.output_dir.")
+            pin = (
+                f"target_model.revision={a[1]}"
+                if key == "model_path"
+                else f"target_model.{key}={URI}{a[0]}@{a[1]}{a[2]}"
+            )
+            return (
+                f"{out} holds results computed with {a[0]} at commit {a[1]}, but the revision now resolves to "
+                f"{b[1]}; to resume, pin the old commit ({pin}), or choose a new path.output_dir."
+            )
     return None
 
 
@@ -337,6 +418,6 @@ def _pinned(value: Any) -> tuple[str, str, str] | None:
     """(repo, commit, '/FILE' or '') of a fingerprint value `hf://ORG/NAME@<commit>[/FILE]`."""
     if not isinstance(value, str) or not value.startswith(URI) or "@" not in value:
         return None
-    repo, _, rest = value[len(URI):].partition("@")
+    repo, _, rest = value[len(URI) :].partition("@")
     commit, _, file = rest.partition("/")
     return (repo, commit, f"/{file}" if file else "") if len(commit) == 40 and set(commit) <= HEX else None

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 def _check_folder(path: str | None, model_type: str = "llava", family: str = "LLaVA") -> Path:
     if not path:
         raise LoganError(
-            f"target_model.model_path is not set: give the folder of a Hugging Face {family} checkpoint.")
+            f"target_model.model_path is not set: give the folder of a Hugging Face {family} checkpoint."
+        )
     folder = Path(path).expanduser()
     config = folder / "config.json"
     if not config.is_file():
@@ -62,8 +63,9 @@ class LlavaHF(HFAdapter):
         from transformers import AutoTokenizer
 
         folder = _check_folder(cfg.model_path, self.hf_model_type, self.family)
-        self.model, device = load_checked(getattr(transformers, self.hf_class), folder, cfg, device, dtype,
-                                          self.family)
+        self.model, device = load_checked(
+            getattr(transformers, self.hf_class), folder, cfg, device, dtype, self.family
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.device, self.dtype, self.conv_mode = device, dtype, self.resolve_conv_mode(cfg.conv_mode)
         config = self.model.config
@@ -78,5 +80,12 @@ class LlavaHF(HFAdapter):
         rows = self.model.lm_head.out_features
         self.set_token_ids(self.tokenizer, rows, cfg.vocab_size)
         self.path = folder
-        log.info("loaded %s (%s, %s): %d image tokens, vocabulary %d of %d rows",
-                 folder, device, str(dtype).replace("torch.", ""), self.n_image_tokens, self.real_vocab, rows)
+        log.info(
+            "loaded %s (%s, %s): %d image tokens, vocabulary %d of %d rows",
+            folder,
+            device,
+            str(dtype).replace("torch.", ""),
+            self.n_image_tokens,
+            self.real_vocab,
+            rows,
+        )

@@ -49,10 +49,13 @@ class LlavaNext(LlavaHF):
         known = {**TEMPLATES, **NEXT_TEMPLATES}
         if cls.resolve_conv_mode(cfg.conv_mode) not in known:
             raise LoganError(
-                f"target_model.conv_mode={cfg.conv_mode} is unknown; use one of {', '.join(known)}.")
+                f"target_model.conv_mode={cfg.conv_mode} is unknown; use one of {', '.join(known)}."
+            )
         if cfg.pad_to_square:
-            raise LoganError("target_model.pad_to_square=true does not apply to LLaVA-NeXT: it tiles the "
-                             "whole image (anyres) instead; leave it null or false.")
+            raise LoganError(
+                "target_model.pad_to_square=true does not apply to LLaVA-NeXT: it tiles the "
+                "whole image (anyres) instead; leave it null or false."
+            )
         super().check(cfg)
 
     def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
@@ -112,16 +115,25 @@ class LlavaNext(LlavaHF):
             new_h, new_w = best_h, min(math.ceil(width * scale_h), best_w)
         canvas = np.zeros((best_h, best_w, 3), dtype=np.float32)
         top, left = (best_h - new_h) // 2, (best_w - new_w) // 2
-        canvas[top:top + new_h, left:left + new_w] = self._resized(pixels, (new_h, new_w))
-        tiles = [canvas[i:i + self.tile, j:j + self.tile]
-                 for i in range(0, best_h, self.tile) for j in range(0, best_w, self.tile)]
+        canvas[top : top + new_h, left : left + new_w] = self._resized(pixels, (new_h, new_w))
+        tiles = [
+            canvas[i : i + self.tile, j : j + self.tile]
+            for i in range(0, best_h, self.tile)
+            for j in range(0, best_w, self.tile)
+        ]
         return [self._resized(pixels, self.base_hw), *tiles]
 
     def _resized(self, pixels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
         """Float resize to exactly (height, width) with the processor's filter; no normalising or rounding."""
-        plain = ImageTransform(shortest_edge=None, resize_hw=size_hw, crop_hw=None, rescale_factor=1.0,
-                               image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0),
-                               resample=self.transform.resample)
+        plain = ImageTransform(
+            shortest_edge=None,
+            resize_hw=size_hw,
+            crop_hw=None,
+            rescale_factor=1.0,
+            image_mean=(0.0, 0.0, 0.0),
+            image_std=(1.0, 1.0, 1.0),
+            resample=self.transform.resample,
+        )
         return plain(pixels).transpose(1, 2, 0)
 
     def layout_size(self, image_size: Size | None) -> Size | None:
@@ -132,5 +144,7 @@ class LlavaNext(LlavaHF):
         views of a batch with zero views, as the processor does)."""
         views = np.stack([self.transform(view) for view in self._views(pixels)])
         sizes = torch.tensor([pixels.shape[:2]], dtype=torch.long)
-        return ImageInput({PIXELS: torch.from_numpy(views).unsqueeze(0), "image_sizes": sizes},
-                          (pixels.shape[1], pixels.shape[0]))
+        return ImageInput(
+            {PIXELS: torch.from_numpy(views).unsqueeze(0), "image_sizes": sizes},
+            (pixels.shape[1], pixels.shape[0]),
+        )

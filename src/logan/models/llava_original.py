@@ -59,13 +59,21 @@ from logan.models.registry import register_model
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                "pytorch_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
 PROJECTOR_FILE = "mm_projector.bin"
 # mm_projector_type -> (original nn.Sequential names -> HF names under model.multi_modal_projector.)
 PROJECTORS = {
-    "mlp2x_gelu": {"0.weight": "linear_1.weight", "0.bias": "linear_1.bias",
-                   "2.weight": "linear_2.weight", "2.bias": "linear_2.bias"},
+    "mlp2x_gelu": {
+        "0.weight": "linear_1.weight",
+        "0.bias": "linear_1.bias",
+        "2.weight": "linear_2.weight",
+        "2.bias": "linear_2.bias",
+    },
     "linear": {"weight": "weight", "bias": "bias"},
 }
 # mm_vision_select_feature -> HF strategy
@@ -100,8 +108,9 @@ def _folder(path: str | None, key: str, what: str) -> Path:
         raise LoganError(f"target_model.{key} is not set: give the local folder of {what}.")
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise LoganError(f"target_model.{key}={path} is not a local folder: "
-                         f"download {what} and give its folder.")
+        raise LoganError(
+            f"target_model.{key}={path} is not a local folder: download {what} and give its folder."
+        )
     if not (folder / "config.json").is_file():
         raise LoganError(f"target_model.{key}={folder} has no config.json: it is not {what}.")
     return folder
@@ -111,8 +120,8 @@ def _folder(path: str | None, key: str, what: str) -> Path:
 class Weights:
     """The weight files of one checkpoint part: one file, or shards listed by an index JSON."""
 
-    path: Path                                              # the single file or the index JSON
-    listed: dict[str, Path] = field(default_factory=dict)   # key -> shard, from the index
+    path: Path  # the single file or the index JSON
+    listed: dict[str, Path] = field(default_factory=dict)  # key -> shard, from the index
 
     @classmethod
     def find(cls, folder: Path, what: str) -> Weights:
@@ -162,8 +171,9 @@ def _read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         except RuntimeError:  # files from torch < 1.6 (not zip) cannot be memory-mapped
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as error:
-        raise LoganError(f"cannot read weights from {path} (plain tensors only, weights_only=True): "
-                         f"{error}") from None
+        raise LoganError(
+            f"cannot read weights from {path} (plain tensors only, weights_only=True): {error}"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LoganError(f"{path} does not hold a flat dictionary of tensors: it is not a weight file.")
     while state:
@@ -177,9 +187,9 @@ class Source:
 
     label: str
     weights: Weights
-    prefixes: tuple[tuple[str, str], ...]           # (checkpoint prefix, model prefix); first match wins
+    prefixes: tuple[tuple[str, str], ...]  # (checkpoint prefix, model prefix); first match wins
     renames: dict[str, str] = field(default_factory=dict)  # model-side renames after the prefix swap
-    skip: tuple[str, ...] = ()                      # checkpoint prefixes deliberately not loaded
+    skip: tuple[str, ...] = ()  # checkpoint prefixes deliberately not loaded
 
     def target(self, key: str) -> str | None:
         """Model key for a checkpoint key; None when the key is not loaded (a buffer or a skipped part)."""
@@ -187,7 +197,7 @@ class Source:
             return None
         for theirs, ours in self.prefixes:
             if key.startswith(theirs):
-                name = ours + key[len(theirs):]
+                name = ours + key[len(theirs) :]
                 return self.renames.get(name, name)
         return key  # no prefix matched: reported as unexpected under its own name
 
@@ -197,7 +207,7 @@ class Source:
         name = back.get(target, target)
         for theirs, ours in self.prefixes:
             if name.startswith(ours):
-                return theirs + name[len(ours):]
+                return theirs + name[len(ours) :]
         return None
 
 
@@ -205,12 +215,12 @@ class Source:
 class Parts:
     """Everything a checkpoint is assembled from, validated before any tensor is read."""
 
-    settings: dict[str, Any]        # the mm_* keys (the LLaVA config.json)
+    settings: dict[str, Any]  # the mm_* keys (the LLaVA config.json)
     settings_file: Path
-    text: dict[str, Any]            # Llama config fields
-    vision: dict[str, Any]          # CLIP vision config fields
+    text: dict[str, Any]  # Llama config fields
+    vision: dict[str, Any]  # CLIP vision config fields
     vision_folder: Path
-    sources: tuple[Source, ...]     # LLaVA / LLM weights first; the CLIP folder last
+    sources: tuple[Source, ...]  # LLaVA / LLM weights first; the CLIP folder last
     tokenizer: Path
     paths: dict[str, str]
 
@@ -228,15 +238,20 @@ def _settings(config: dict[str, Any], file: Path) -> dict[str, Any]:
         )
     projector = config.get("mm_projector_type", "linear")
     if projector not in PROJECTORS:
-        raise LoganError(f"{file}: mm_projector_type={projector} is not supported; "
-                         f"this loader knows {', '.join(PROJECTORS)}.")
+        raise LoganError(
+            f"{file}: mm_projector_type={projector} is not supported; "
+            f"this loader knows {', '.join(PROJECTORS)}."
+        )
     feature = config.get("mm_vision_select_feature", "patch")
     if feature not in SELECT_FEATURE:
-        raise LoganError(f"{file}: mm_vision_select_feature={feature} is not supported; "
-                         "use patch or cls_patch.")
+        raise LoganError(
+            f"{file}: mm_vision_select_feature={feature} is not supported; use patch or cls_patch."
+        )
     if config.get("mm_use_im_start_end") or config.get("image_aspect_ratio") == "anyres":
-        raise LoganError(f"{file} asks for image start/end tokens or anyres tiling, which LLaVA-1.5 "
-                         "checkpoints do not use and this loader does not reproduce.")
+        raise LoganError(
+            f"{file} asks for image start/end tokens or anyres tiling, which LLaVA-1.5 "
+            "checkpoints do not use and this loader does not reproduce."
+        )
     return config
 
 
@@ -268,22 +283,30 @@ def _vision(cfg: ModelConfig, settings: dict[str, Any], file: Path) -> tuple[Pat
     if config.get("model_type") == "clip":
         config = config.get("vision_config") or {}
     elif config.get("model_type") != "clip_vision_model":
-        raise LoganError(f"{folder / 'config.json'} holds a '{config.get('model_type')}' model, "
-                         "not a CLIP vision tower (model_type clip or clip_vision_model).")
-    vision = {k: v for k, v in config.items()
-              if k not in ("model_type", "architectures", "transformers_version")}
+        raise LoganError(
+            f"{folder / 'config.json'} holds a '{config.get('model_type')}' model, "
+            "not a CLIP vision tower (model_type clip or clip_vision_model)."
+        )
+    vision = {
+        k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")
+    }
     hidden = settings.get("mm_hidden_size")
     if hidden is not None and vision.get("hidden_size", 768) != hidden:
-        raise LoganError(f"{file} has mm_hidden_size={hidden}, but the vision tower {folder} has hidden_size "
-                         f"{vision.get('hidden_size', 768)}: give the tower the checkpoint was trained with.")
+        raise LoganError(
+            f"{file} has mm_hidden_size={hidden}, but the vision tower {folder} has hidden_size "
+            f"{vision.get('hidden_size', 768)}: give the tower the checkpoint was trained with."
+        )
     return folder, vision
 
 
 def _clip_source(folder: Path) -> Source:
     full = _read_json(folder / "config.json").get("model_type") == "clip"
-    return Source(f"vision tower {folder}", Weights.find(folder, "the vision tower"),
-                  (("vision_model.", TOWER), ("", TOWER)),
-                  skip=CLIP_TEXT if full else ())
+    return Source(
+        f"vision tower {folder}",
+        Weights.find(folder, "the vision tower"),
+        (("vision_model.", TOWER), ("", TOWER)),
+        skip=CLIP_TEXT if full else (),
+    )
 
 
 def _projector_renames(settings: dict[str, Any]) -> dict[str, str]:
@@ -305,20 +328,34 @@ def _full_parts(cfg: ModelConfig) -> Parts:
             f"(got {cfg.model_base}); for the projector-only checkpoint use "
             "target_model=llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5."
         )
-    folder = _folder(cfg.model_path, "model_path",
-                     "an original-format LLaVA checkpoint (liuhaotian/llava-v1.5-7b)")
+    folder = _folder(
+        cfg.model_path, "model_path", "an original-format LLaVA checkpoint (liuhaotian/llava-v1.5-7b)"
+    )
     file = folder / "config.json"
     config = _read_json(file)
     settings = _settings(config, file)
     vision_folder, vision = _vision(cfg, settings, file)
-    llava = Source(f"checkpoint {folder}", Weights.find(folder, "the checkpoint"),
-                   ((EMBEDDED_TOWER, TOWER),
-                    ("model.mm_projector.", "model.multi_modal_projector."),
-                    ("lm_head.", "lm_head."), ("model.", "model.language_model.")),
-                   renames=_projector_renames(settings))
-    return Parts(settings, file, _text_config(config, file), vision, vision_folder,
-                 (llava, _clip_source(vision_folder)), _tokenizer_folder(folder),
-                 {"model_path": str(folder.resolve()), "vision_tower": str(vision_folder.resolve())})
+    llava = Source(
+        f"checkpoint {folder}",
+        Weights.find(folder, "the checkpoint"),
+        (
+            (EMBEDDED_TOWER, TOWER),
+            ("model.mm_projector.", "model.multi_modal_projector."),
+            ("lm_head.", "lm_head."),
+            ("model.", "model.language_model."),
+        ),
+        renames=_projector_renames(settings),
+    )
+    return Parts(
+        settings,
+        file,
+        _text_config(config, file),
+        vision,
+        vision_folder,
+        (llava, _clip_source(vision_folder)),
+        _tokenizer_folder(folder),
+        {"model_path": str(folder.resolve()), "vision_tower": str(vision_folder.resolve())},
+    )
 
 
 def _pretrain_parts(cfg: ModelConfig) -> Parts:
@@ -327,8 +364,10 @@ def _pretrain_parts(cfg: ModelConfig) -> Parts:
     folder = Path(cfg.model_path).expanduser()
     projector = folder / PROJECTOR_FILE
     if not projector.is_file():
-        raise LoganError(f"target_model.model_path={cfg.model_path} has no {PROJECTOR_FILE}: give the "
-                         "folder of the projector-only checkpoint (mm_projector.bin + config.json).")
+        raise LoganError(
+            f"target_model.model_path={cfg.model_path} has no {PROJECTOR_FILE}: give the "
+            "folder of the projector-only checkpoint (mm_projector.bin + config.json)."
+        )
     file = folder / "config.json"
     if not file.is_file():
         raise LoganError(f"{folder} has no config.json: the projector's mm_* settings are unknown.")
@@ -339,15 +378,31 @@ def _pretrain_parts(cfg: ModelConfig) -> Parts:
     if base_config.get("model_type") != "llama":
         raise LoganError(f"{base_file} holds a '{base_config.get('model_type')}' model, not a Llama LLM.")
     vision_folder, vision = _vision(cfg, settings, file)
-    llm = Source(f"base LLM {base}", Weights.find(base, "the base LLM"),
-                 (("lm_head.", "lm_head."), ("model.", "model.language_model.")))
-    mm = Source(f"projector {projector}", Weights.at(projector),
-                (("model.mm_projector.", "model.multi_modal_projector."),),
-                renames=_projector_renames(settings))
-    return Parts(settings, file, _text_config(base_config, base_file), vision, vision_folder,
-                 (llm, mm, _clip_source(vision_folder)), _tokenizer_folder(base),
-                 {"model_path": str(folder.resolve()), "model_base": str(base.resolve()),
-                  "vision_tower": str(vision_folder.resolve())})
+    llm = Source(
+        f"base LLM {base}",
+        Weights.find(base, "the base LLM"),
+        (("lm_head.", "lm_head."), ("model.", "model.language_model.")),
+    )
+    mm = Source(
+        f"projector {projector}",
+        Weights.at(projector),
+        (("model.mm_projector.", "model.multi_modal_projector."),),
+        renames=_projector_renames(settings),
+    )
+    return Parts(
+        settings,
+        file,
+        _text_config(base_config, base_file),
+        vision,
+        vision_folder,
+        (llm, mm, _clip_source(vision_folder)),
+        _tokenizer_folder(base),
+        {
+            "model_path": str(folder.resolve()),
+            "model_base": str(base.resolve()),
+            "vision_tower": str(vision_folder.resolve()),
+        },
+    )
 
 
 @contextmanager
@@ -363,7 +418,9 @@ def _parameters_on_meta() -> Iterator[None]:
 
     nn.Module.register_parameter = on_meta  # type: ignore[method-assign]  # patched for the block only
     try:
-        with torch.random.fork_rng(devices=[]):  # the discarded initial values leave the caller's random state
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # the discarded initial values leave the caller's random state
             yield
     finally:
         nn.Module.register_parameter = register  # type: ignore[method-assign]  # restored
@@ -380,11 +437,15 @@ def _build(parts: Parts) -> tuple[nn.Module, int]:
     strategy = SELECT_FEATURE[parts.settings.get("mm_vision_select_feature", "patch")]
     image_size, patch_size = vision.image_size, vision.patch_size
     if not isinstance(image_size, int) or not isinstance(patch_size, int):
-        raise LoganError(f"{parts.vision_folder}: image_size={image_size} and patch_size={patch_size} must be "
-                         "single numbers (LLaVA-1.5's CLIP tower reads square images).")
+        raise LoganError(
+            f"{parts.vision_folder}: image_size={image_size} and patch_size={patch_size} must be "
+            "single numbers (LLaVA-1.5's CLIP tower reads square images)."
+        )
     config = LlavaConfig(
-        text_config={**text.to_dict(), "vocab_size": rows}, vision_config=vision.to_dict(),
-        image_token_index=n_real, projector_hidden_act="gelu",
+        text_config={**text.to_dict(), "vocab_size": rows},
+        vision_config=vision.to_dict(),
+        image_token_index=n_real,
+        projector_hidden_act="gelu",
         vision_feature_layer=int(parts.settings.get("mm_vision_select_layer", -2)),
         vision_feature_select_strategy=strategy,
         image_seq_length=image_token_count(image_size, patch_size, strategy),
@@ -408,8 +469,9 @@ def _load(model: nn.Module, parts: Parts, n_real: int, device: torch.device, dty
     read: list[Source] = []
     for source in parts.sources:
         if source is parts.sources[-1] and any(k.startswith(TOWER) for k in state):
-            log.info("the checkpoint embeds its vision tower: the weights in %s are not read",
-                     parts.vision_folder)
+            log.info(
+                "the checkpoint embeds its vision tower: the weights in %s are not read", parts.vision_folder
+            )
             continue
         read.append(source)
         for key, tensor, file in source.weights.tensors():
@@ -417,13 +479,17 @@ def _load(model: nn.Module, parts: Parts, n_real: int, device: torch.device, dty
             if target is None:
                 continue
             if target not in expected:
-                raise LoganError(f"{file}: unexpected key '{key}' ({source.label}); it has no place in a "
-                                 f"LLaVA-1.5 model with the settings of {parts.settings_file}.")
+                raise LoganError(
+                    f"{file}: unexpected key '{key}' ({source.label}); it has no place in a "
+                    f"LLaVA-1.5 model with the settings of {parts.settings_file}."
+                )
             if target in state:
                 raise LoganError(f"{file}: key '{key}' was already read from {origin[target]}.")
             if tuple(tensor.shape) != checkpoint_shape[target]:
-                raise LoganError(f"{file}: key '{key}' has shape {list(tensor.shape)}, expected "
-                                 f"{list(checkpoint_shape[target])} from the configs ({source.label}).")
+                raise LoganError(
+                    f"{file}: key '{key}' has shape {list(tensor.shape)}, expected "
+                    f"{list(checkpoint_shape[target])} from the configs ({source.label})."
+                )
             state[target] = tensor.to(device, dtype)
             origin[target] = file
     missing = [k for k in expected if k not in state]
@@ -442,8 +508,10 @@ def _missing(target: str, count: int, read: list[Source]) -> LoganError:
     for source in reversed(read):  # the CLIP folder, when read, holds the tower rather than the checkpoint
         key = source.source(target)
         if key is not None:
-            return LoganError(f"{source.weights.file_of(key)}: key '{key}' is missing{more}; "
-                              f"the {source.label} is incomplete or of another model.")
+            return LoganError(
+                f"{source.weights.file_of(key)}: key '{key}' is missing{more}; "
+                f"the {source.label} is incomplete or of another model."
+            )
     return LoganError(f"no checkpoint part holds '{target}'{more}.")
 
 
@@ -454,11 +522,15 @@ def _tokenizer(folder: Path, n_real: int) -> Any:
     try:
         tokenizer = LlamaTokenizer.from_pretrained(folder)
     except (ImportError, OSError, ValueError) as error:
-        raise LoganError(f"cannot load the tokenizer in {folder} (it needs the sentencepiece and protobuf "
-                         f"packages): {error}") from None
+        raise LoganError(
+            f"cannot load the tokenizer in {folder} (it needs the sentencepiece and protobuf "
+            f"packages): {error}"
+        ) from None
     if len(tokenizer) != n_real:
-        raise LoganError(f"the tokenizer in {folder} has {len(tokenizer)} tokens, but the checkpoint's "
-                         f"embedding has {n_real} rows: they do not belong together.")
+        raise LoganError(
+            f"the tokenizer in {folder} has {len(tokenizer)} tokens, but the checkpoint's "
+            f"embedding has {n_real} rows: they do not belong together."
+        )
     tokenizer.add_tokens([AddedToken("<image>", special=True, normalized=False)], special_tokens=True)
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
     return tokenizer
@@ -489,7 +561,8 @@ class LlavaOriginal(LlavaHF):
             pad = parts.settings.get("image_aspect_ratio") == "pad"
         size = config.vision_config.image_size
         self.transform = ImageTransform.from_folder(parts.vision_folder, pad) or ImageTransform(
-            shortest_edge=size, crop_hw=(size, size), pad_to_square=pad)
+            shortest_edge=size, crop_hw=(size, size), pad_to_square=pad
+        )
         self.image_token_id = int(config.image_token_index)
         self.n_image_tokens = int(config.image_seq_length)
         self.real_vocab = min(cfg.vocab_size or n_real, n_real)
@@ -498,10 +571,15 @@ class LlavaOriginal(LlavaHF):
         self.pad_token_id = int(config.pad_token_id)
         self.path = Path(parts.paths["model_path"])
         self.paths = parts.paths
-        log.info("assembled %s (%s, %s): %d image tokens, vocabulary %d of %d rows",
-                 ", ".join(f"{k}={v}" for k, v in parts.paths.items()), device,
-                 str(dtype).replace("torch.", ""), self.n_image_tokens, self.real_vocab,
-                 self.model.lm_head.out_features)
+        log.info(
+            "assembled %s (%s, %s): %d image tokens, vocabulary %d of %d rows",
+            ", ".join(f"{k}={v}" for k, v in parts.paths.items()),
+            device,
+            str(dtype).replace("torch.", ""),
+            self.n_image_tokens,
+            self.real_vocab,
+            self.model.lm_head.out_features,
+        )
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), **self.paths}

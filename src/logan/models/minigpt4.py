@@ -72,11 +72,13 @@ _Module = TypeVar("_Module", bound=nn.Module)
 
 log = logging.getLogger(__name__)
 
-IMAGE_SENTINEL = -200          # image positions in input_ids (as the original LLaVA's IMAGE_TOKEN_INDEX)
-EVA_DEPTH = 39                 # MiniGPT-4 builds EVA-CLIP-g's 40 blocks minus the last
-EVA_HEAD_DIM, BERT_HEAD_DIM = 88, 64   # EVA ViT-g: 1408 = 16 x 88; BERT-base Q-Former: 768 = 12 x 64
-SYSTEM = ("Give the following image: <Img>ImageContent</Img>. "
-          "You will be able to see the image once I provide it to you. Please answer my questions.")
+IMAGE_SENTINEL = -200  # image positions in input_ids (as the original LLaVA's IMAGE_TOKEN_INDEX)
+EVA_DEPTH = 39  # MiniGPT-4 builds EVA-CLIP-g's 40 blocks minus the last
+EVA_HEAD_DIM, BERT_HEAD_DIM = 88, 64  # EVA ViT-g: 1408 = 16 x 88; BERT-base Q-Former: 768 = 12 x 64
+SYSTEM = (
+    "Give the following image: <Img>ImageContent</Img>. "
+    "You will be able to see the image once I provide it to you. Please answer my questions."
+)
 # conv_mode -> (text before the image, text after it with {instruction}); MiniGPT-4's conversation.py
 TEMPLATES = {
     "minigpt4_llama2": (SYSTEM + "<s>[INST] <Img>", "</Img> {instruction} [/INST] "),
@@ -85,11 +87,22 @@ TEMPLATES = {
 VARIANTS = {"pretrain_llama2": "minigpt4_llama2", "pretrain_vicuna0": "minigpt4_vicuna0"}
 PATH_KEYS = ("ckpt", "llama_model", "vit_model", "q_former_model")
 # the seed's nested `model:` keys: aliases, accepted ones, and MiniGPT-4 eval knobs that change nothing here
-NESTED = {*PATH_KEYS, "model_type", "arch", "image_size", "low_resource", "device_8bit", "max_txt_len",
-          "end_sym", "prompt_template"}
+NESTED = {
+    *PATH_KEYS,
+    "model_type",
+    "arch",
+    "image_size",
+    "low_resource",
+    "device_8bit",
+    "max_txt_len",
+    "end_sym",
+    "prompt_template",
+}
 # BLIP-2 Q-Former parts that MiniGPT-4 sets to None (text branch) or never reads (a buffer)
-QFORMER_DROPPED = re.compile(r"Qformer\.(cls\.|bert\.embeddings\.(word_embeddings|position_embeddings"
-                             r"|position_ids)|bert\.encoder\.layer\.\d+\.(intermediate|output)\.)")
+QFORMER_DROPPED = re.compile(
+    r"Qformer\.(cls\.|bert\.embeddings\.(word_embeddings|position_embeddings"
+    r"|position_ids)|bert\.encoder\.layer\.\d+\.(intermediate|output)\.)"
+)
 VIT_FROM_HF = [  # Blip2VisionModel name -> EVA (LAVIS) name, applied in order
     (r"^embeddings\.class_embedding$", "cls_token"),
     (r"^embeddings\.position_embedding$", "pos_embed"),
@@ -138,28 +151,38 @@ def _resolve(cfg: ModelConfig) -> _Files:
     nested = dict(cfg.model or {})
     unknown = sorted(set(nested) - NESTED)
     if unknown:
-        raise LoganError(f"target_model.model.{unknown[0]} is not a MiniGPT-4 setting; "
-                         f"valid keys: {', '.join(sorted(NESTED))}.")
+        raise LoganError(
+            f"target_model.model.{unknown[0]} is not a MiniGPT-4 setting; "
+            f"valid keys: {', '.join(sorted(NESTED))}."
+        )
     if nested.get("arch", "minigpt4") != "minigpt4":
-        raise LoganError(f"target_model.model.arch={nested['arch']}: only MiniGPT-4 (arch minigpt4) is "
-                         "supported.")
+        raise LoganError(
+            f"target_model.model.arch={nested['arch']}: only MiniGPT-4 (arch minigpt4) is supported."
+        )
     model_type = cfg.model_type or nested.get("model_type") or "pretrain_llama2"
     if model_type not in VARIANTS:
-        raise LoganError(f"target_model.model_type={model_type} is not a MiniGPT-4 variant; "
-                         f"use {' or '.join(VARIANTS)}.")
+        raise LoganError(
+            f"target_model.model_type={model_type} is not a MiniGPT-4 variant; use {' or '.join(VARIANTS)}."
+        )
     conv_mode = VARIANTS[model_type] if cfg.conv_mode in (None, "auto") else cfg.conv_mode
     if conv_mode not in TEMPLATES:
-        raise LoganError(f"target_model.conv_mode={conv_mode} is not a MiniGPT-4 template; "
-                         f"use auto, {' or '.join(TEMPLATES)}.")
+        raise LoganError(
+            f"target_model.conv_mode={conv_mode} is not a MiniGPT-4 template; "
+            f"use auto, {' or '.join(TEMPLATES)}."
+        )
     given = {key: getattr(cfg, key) or nested.get(key) for key in PATH_KEYS}
     needs_qformer = model_type == "pretrain_vicuna0"
     if given["q_former_model"] and not needs_qformer:
-        raise LoganError(f"target_model.q_former_model is set, but {model_type} has no Q-Former; drop it, "
-                         "or use model_type=pretrain_vicuna0.")
-    hints = {"ckpt": "the MiniGPT-4 checkpoint (pretrained_minigpt4*.pth)",
-             "llama_model": "the Hugging Face folder of the LLM (Llama-2-7b-chat or Vicuna v0)",
-             "vit_model": "the EVA ViT-g weights (eva_vit_g.pth)",
-             "q_former_model": "BLIP-2's blip2_pretrained_flant5xxl.pth"}
+        raise LoganError(
+            f"target_model.q_former_model is set, but {model_type} has no Q-Former; drop it, "
+            "or use model_type=pretrain_vicuna0."
+        )
+    hints = {
+        "ckpt": "the MiniGPT-4 checkpoint (pretrained_minigpt4*.pth)",
+        "llama_model": "the Hugging Face folder of the LLM (Llama-2-7b-chat or Vicuna v0)",
+        "vit_model": "the EVA ViT-g weights (eva_vit_g.pth)",
+        "q_former_model": "BLIP-2's blip2_pretrained_flant5xxl.pth",
+    }
     paths: dict[str, Path] = {}
     for key in PATH_KEYS:
         if key == "q_former_model" and not needs_qformer:
@@ -169,20 +192,32 @@ def _resolve(cfg: ModelConfig) -> _Files:
         path = Path(str(given[key])).expanduser()
         folder = key == "llama_model"
         if not (path.is_dir() if folder else path.is_file()):
-            raise LoganError(f"target_model.{key}={path} is not {'a folder' if folder else 'a file'}: "
-                             f"give {hints[key]}.")
+            raise LoganError(
+                f"target_model.{key}={path} is not {'a folder' if folder else 'a file'}: give {hints[key]}."
+            )
         paths[key] = path
     config = paths["llama_model"] / "config.json"
     if not config.is_file():
-        raise LoganError(f"target_model.llama_model={paths['llama_model']} is not a Hugging Face model "
-                         "folder (no config.json there).")
+        raise LoganError(
+            f"target_model.llama_model={paths['llama_model']} is not a Hugging Face model "
+            "folder (no config.json there)."
+        )
     found = json.loads(config.read_text()).get("model_type")
     if found != "llama":
-        raise LoganError(f"{paths['llama_model']} holds a '{found}' model; MiniGPT-4's LLM is a Llama "
-                         "(model_type 'llama').")
+        raise LoganError(
+            f"{paths['llama_model']} holds a '{found}' model; MiniGPT-4's LLM is a Llama "
+            "(model_type 'llama')."
+        )
     size = nested.get("image_size")
-    return _Files(model_type, conv_mode, paths["ckpt"], paths["llama_model"], paths["vit_model"],
-                  paths.get("q_former_model"), int(size) if size else None)
+    return _Files(
+        model_type,
+        conv_mode,
+        paths["ckpt"],
+        paths["llama_model"],
+        paths["vit_model"],
+        paths.get("q_former_model"),
+        int(size) if size else None,
+    )
 
 
 def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -196,12 +231,14 @@ def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         keep = f"torch.save({{'model': c['model']}}, '{path}.weights.pth')"
         raise LoganError(
             f"{path} holds pickled Python objects besides tensors ({objects}), which LOGAN does not "
-            f"unpickle. If you trust the file, keep its weights once: python -c \"import torch; {load}; "
-            f"{keep}\" and pass the new file."
+            f'unpickle. If you trust the file, keep its weights once: python -c "import torch; {load}; '
+            f'{keep}" and pass the new file.'
         ) from None
     except Exception as error:  # noqa: BLE001 - any unreadable file is one user-facing error
-        raise LoganError(f"{path} is not a readable torch checkpoint ({type(error).__name__}: {error}); "
-                         f"it should be {what}.") from None
+        raise LoganError(
+            f"{path} is not a readable torch checkpoint ({type(error).__name__}: {error}); "
+            f"it should be {what}."
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -228,8 +265,13 @@ def _renamer(rules: list[tuple[str, str]]) -> Callable[[str], list[str]]:
     return to_file
 
 
-def _fill(module: nn.Module, tensors: dict[str, torch.Tensor], to_file: Callable[[str], list[str]],
-          path: Path, what: str) -> set[str]:
+def _fill(
+    module: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    to_file: Callable[[str], list[str]],
+    path: Path,
+    what: str,
+) -> set[str]:
     """Load every parameter of `module` from the file's tensors, strictly; returns the file keys used."""
     state, used = {}, set()
     for name, like in module.state_dict().items():
@@ -239,8 +281,10 @@ def _fill(module: nn.Module, tensors: dict[str, torch.Tensor], to_file: Callable
         for source, shape in zip(sources, shapes):
             tensor = _need(tensors, source, path, what)
             if tuple(tensor.shape) != shape:
-                raise LoganError(f"{path}: '{source}' has shape {list(tensor.shape)}, but the model this "
-                                 f"file describes needs {list(shape)}; it is not {what}.")
+                raise LoganError(
+                    f"{path}: '{source}' has shape {list(tensor.shape)}, but the model this "
+                    f"file describes needs {list(shape)}; it is not {what}."
+                )
             parts.append(tensor)
         if len(parts) == 2:  # EVA's q and v biases around a zero k bias
             parts = [torch.cat([parts[0], torch.zeros_like(parts[1]), parts[1]])]
@@ -274,15 +318,24 @@ def _build_vit(path: Path, image_size: int | None) -> Blip2VisionModel:
     positions = _need(tensors, "pos_embed", path, what).shape[1] - 1
     grid = isqrt(positions)
     if grid * grid != positions or width % EVA_HEAD_DIM:
-        raise LoganError(f"{path}: 'pos_embed' / 'patch_embed.proj.weight' do not describe an EVA ViT "
-                         f"({positions} patch positions, width {width}); it is not {what}.")
+        raise LoganError(
+            f"{path}: 'pos_embed' / 'patch_embed.proj.weight' do not describe an EVA ViT "
+            f"({positions} patch positions, width {width}); it is not {what}."
+        )
     if image_size is not None and image_size != grid * patch:
-        raise LoganError(f"target_model.model.image_size={image_size}, but {path} ('pos_embed') is for "
-                         f"{grid * patch} px images ({grid}x{grid} patches of {patch}); MiniGPT-4 uses 224.")
+        raise LoganError(
+            f"target_model.model.image_size={image_size}, but {path} ('pos_embed') is for "
+            f"{grid * patch} px images ({grid}x{grid} patches of {patch}); MiniGPT-4 uses 224."
+        )
     config = Blip2VisionConfig(
-        hidden_size=width, intermediate_size=_need(tensors, "blocks.0.mlp.fc1.weight", path, what).shape[0],
-        num_hidden_layers=depth, num_attention_heads=width // EVA_HEAD_DIM, image_size=grid * patch,
-        patch_size=patch, layer_norm_eps=1e-6, qkv_bias=True,
+        hidden_size=width,
+        intermediate_size=_need(tensors, "blocks.0.mlp.fc1.weight", path, what).shape[0],
+        num_hidden_layers=depth,
+        num_attention_heads=width // EVA_HEAD_DIM,
+        image_size=grid * patch,
+        patch_size=patch,
+        layer_norm_eps=1e-6,
+        qkv_bias=True,
     )
     with torch.device("meta"):
         vit = Blip2VisionModel(config)
@@ -299,21 +352,29 @@ def _build_qformer(path: Path, vit_width: int) -> tuple[Blip2QFormerModel, torch
     what = "a BLIP-2 checkpoint with the Q-Former MiniGPT-4 loads (blip2_pretrained_flant5xxl.pth)"
     tensors = _load_tensors(path, what)
     if any(k.startswith("visual_encoder.") for k in tensors):
-        raise LoganError(f"{path} carries its own ViT weights (visual_encoder.*), which MiniGPT-4 would load "
-                         f"over eva_vit_g.pth; use {what}.")
+        raise LoganError(
+            f"{path} carries its own ViT weights (visual_encoder.*), which MiniGPT-4 would load "
+            f"over eva_vit_g.pth; use {what}."
+        )
     queries = _need(tensors, "query_tokens", path, what)
     if queries.ndim != 3 or queries.shape[0] != 1 or queries.shape[-1] % BERT_HEAD_DIM:
-        raise LoganError(f"{path}: 'query_tokens' has shape {list(queries.shape)}, not [1, queries, width]; "
-                         f"it is not {what}.")
+        raise LoganError(
+            f"{path}: 'query_tokens' has shape {list(queries.shape)}, not [1, queries, width]; "
+            f"it is not {what}."
+        )
     layer = re.compile(r"Qformer\.bert\.encoder\.layer\.(\d+)\.(crossattention\.)?")
     layers = {int(m.group(1)) for k in tensors if (m := layer.match(k))}
     cross = sorted({int(m.group(1)) for k in tensors if (m := layer.match(k)) and m.group(2)})
     width = queries.shape[-1]
     config = Blip2QFormerConfig(
-        hidden_size=width, num_hidden_layers=len(layers), num_attention_heads=width // BERT_HEAD_DIM,
-        intermediate_size=_need(tensors, "Qformer.bert.encoder.layer.0.intermediate_query.dense.weight",
-                                path, what).shape[0],
-        encoder_hidden_size=vit_width, cross_attention_frequency=cross[1] - cross[0] if len(cross) > 1 else 2,
+        hidden_size=width,
+        num_hidden_layers=len(layers),
+        num_attention_heads=width // BERT_HEAD_DIM,
+        intermediate_size=_need(
+            tensors, "Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", path, what
+        ).shape[0],
+        encoder_hidden_size=vit_width,
+        cross_attention_frequency=cross[1] - cross[0] if len(cross) > 1 else 2,
     )
     with torch.device("meta"):
         qformer = Blip2QFormerModel(config)
@@ -335,9 +396,11 @@ def _build_projection(files: _Files, features: int) -> nn.Linear:
     weight = _need(tensors, "llama_proj.weight", files.ckpt, what)
     if weight.ndim == 2 and weight.shape[1] != features:
         other = "pretrain_vicuna0" if files.model_type == "pretrain_llama2" else "pretrain_llama2"
-        raise LoganError(f"{files.ckpt}: 'llama_proj.weight' has shape {list(weight.shape)}, but "
-                         f"{files.model_type} needs {[proj.out_features, features]}; is it a {other} "
-                         "checkpoint (target_model.model_type)?")
+        raise LoganError(
+            f"{files.ckpt}: 'llama_proj.weight' has shape {list(weight.shape)}, but "
+            f"{files.model_type} needs {[proj.out_features, features]}; is it a {other} "
+            "checkpoint (target_model.model_type)?"
+        )
     used = _fill(proj, tensors, lambda name: [f"llama_proj.{name}"], files.ckpt, what)
     _reject_unused(set(tensors), used, files.ckpt, what)
     return proj
@@ -353,9 +416,11 @@ def _load_llm(folder: Path, dtype: torch.dtype) -> LlamaForCausalLM:
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         keys = sorted(map(str, info.get(kind) or []))
         if keys:
-            raise LoganError(f"{folder}: {kind.replace('_', ' ')[:-1]} '{keys[0]}'"
-                             f"{f' (and {len(keys) - 1} more)' if len(keys) > 1 else ''}; "
-                             "it is not a complete Llama checkpoint.")
+            raise LoganError(
+                f"{folder}: {kind.replace('_', ' ')[:-1]} '{keys[0]}'"
+                f"{f' (and {len(keys) - 1} more)' if len(keys) > 1 else ''}; "
+                "it is not a complete Llama checkpoint."
+            )
     return model
 
 
@@ -400,23 +465,34 @@ class MiniGPT4(VLMAdapter):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(files.llama_model)
         except Exception as error:  # noqa: BLE001 - a missing or broken tokenizer is one user-facing error
-            raise LoganError(f"{files.llama_model} has no usable tokenizer ({type(error).__name__}: "
-                             f"{error}); it needs tokenizer.model or tokenizer.json.") from None
+            raise LoganError(
+                f"{files.llama_model} has no usable tokenizer ({type(error).__name__}: "
+                f"{error}); it needs tokenizer.model or tokenizer.json."
+            ) from None
         names = sorted(self.tokenizer.all_special_tokens, key=len, reverse=True)
         self._specials = {t: token_id(self.tokenizer, t) for t in names}
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self.files, self.device, self.dtype, self.conv_mode = files, device, dtype, files.conv_mode
         size, patch = vit.config.image_size, vit.config.patch_size
         assert isinstance(size, int) and isinstance(patch, int)  # _build_vit gives its config single numbers
-        self.transform = ImageTransform(shortest_edge=None, resize_hw=(size, size), crop_hw=None,
-                                        pad_to_square=bool(cfg.pad_to_square))
+        self.transform = ImageTransform(
+            shortest_edge=None, resize_hw=(size, size), crop_hw=None, pad_to_square=bool(cfg.pad_to_square)
+        )
         self.image_token_id = IMAGE_SENTINEL
         self.n_image_tokens = image_token_count(
-            size, patch, self.query_tokens.shape[1] if self.query_tokens is not None else None)
+            size, patch, self.query_tokens.shape[1] if self.query_tokens is not None else None
+        )
         rows = self.llm.lm_head.out_features
         self.set_token_ids(self.tokenizer, rows, cfg.vocab_size)
-        log.info("loaded MiniGPT-4 %s (%s, %s): %d image tokens, vocabulary %d of %d rows", files.model_type,
-                 device, str(dtype).replace("torch.", ""), self.n_image_tokens, self.real_vocab, rows)
+        log.info(
+            "loaded MiniGPT-4 %s (%s, %s): %d image tokens, vocabulary %d of %d rows",
+            files.model_type,
+            device,
+            str(dtype).replace("torch.", ""),
+            self.n_image_tokens,
+            self.real_vocab,
+            rows,
+        )
 
     def template(self) -> tuple[str, str]:
         return TEMPLATES[self.conv_mode]
@@ -450,8 +526,9 @@ class MiniGPT4(VLMAdapter):
             assert self.query_tokens is not None  # loaded with the Q-Former
             queries = self.query_tokens.expand(features.shape[0], -1, -1)
             mask = torch.ones(features.shape[:-1], dtype=torch.long, device=features.device)
-            features = self.qformer(query_embeds=queries, encoder_hidden_states=features,
-                                    encoder_attention_mask=mask).last_hidden_state.to(self.dtype)
+            features = self.qformer(
+                query_embeds=queries, encoder_hidden_states=features, encoder_attention_mask=mask
+            ).last_hidden_state.to(self.dtype)
         else:
             patches = features[:, 1:]
             features = patches.reshape(patches.shape[0], patches.shape[1] // 4, patches.shape[2] * 4)
@@ -462,25 +539,33 @@ class MiniGPT4(VLMAdapter):
         image = ids == IMAGE_SENTINEL
         counts = image.sum(1)
         if not bool((counts == self.n_image_tokens).all()):
-            raise LoganError(f"every sequence needs {self.n_image_tokens} image positions; "
-                             f"got {counts.tolist()}.")
+            raise LoganError(
+                f"every sequence needs {self.n_image_tokens} image positions; got {counts.tolist()}."
+            )
         embeds = self.llm.get_input_embeddings()(ids.masked_fill(image, 0))
         features = self.image_embeddings(images).to(embeds.dtype)
         return embeds.masked_scatter(image.unsqueeze(-1), features)
 
-    def prepare_inference(self, compile: bool = False, attn_implementation: str | None = None,
-                          reuse_prefix: bool = False) -> None:
+    def prepare_inference(
+        self, compile: bool = False, attn_implementation: str | None = None, reuse_prefix: bool = False
+    ) -> None:
         if attn_implementation:
             self.llm.set_attn_implementation(attn_implementation)
-        self._kept = keep_prefix(reuse_prefix, attn_implementation, self.llm.model, self.llm.get_input_embeddings())
+        self._kept = keep_prefix(
+            reuse_prefix, attn_implementation, self.llm.model, self.llm.get_input_embeddings()
+        )
 
     @torch.inference_mode()
     def forward_logits(self, tokens: TokenBatch, images: ImageBatch, positions: torch.Tensor) -> torch.Tensor:
         skip = self._kept.skip(tokens.prefix, tokens.attention_mask) if self._kept else 0
         embeds = self._inputs_embeds(tokens.input_ids, images)[:, skip:]
         mask = tokens.attention_mask[:, skip:].to(self.device)
-        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
-                                **continuation(skip, tokens.input_ids.shape[1], self.device)).last_hidden_state
+        hidden = self.llm.model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            use_cache=False,
+            **continuation(skip, tokens.input_ids.shape[1], self.device),
+        ).last_hidden_state
         index = (positions.to(self.device) - skip).clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return self.llm.lm_head(torch.gather(hidden, 1, index))[..., : self.real_vocab].float()
 
@@ -491,9 +576,21 @@ class MiniGPT4(VLMAdapter):
         rows = self.llm.lm_head.out_features
         banned = {*range(self.real_vocab, rows), self.pad_token_id, self.bos_token_id}
         banned -= {self.eos_token_id, None}
-        settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                    suppress_tokens=sorted(banned), pad_token_id=self.pad_token_id,
-                                    eos_token_id=self.eos_token_id, bos_token_id=self.bos_token_id)
-        out = self.llm.generate(inputs_embeds=self._inputs_embeds(tokens.input_ids, images),
-                                attention_mask=tokens.attention_mask.to(self.device), generation_config=settings)
-        return [until_eos(ids, [self.eos_token_id] if self.eos_token_id is not None else []) for ids in out.tolist()]
+        settings = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            suppress_tokens=sorted(banned),
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+            bos_token_id=self.bos_token_id,
+        )
+        out = self.llm.generate(
+            inputs_embeds=self._inputs_embeds(tokens.input_ids, images),
+            attention_mask=tokens.attention_mask.to(self.device),
+            generation_config=settings,
+        )
+        return [
+            until_eos(ids, [self.eos_token_id] if self.eos_token_id is not None else [])
+            for ids in out.tolist()
+        ]

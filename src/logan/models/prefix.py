@@ -33,10 +33,18 @@ ATTENTION = "logan_prefix"
 KEYS, VALUES = "logan_prefix_keys", "logan_prefix_values"
 
 
-def prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                     logan_prefix: bool = False, logan_capture: dict | None = None,
-                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+def prefix_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    logan_prefix: bool = False,
+    logan_capture: dict | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """HF attention function: SDPA, over the module's prefix keys first when the call asks for them."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
@@ -44,25 +52,31 @@ def prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         logan_capture[module] = (key, value)
     past = getattr(module, KEYS, None) if logan_prefix else None
     if past is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     batch, length = query.shape[0], query.shape[2]
     key = torch.cat([past.expand(batch, -1, -1, -1), key], dim=2)
     value = torch.cat([getattr(module, VALUES).expand(batch, -1, -1, -1), value], dim=2)
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = (repeat_kv(key, groups), repeat_kv(value, groups)) if groups > 1 else (key, value)
     if attention_mask is None and _flash_runs(query):  # flash's causal mask is aligned to the last key
-        out = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout, True, scale=scaling)[0]
+        out = torch.ops.aten._scaled_dot_product_flash_attention(
+            query, key, value, dropout, True, scale=scaling
+        )[0]
     else:
         if attention_mask is None:  # causal, aligned to the last key: query i sees the prefix and keys <= i
             mask = torch.ones(length, key.shape[2], dtype=torch.bool, device=query.device).tril(past.shape[2])
         else:  # HF's 4D mask over the batch's own keys: every query also sees the whole prefix
-            seen = torch.ones(*attention_mask.shape[:-1], past.shape[2], dtype=torch.bool,
-                              device=attention_mask.device)
+            seen = torch.ones(
+                *attention_mask.shape[:-1], past.shape[2], dtype=torch.bool, device=attention_mask.device
+            )
             if attention_mask.dtype != torch.bool:  # an additive mask: 0 where attention is allowed
                 seen = torch.zeros_like(seen, dtype=attention_mask.dtype)
             mask = torch.cat([seen, attention_mask], dim=-1)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling
+        )
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -72,8 +86,13 @@ _FLASH_GPUS: set[int] = set()  # CUDA devices where flash attention runs (comput
 def _flash_runs(query: torch.Tensor) -> bool:
     """Whether PyTorch's flash kernel takes this query (its causal flag then aligns to the last key)."""
     head = query.shape[-1]
-    return (query.is_cuda and query.device.index in _FLASH_GPUS and head % 8 == 0 and head <= 256
-            and query.dtype in (torch.float16, torch.bfloat16))
+    return (
+        query.is_cuda
+        and query.device.index in _FLASH_GPUS
+        and head % 8 == 0
+        and head <= 256
+        and query.dtype in (torch.float16, torch.bfloat16)
+    )
 
 
 def use_prefix_attention(language_model: Any) -> None:
@@ -95,8 +114,11 @@ def capture(language_model: torch.nn.Module, embeds: torch.Tensor) -> int:
     with eager("force_eager") if eager else contextlib.nullcontext():
         language_model(inputs_embeds=embeds, use_cache=False, logan_capture=store)
     device = embeds.device
-    if device.type == "cuda" and torch.backends.cuda.flash_sdp_enabled() and (
-            torch.cuda.get_device_capability(device)[0] >= 8):
+    if (
+        device.type == "cuda"
+        and torch.backends.cuda.flash_sdp_enabled()
+        and (torch.cuda.get_device_capability(device)[0] >= 8)
+    ):
         _FLASH_GPUS.add(device.index if device.index is not None else torch.cuda.current_device())
     for module, (keys, values) in store.items():
         module.register_buffer(KEYS, keys.clone(), persistent=False)
@@ -122,16 +144,24 @@ class KeptPrefix:
             ids = torch.tensor([prefix], dtype=torch.long, device=weight.device)
             layers = capture(self.language_model, self.embed(ids))
             self.ids = prefix
-            log.info("the %d prompt tokens before the image run once: %d layers keep their keys", len(prefix), layers)
+            log.info(
+                "the %d prompt tokens before the image run once: %d layers keep their keys",
+                len(prefix),
+                layers,
+            )
         return len(prefix)
 
 
-def keep_prefix(reuse: bool, attn_implementation: str | None, language_model: Any,
-                embed: torch.nn.Module) -> KeptPrefix | None:
+def keep_prefix(
+    reuse: bool, attn_implementation: str | None, language_model: Any, embed: torch.nn.Module
+) -> KeptPrefix | None:
     """`inference.reuse_prefix` for an adapter: a KeptPrefix, or None when off or when the user picked an
     attention implementation other than SDPA (which the kept keys run on)."""
     if reuse and attn_implementation not in (None, "sdpa"):
-        log.info("inference.reuse_prefix is off under attn_implementation=%s (it runs on SDPA)", attn_implementation)
+        log.info(
+            "inference.reuse_prefix is off under attn_implementation=%s (it runs on SDPA)",
+            attn_implementation,
+        )
     return KeptPrefix(language_model, embed) if reuse and attn_implementation in (None, "sdpa") else None
 
 

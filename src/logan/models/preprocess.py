@@ -55,7 +55,7 @@ class ImageTransform:
         square = np.empty((side, side, 3), dtype=np.float32)
         square[:] = fill
         top, left = (side - h) // 2, (side - w) // 2
-        square[top:top + h, left:left + w] = pixels
+        square[top : top + h, left : left + w] = pixels
         return square
 
     def _resize(self, pixels: np.ndarray) -> np.ndarray:
@@ -70,7 +70,9 @@ class ImageTransform:
             return pixels
         if (out_h, out_w) == (h, w):
             return pixels
-        channels = [resize_plane(pixels[:, :, c], out_w, out_h, self.resample) for c in range(pixels.shape[2])]
+        channels = [
+            resize_plane(pixels[:, :, c], out_w, out_h, self.resample) for c in range(pixels.shape[2])
+        ]
         return np.stack(channels, axis=2).astype(np.float32, copy=False)
 
     @classmethod
@@ -89,7 +91,11 @@ class ImageTransform:
         crop = config.get("crop_size")
         crop_hw = None
         if config.get("do_center_crop", crop is not None) and crop:
-            crop_hw = (int(crop["height"]), int(crop["width"])) if isinstance(crop, dict) else (int(crop), int(crop))
+            crop_hw = (
+                (int(crop["height"]), int(crop["width"]))
+                if isinstance(crop, dict)
+                else (int(crop), int(crop))
+            )
         pad = bool(config.get("do_pad", False)) if pad_to_square is None else pad_to_square
         return cls(
             shortest_edge=shortest,
@@ -98,7 +104,9 @@ class ImageTransform:
             pad_to_square=pad,
             image_mean=tuple(config.get("image_mean", CLIP_MEAN)),
             image_std=tuple(config.get("image_std", CLIP_STD)),
-            rescale_factor=float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0,
+            rescale_factor=float(config.get("rescale_factor", 1 / 255))
+            if config.get("do_rescale", True)
+            else 1.0,
             resample=int(config.get("resample", Image.Resampling.BICUBIC)),
         )
 
@@ -126,10 +134,16 @@ class ImageTransform:
             size = {}
         config: dict[str, Any] = {
             "image_processor_type": "CLIPImageProcessor",
-            "do_resize": bool(size), "size": size, "resample": int(self.resample), "do_pad": self.pad_to_square,
+            "do_resize": bool(size),
+            "size": size,
+            "resample": int(self.resample),
+            "do_pad": self.pad_to_square,
             "do_center_crop": self.crop_hw is not None,
-            "do_rescale": True, "rescale_factor": self.rescale_factor,
-            "do_normalize": True, "image_mean": list(self.image_mean), "image_std": list(self.image_std),
+            "do_rescale": True,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": True,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
             "do_convert_rgb": True,
         }
         if self.crop_hw is not None:
@@ -139,7 +153,9 @@ class ImageTransform:
 
 def resize_plane(plane: np.ndarray, width: int, height: int, resample: int) -> np.ndarray:
     """One float channel resized in PIL's 32-bit float mode ('F'): no rounding, no clipping."""
-    return np.asarray(Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)).resize((width, height), resample))
+    return np.asarray(
+        Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)).resize((width, height), resample)
+    )
 
 
 def _centre_crop(pixels: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
@@ -150,7 +166,7 @@ def _centre_crop(pixels: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
         pixels = np.pad(pixels, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
         h, w = pixels.shape[:2]
     top, left = (h - ch) // 2, (w - cw) // 2
-    return pixels[top:top + ch, left:left + cw]
+    return pixels[top : top + ch, left : left + cw]
 
 
 def float_image_processor(image_processor: Any) -> Any:
@@ -179,13 +195,21 @@ def _float_class(pil_class: type) -> type:
         from transformers.image_processing_backends import PilBackend
 
         class FloatResize(PilBackend):
-            def resize(self, image: np.ndarray, size: Any, resample: Any = None, reducing_gap: Any = None,
-                       **kwargs: Any) -> np.ndarray:
+            def resize(
+                self,
+                image: np.ndarray,
+                size: Any,
+                resample: Any = None,
+                reducing_gap: Any = None,
+                **kwargs: Any,
+            ) -> np.ndarray:
                 height, width = _target_size(image, size)
                 filter_ = Image.Resampling.BILINEAR if resample is None else int(resample)
                 if image.shape[1:] == (height, width):
                     return image.astype(np.float32, copy=False)
-                return np.stack([resize_plane(c, width, height, filter_) for c in image]).astype(np.float32, copy=False)
+                return np.stack([resize_plane(c, width, height, filter_) for c in image]).astype(
+                    np.float32, copy=False
+                )
 
             def convert_to_rgb(self, image: np.ndarray, input_data_format: Any = None) -> np.ndarray:
                 return image
@@ -205,11 +229,14 @@ def _target_size(chw: np.ndarray, size: Any) -> tuple[int, int]:
         out_h, out_w = get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge)
         return out_h, out_w
     if size.shortest_edge:
-        out_h, out_w = get_resize_output_image_size(chw, size=size.shortest_edge, default_to_square=False,
-                                                    input_data_format=ChannelDimension.FIRST)
+        out_h, out_w = get_resize_output_image_size(
+            chw, size=size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
+        )
         return out_h, out_w
     if size.max_height and size.max_width:
         return get_image_size_for_max_height_width((height, width), size.max_height, size.max_width)
     if size.height and size.width:
         return size.height, size.width
-    raise ValueError(f"an image size without height and width, max_height and max_width or shortest_edge: {size}")
+    raise ValueError(
+        f"an image size without height and width, max_height and max_width or shortest_edge: {size}"
+    )

@@ -36,8 +36,11 @@ def weight_files(model_cfg: Any) -> list[Path]:
         if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
             found[path] = None
         elif path.is_dir():
-            files = [f for f in sorted(path.iterdir()) if f.suffix in WEIGHT_SUFFIXES and f.is_file()
-                     and not f.name.startswith(NOT_WEIGHTS)]
+            files = [
+                f
+                for f in sorted(path.iterdir())
+                if f.suffix in WEIGHT_SUFFIXES and f.is_file() and not f.name.startswith(NOT_WEIGHTS)
+            ]
             safetensors = [f for f in files if f.suffix == ".safetensors"]
             found.update(dict.fromkeys(safetensors or files))
     return list(found)

@@ -78,8 +78,9 @@ def plugin_models() -> dict[str, plugins.Plugin]:
         if plugin.name in _MODULES:
             log.warning("ignoring %s: '%s' is a built-in model", plugin, plugin.name)
         elif plugin.name in found:
-            log.warning("ignoring %s: '%s' is already provided by %s", plugin, plugin.name,
-                        found[plugin.name])
+            log.warning(
+                "ignoring %s: '%s' is already provided by %s", plugin, plugin.name, found[plugin.name]
+            )
         else:
             found[plugin.name] = plugin
     return found

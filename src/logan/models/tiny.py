@@ -55,14 +55,20 @@ def _tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.normalizer = normalizer
     backend.pre_tokenizer = pre
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", pad_token="<pad>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
     tok.add_tokens(["<image>"], special_tokens=True)
     return tok
 
 
-def build_tiny_llava(folder: str | Path, corpus: list[str], spec: TinySpec = TinySpec(), seed: int = 0,
-                     instruction: str = "Describe this image concisely.") -> Path:
+def build_tiny_llava(
+    folder: str | Path,
+    corpus: list[str],
+    spec: TinySpec = TinySpec(),
+    seed: int = 0,
+    instruction: str = "Describe this image concisely.",
+) -> Path:
     """Build a randomly initialised tiny LLaVA whose vocabulary covers `corpus` and the prompt templates."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
@@ -71,17 +77,35 @@ def build_tiny_llava(folder: str | Path, corpus: list[str], spec: TinySpec = Tin
     tok = _tokenizer(texts)
     image_token = token_id(tok, "<image>")
     config = LlavaConfig(
-        text_config={"model_type": "llama", "vocab_size": len(tok), "hidden_size": spec.hidden,
-                     "num_hidden_layers": spec.layers, "num_attention_heads": spec.heads,
-                     "num_key_value_heads": spec.heads, "intermediate_size": spec.intermediate,
-                     "max_position_embeddings": spec.max_positions, "pad_token_id": tok.pad_token_id,
-                     "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "tie_word_embeddings": False},
-        vision_config={"model_type": "clip_vision_model", "image_size": spec.image_size,
-                       "patch_size": spec.patch_size, "hidden_size": spec.vision_hidden,
-                       "num_hidden_layers": spec.vision_layers, "num_attention_heads": 4,
-                       "intermediate_size": spec.vision_hidden * 2, "projection_dim": spec.vision_hidden},
-        image_token_index=image_token, vision_feature_layer=-2, vision_feature_select_strategy="default",
-        projector_hidden_act="gelu", image_seq_length=(spec.image_size // spec.patch_size) ** 2,
+        text_config={
+            "model_type": "llama",
+            "vocab_size": len(tok),
+            "hidden_size": spec.hidden,
+            "num_hidden_layers": spec.layers,
+            "num_attention_heads": spec.heads,
+            "num_key_value_heads": spec.heads,
+            "intermediate_size": spec.intermediate,
+            "max_position_embeddings": spec.max_positions,
+            "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "tie_word_embeddings": False,
+        },
+        vision_config={
+            "model_type": "clip_vision_model",
+            "image_size": spec.image_size,
+            "patch_size": spec.patch_size,
+            "hidden_size": spec.vision_hidden,
+            "num_hidden_layers": spec.vision_layers,
+            "num_attention_heads": 4,
+            "intermediate_size": spec.vision_hidden * 2,
+            "projection_dim": spec.vision_hidden,
+        },
+        image_token_index=image_token,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=(spec.image_size // spec.patch_size) ** 2,
     )
     config.pad_token_id = tok.pad_token_id  # not one of LlavaConfig's declared fields: set as an extra key
     with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state restored afterwards

@@ -49,8 +49,17 @@ from logan.report.verdicts import choose
 log = logging.getLogger(__name__)
 
 # what a classify run takes from the tuning run whose optimal_std.json it reads
-INHERITED = ("target_model.", "img_metrics.parts", "img_metrics.compat", "prompt.text", "generation.num_gen_tokens",
-             "noise.quantize", "noise.space", "noise.draws", "dtype")
+INHERITED = (
+    "target_model.",
+    "img_metrics.parts",
+    "img_metrics.compat",
+    "prompt.text",
+    "generation.num_gen_tokens",
+    "noise.quantize",
+    "noise.space",
+    "noise.draws",
+    "dtype",
+)
 
 
 def inherit_tuning(cfg: RunConfig, explicit: set[str]) -> RunConfig:
@@ -58,7 +67,11 @@ def inherit_tuning(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     given explicitly, its target set when no data is given and its reference set when none is given (a
     differing explicit value is reported)."""
     std = cfg.noise.std
-    saved = Path(std).expanduser().parent / "config.json" if isinstance(std, str) and std.endswith(".json") else None
+    saved = (
+        Path(std).expanduser().parent / "config.json"
+        if isinstance(std, str) and std.endswith(".json")
+        else None
+    )
     if saved is None or not saved.is_file():
         return cfg
     new = inherit_settings(cfg, explicit, saved, INHERITED, "classify")
@@ -71,7 +84,9 @@ def inherit_tuning(cfg: RunConfig, explicit: set[str]) -> RunConfig:
     reference = saved.parent / "datasets" / SET_FILES["reference"]
     if "data.reference_datasets_list" not in explicit and not d.reference_paths and reference.is_file():
         d.reference_datasets_list = [str(reference)]
-        log.info("classify: the reference set of the tuning run: data.reference_datasets_list=[%s]", reference)
+        log.info(
+            "classify: the reference set of the tuning run: data.reference_datasets_list=[%s]", reference
+        )
     return new
 
 
@@ -82,8 +97,13 @@ def _pin_hub_models(cfg: RunConfig, explicit: set[str], resolved: dict[str, dict
         return
     for key, record in resolved.items():
         name = key.removeprefix("target_model.")
-        if record.get("commit") and key not in explicit and "." not in name and not record.get("implicit") \
-                and getattr(cfg.target_model, name) == record["value"]:
+        if (
+            record.get("commit")
+            and key not in explicit
+            and "." not in name
+            and not record.get("implicit")
+            and getattr(cfg.target_model, name) == record["value"]
+        ):
             if name == "model_path" and "target_model.revision" in explicit:
                 continue
             setattr(cfg.target_model, name, record["uri"])
@@ -104,9 +124,11 @@ def classify(cfg: RunConfig) -> list[dict] | None:
     plan.check(target)
     sets = DataSets(target, *build_reference(cfg.data, target, cfg.seed, cfg.path.cache_dir))
     if sets.reference.empty:
-        raise LoganError("the target set holds no known non-members to compare its images with: give a reference "
-                         "set, data.reference_datasets_list=NONMEMBERS.json (or noise.std=<a tuning run's "
-                         "optimal_std.json>, whose reference set is then used).")
+        raise LoganError(
+            "the target set holds no known non-members to compare its images with: give a reference "
+            "set, data.reference_datasets_list=NONMEMBERS.json (or noise.std=<a tuning run's "
+            "optimal_std.json>, whose reference set is then used)."
+        )
     samples = sets.all_samples()  # the reference set is scored with the target set: the verdicts read both
     samples.attrs["sources"] = sets.sources
     with run_folder(cfg, "classify", samples, shard) as work:

@@ -37,8 +37,18 @@ log = logging.getLogger(__name__)
 
 RUNS_KEY = "compare.runs"
 SHOWN = ("auc", "tpr_at_5pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")  # the table's columns per run
-ROW_COLUMNS = ("std", "k", "auc", "auc_ci_low", "auc_ci_high", "acc", "n_members", "n_nonmembers", "fold_std",
-               "fold_auc")
+ROW_COLUMNS = (
+    "std",
+    "k",
+    "auc",
+    "auc_ci_low",
+    "auc_ci_high",
+    "acc",
+    "n_members",
+    "n_nonmembers",
+    "fold_std",
+    "fold_auc",
+)
 
 
 @dataclass(frozen=True)
@@ -68,21 +78,27 @@ def _quoted(text: str) -> str:
 def open_runs(paths: list[str]) -> list[Run]:
     """The finished tune / select / classify runs of `paths` (a demo folder gives its attacked models' runs)."""
     if not paths:
-        raise LoganError("no runs to compare: logan compare RUN RUN ... (tune, select, classify or demo folders).")
+        raise LoganError(
+            "no runs to compare: logan compare RUN RUN ... (tune, select, classify or demo folders)."
+        )
     found: list[TuneResult | ClassifyResult] = []
     for text in paths:
         folder = Path(text).expanduser()
         if not folder.is_dir():
-            raise LoganError(f"{text} does not exist or is not a folder: give the folder of a finished run "
-                             "(tune, select, classify or demo).")
+            raise LoganError(
+                f"{text} does not exist or is not a folder: give the folder of a finished run "
+                "(tune, select, classify or demo)."
+            )
         result = load_run(folder)
         if isinstance(result, DemoResult):
             found += [run for tuned, classified in result.models.values() for run in (classified, tuned)]
         elif isinstance(result, (TuneResult, ClassifyResult)):
             found.append(result)
         else:
-            raise LoganError(f"{text} holds the output of 'logan {type(result).__name__[:-6].lower()}', not a run to "
-                             "compare: give tune, select, classify or demo folders.")
+            raise LoganError(
+                f"{text} holds the output of 'logan {type(result).__name__[:-6].lower()}', not a run to "
+                "compare: give tune, select, classify or demo folders."
+            )
     names = _names([result.output_dir for result in found])
     runs = [Run(name, result.output_dir, result) for name, result in zip(names, found)]
     if len(runs) < 2:
@@ -114,11 +130,22 @@ def metric_rows(runs: list[Run]) -> list[dict[str, Any]]:
         several = len(stds) > 1 and not (result.per_part or result.split == "crossfit")
         for row in table.to_dict("records"):
             label = f"{run.name} @ std {row['std']:g}" if several else run.name
-            rows.append({"run": label, "part": row["part"], "metric": row["metric"],
-                         **{name: value for name, value in row.items() if name in ROW_COLUMNS
-                            or name.startswith(("tpr_at_", "fpr_at_"))}})
+            rows.append(
+                {
+                    "run": label,
+                    "part": row["part"],
+                    "metric": row["metric"],
+                    **{
+                        name: value
+                        for name, value in row.items()
+                        if name in ROW_COLUMNS or name.startswith(("tpr_at_", "fpr_at_"))
+                    },
+                }
+            )
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    return sorted(rows, key=lambda r: (position(PARTS, r["part"]), metrics.index(r["metric"])))  # stable: by run
+    return sorted(
+        rows, key=lambda r: (position(PARTS, r["part"]), metrics.index(r["metric"]))
+    )  # stable: by run
 
 
 def tuning_rows(runs: list[Run]) -> list[dict[str, Any]]:
@@ -132,9 +159,19 @@ def tuning_rows(runs: list[Run]) -> list[dict[str, Any]]:
         for part, std in run.result.per_part.items():
             point = curves[(curves.part == part) & (curves.metric == metric) & (curves["std"] == std)]
             first = point.iloc[0] if len(point) else {}
-            rows.append({"run": run.name, "part": part, "metric": metric, "k": float(selection["k"]), "std": std,
-                         "tune_auc": float(first.get("tune_auc", np.nan)), "gap": float(first.get("gap", np.nan)),
-                         "rule": selection["rule"], "selected": part == selection["part"]})
+            rows.append(
+                {
+                    "run": run.name,
+                    "part": part,
+                    "metric": metric,
+                    "k": float(selection["k"]),
+                    "std": std,
+                    "tune_auc": float(first.get("tune_auc", np.nan)),
+                    "gap": float(first.get("gap", np.nan)),
+                    "rule": selection["rule"],
+                    "selected": part == selection["part"],
+                }
+            )
     return rows
 
 
@@ -143,20 +180,31 @@ def metric_table(rows: list[dict[str, Any]]) -> str:
     labels = list(dict.fromkeys(r["run"] for r in rows))
     cell = {(r["run"], r["part"], r["metric"]): r for r in rows}
     width = 6 + 7 + 8 * 3
-    lines = [("classify runs, each at its own std (each part at its own with noise.per_part) and K; higher score = "
-              "member; n/e = not estimable with this many non-members"),
-             f"{'':<10} {'':<28}" + "".join(f" | {_fit(label, width)}" for label in labels),
-             f"{'part':<10} {'metric':<28}" + " | {:>6} {:>6} {:>7} {:>7} {:>7}".format(
-                 "std", "AUC", "TPR@5%", "TPR@1%", "TPR@.1%") * len(labels)]
+    lines = [
+        (
+            "classify runs, each at its own std (each part at its own with noise.per_part) and K; higher score = "
+            "member; n/e = not estimable with this many non-members"
+        ),
+        f"{'':<10} {'':<28}" + "".join(f" | {_fit(label, width)}" for label in labels),
+        f"{'part':<10} {'metric':<28}"
+        + " | {:>6} {:>6} {:>7} {:>7} {:>7}".format("std", "AUC", "TPR@5%", "TPR@1%", "TPR@.1%")
+        * len(labels),
+    ]
     for part, metric in dict.fromkeys((r["part"], r["metric"]) for r in rows):
         cells = []
         for label in labels:
             r = cell.get((label, part, metric))
-            cells.append(f" | {std_text(r):>6} {r['auc']:6.3f} {format_tpr(r, '5pct')} {format_tpr(r, '1pct')} "
-                         f"{format_tpr(r, '0.1pct')}" if r else f" | {'-':>{width}}")
+            cells.append(
+                f" | {std_text(r):>6} {r['auc']:6.3f} {format_tpr(r, '5pct')} {format_tpr(r, '1pct')} "
+                f"{format_tpr(r, '0.1pct')}"
+                if r
+                else f" | {'-':>{width}}"
+            )
         lines.append(f"{part:<10} {metric:<28}" + "".join(cells))
-    counts = {r["run"]: f"{r['run']}: K = {r['k']:g}, {r['n_members']} members + {r['n_nonmembers']} non-members"
-              for r in rows}
+    counts = {
+        r["run"]: f"{r['run']}: K = {r['k']:g}, {r['n_members']} members + {r['n_nonmembers']} non-members"
+        for r in rows
+    }
     return "\n".join(lines + ["", *counts.values()])
 
 
@@ -164,23 +212,29 @@ def tuning_table(rows: list[dict[str, Any]]) -> str:
     """Per part, each tuning run's optimal std for its selection metric, with the curve's AUC and gap there."""
     labels = list(dict.fromkeys(r["run"] for r in rows))
     cell = {(r["run"], r["part"]): r for r in rows}
-    lines = [("tuning runs: each part's optimal std for the run's selection metric, the curve's target-vs-reference "
-              "AUC and gap there (* = the part the run's optimal std was chosen on)"),
-             f"{'':<10}" + "".join(f" | {_fit(label, 26)}" for label in labels),
-             f"{'part':<10}" + " | {:>8} {:>7} {:>9}".format("std", "AUC", "gap") * len(labels)]
+    lines = [
+        (
+            "tuning runs: each part's optimal std for the run's selection metric, the curve's target-vs-reference "
+            "AUC and gap there (* = the part the run's optimal std was chosen on)"
+        ),
+        f"{'':<10}" + "".join(f" | {_fit(label, 26)}" for label in labels),
+        f"{'part':<10}" + " | {:>8} {:>7} {:>9}".format("std", "AUC", "gap") * len(labels),
+    ]
     for part in dict.fromkeys(r["part"] for r in rows):
         cells = []
         for label in labels:
             r = cell.get((label, part))
             mark = "*" if r and r["selected"] else " "
-            cells.append(f" | {r['std']:>7g}{mark} {r['tune_auc']:7.3f} {r['gap']:9.2g}" if r else f" | {'-':>26}")
+            cells.append(
+                f" | {r['std']:>7g}{mark} {r['tune_auc']:7.3f} {r['gap']:9.2g}" if r else f" | {'-':>26}"
+            )
         lines.append(f"{part:<10}" + "".join(cells))
     rules = {r["run"]: f"{r['run']}: {r['metric']}, rule {r['rule']}, K = {r['k']:g}" for r in rows}
     return "\n".join(lines + ["", *rules.values()])
 
 
 def _fit(text: str, width: int) -> str:
-    return f"{text:<{width}}" if len(text) <= width else "..." + text[-(width - 3):]
+    return f"{text:<{width}}" if len(text) <= width else "..." + text[-(width - 3) :]
 
 
 def roc_metric(cfg: RunConfig, runs: list[Run]) -> str | None:
@@ -191,14 +245,18 @@ def roc_metric(cfg: RunConfig, runs: list[Run]) -> str | None:
     known = {m for _, result in classified for m in result.metrics.metric}
     if cfg.compare.metric is not None:
         if cfg.compare.metric not in known:
-            raise LoganError(f"compare.metric={cfg.compare.metric} is not a metric of these runs; use one of "
-                             f"{', '.join(sorted(known))}.")
+            raise LoganError(
+                f"compare.metric={cfg.compare.metric} is not a metric of these runs; use one of "
+                f"{', '.join(sorted(known))}."
+            )
         return cfg.compare.metric
     first, result = classified[0]
-    config = result.results.get("config") or (read_json(first.folder / "config.json")
-                                               if (first.folder / "config.json").is_file() else {})
-    chosen = (config.get("selection") or {}).get("metric") or next(iter(config.get("img_metrics", {}).get(
-        "metrics_to_use", [])), None)
+    config = result.results.get("config") or (
+        read_json(first.folder / "config.json") if (first.folder / "config.json").is_file() else {}
+    )
+    chosen = (config.get("selection") or {}).get("metric") or next(
+        iter(config.get("img_metrics", {}).get("metrics_to_use", [])), None
+    )
     return chosen if chosen in known else str(result.metrics.metric.iloc[0])
 
 
@@ -219,13 +277,22 @@ def roc_panels(runs: list[Run], rows: list[dict[str, Any]], metric: str) -> dict
 
 def _curves(result: ClassifyResult, row: dict[str, Any], label: str) -> dict[str, tuple]:
     """The ROC curve(s) of one metrics row (one per fold of a cross-fitted run)."""
-    stored = [c for c in result.results.get("roc", []) if c["metric"] == row["metric"] and c["part"] == row["part"]
-              and np.isclose(c["k"], row["k"]) and (row["std"] is None or np.isnan(row["std"])
-                                                     or np.isclose(c["std"], row["std"]))]
+    stored = [
+        c
+        for c in result.results.get("roc", [])
+        if c["metric"] == row["metric"]
+        and c["part"] == row["part"]
+        and np.isclose(c["k"], row["k"])
+        and (row["std"] is None or np.isnan(row["std"]) or np.isclose(c["std"], row["std"]))
+    ]
     if stored:
-        return {label + (f" fold {c['fold']}" if "fold" in c else ""): (np.array(c["fp"]) / c["n_nonmembers"],
-                                                                        np.array(c["tp"]) / c["n_members"])
-                for c in stored}
+        return {
+            label + (f" fold {c['fold']}" if "fold" in c else ""): (
+                np.array(c["fp"]) / c["n_nonmembers"],
+                np.array(c["tp"]) / c["n_members"],
+            )
+            for c in stored
+        }
     if row["std"] is None or np.isnan(row["std"]):
         return {}  # a cross-fitted run without results.json: its folds' curves are not in one std's scores
     roc = result.roc(row["metric"], row["part"], float(row["std"]), float(row["k"]))
@@ -241,7 +308,10 @@ def curve_panels(runs: list[Run]) -> dict[str, dict[str, tuple]]:
         curves, metric = run.result.curves, run.result.selection["selection_metric"]
         for part, group in curves[curves.metric == metric].groupby("part", sort=False):
             group = group.sort_values("std")
-            panels.setdefault(part, {})[run.name] = (group["std"].to_numpy(float), group.tune_auc.to_numpy(float))
+            panels.setdefault(part, {})[run.name] = (
+                group["std"].to_numpy(float),
+                group.tune_auc.to_numpy(float),
+            )
     return panels
 
 
@@ -249,10 +319,16 @@ def check_output(cfg: RunConfig) -> None:
     """compare writes into a folder of its own, never into one of the runs or another run folder (checked before
     its log opens there)."""
     out = cfg.output_dir
-    taken = [name for name in (FINGERPRINT_FILE, "demo_summary.json", "prepare_summary.json") if (out / name).exists()]
+    taken = [
+        name
+        for name in (FINGERPRINT_FILE, "demo_summary.json", "prepare_summary.json")
+        if (out / name).exists()
+    ]
     if taken or any(out.absolute() == Path(run).expanduser().absolute() for run in cfg.compare.runs):
-        raise LoganError(f"path.output_dir={out} is a run folder; give logan compare a folder of its own, e.g. "
-                         "path.output_dir=runs/compare.")
+        raise LoganError(
+            f"path.output_dir={out} is a run folder; give logan compare a folder of its own, e.g. "
+            "path.output_dir=runs/compare."
+        )
 
 
 def compare(cfg: RunConfig) -> dict[str, Any]:
@@ -266,18 +342,30 @@ def compare(cfg: RunConfig) -> dict[str, Any]:
     images = []
     if metric:
         images.append(out / "compare_roc.png")
-        roc_overlay(roc_panels(runs, rows, metric), images[-1], f"ROC of {metric}, each run at its own std and K")
+        roc_overlay(
+            roc_panels(runs, rows, metric), images[-1], f"ROC of {metric}, each run at its own std and K"
+        )
     if tuned:
         images.append(out / "compare_curves.png")
-        curve_overlay(curve_panels(runs), images[-1], "tuning curves of each run's selection metric",
-                      "AUC of target vs reference")
+        curve_overlay(
+            curve_panels(runs),
+            images[-1],
+            "tuning curves of each run's selection metric",
+            "AUC of target vs reference",
+        )
     with atomic_path(out / "compare.txt") as tmp:
         tmp.write_text(text + "\n")
     doc = header(cfg, "compare", None)
-    doc["runs"] = [{"name": run.name, "folder": relative(run.folder, out),
-                    "command": run.result.results.get("command") or ("classify" if isinstance(
-                        run.result, ClassifyResult) else "tune"),
-                    "results": relative(run.folder / RESULTS, out) if run.result.results else None} for run in runs]
+    doc["runs"] = [
+        {
+            "name": run.name,
+            "folder": relative(run.folder, out),
+            "command": run.result.results.get("command")
+            or ("classify" if isinstance(run.result, ClassifyResult) else "tune"),
+            "results": relative(run.folder / RESULTS, out) if run.result.results else None,
+        }
+        for run in runs
+    ]
     doc["metrics"] = columns(rows, ("run", "part", "metric", "std", "k"))
     doc["tuning"] = columns(tuned, ("run", "part", "metric", "k", "std", "tune_auc", "gap"))
     doc["roc_metric"] = metric

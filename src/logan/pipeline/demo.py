@@ -68,19 +68,31 @@ def make_models(cfg: RunConfig, out: Path, lists: dict[str, Path]) -> tuple[Path
     if not (untrained / "logan_tiny.json").exists():
         from logan.models.tiny import TinySpec
 
-        build_tiny_llava(untrained, vocabulary() + captions, TinySpec(image_size=d.image_size, hidden=d.hidden, layers=d.layers,
-                                                                 intermediate=2 * d.hidden), seed=cfg.seed,
-                         instruction=cfg.prompt.text)
+        build_tiny_llava(
+            untrained,
+            vocabulary() + captions,
+            TinySpec(image_size=d.image_size, hidden=d.hidden, layers=d.layers, intermediate=2 * d.hidden),
+            seed=cfg.seed,
+            instruction=cfg.prompt.text,
+        )
     if not (trained / "trained.json").exists():
         shutil.rmtree(trained, ignore_errors=True)
         shutil.copytree(untrained, trained)
         members = read_json(lists["members"])
         started = time.time()
-        history = train_captioner(trained, [(e["image"], e["caption"]) for e in members], cfg.prompt.text,
-                                  epochs=d.epochs, learning_rate=d.learning_rate, batch_size=d.train_batch_size,
-                                  seed=cfg.seed)
-        write_json(trained / "trained.json", {"epochs": d.epochs, "loss_per_epoch": history,
-                                              "seconds": round(time.time() - started, 1)})
+        history = train_captioner(
+            trained,
+            [(e["image"], e["caption"]) for e in members],
+            cfg.prompt.text,
+            epochs=d.epochs,
+            learning_rate=d.learning_rate,
+            batch_size=d.train_batch_size,
+            seed=cfg.seed,
+        )
+        write_json(
+            trained / "trained.json",
+            {"epochs": d.epochs, "loss_per_epoch": history, "seconds": round(time.time() - started, 1)},
+        )
     return trained, untrained
 
 
@@ -89,22 +101,36 @@ def attack(cfg: RunConfig, model: Path, lists: dict[str, Path], folder: Path) ->
     d = cfg.demo
     total = d.n_members + d.n_nonmembers
     parts = list(dict.fromkeys([*cfg.img_metrics.parts, "caption"]))
-    tcfg = derive(cfg, **{
-        "target_model.name": "llava-hf", "target_model.model_path": str(model),
-        "data.member_dataset": str(lists["members"]), "data.nonmember_dataset": str(lists["nonmembers"]),
-        "data.target_set_size": total, "data.n_nm_ratio": d.n_nonmembers / total,
-        "data.reference_datasets_list": [str(lists["reference"])], "data.reference_set_size": d.n_nonmembers,
-        "img_metrics.parts": parts, "path.output_dir": str(folder / "tune"),
-        "inference.batch_size": d.batch_size, "generation.batch_size": d.batch_size,
-        **({"noise.std_sets": d.std_sets} if d.std_sets else {}),
-    })
+    tcfg = derive(
+        cfg,
+        **{
+            "target_model.name": "llava-hf",
+            "target_model.model_path": str(model),
+            "data.member_dataset": str(lists["members"]),
+            "data.nonmember_dataset": str(lists["nonmembers"]),
+            "data.target_set_size": total,
+            "data.n_nm_ratio": d.n_nonmembers / total,
+            "data.reference_datasets_list": [str(lists["reference"])],
+            "data.reference_set_size": d.n_nonmembers,
+            "img_metrics.parts": parts,
+            "path.output_dir": str(folder / "tune"),
+            "inference.batch_size": d.batch_size,
+            "generation.batch_size": d.batch_size,
+            **({"noise.std_sets": d.std_sets} if d.std_sets else {}),
+        },
+    )
     selected = tune(tcfg)
-    ccfg = derive(tcfg, **{
-        "data.dataset": str(folder / "tune" / "datasets" / "target_dataset.parquet"),
-        "data.member_dataset": None, "data.nonmember_dataset": None,
-        "noise.std": str(folder / "tune" / "optimal_std.json"), "noise.per_part": True,
-        "path.output_dir": str(folder / "classify"),
-    })
+    ccfg = derive(
+        tcfg,
+        **{
+            "data.dataset": str(folder / "tune" / "datasets" / "target_dataset.parquet"),
+            "data.member_dataset": None,
+            "data.nonmember_dataset": None,
+            "noise.std": str(folder / "tune" / "optimal_std.json"),
+            "noise.per_part": True,
+            "path.output_dir": str(folder / "classify"),
+        },
+    )
     rows = classify(ccfg)
     assert selected is not None and rows is not None, "the demo runs unsharded: tune and classify finish here"
     return selected, rows
@@ -114,11 +140,14 @@ def comparison(results: dict[str, tuple[dict, list[dict]]], k: float) -> str:
     """Metric x part table, each part at its own optimal std: AUC and TPR at 5 % / 1 % FPR per model."""
     names = list(results)
     header = f"{'part':<10} {'metric':<28}" + "".join(
-        f" {name + ' std':>12} {'AUC':>6} {'TPR@5%':>7} {'TPR@1%':>7}" for name in names)
+        f" {name + ' std':>12} {'AUC':>6} {'TPR@5%':>7} {'TPR@1%':>7}" for name in names
+    )
     selection, first = results[names[0]][0], results[names[0]][1][0]
-    title = (f"K = {k:g}; each part at the std its own tuning curve selects (selection metric "
-             f"{selection['selection_metric']}); {_where(selection, first)}; n/e = not estimable with this many "
-             "non-members")
+    title = (
+        f"K = {k:g}; each part at the std its own tuning curve selects (selection metric "
+        f"{selection['selection_metric']}); {_where(selection, first)}; n/e = not estimable with this many "
+        "non-members"
+    )
     lines = [title, header]
     parts = results[names[0]][0]["per_part"]
     metrics = list(dict.fromkeys(r["metric"] for r in results[names[0]][1]))
@@ -126,9 +155,14 @@ def comparison(results: dict[str, tuple[dict, list[dict]]], k: float) -> str:
         for metric in metrics:
             cells = []
             for name in names:
-                row = next(r for r in results[name][1] if r["part"] == part and r["metric"] == metric
-                           and abs(r["k"] - k) < 1e-9)
-                cells.append(f" {std_text(row):>12} {row['auc']:6.3f} {format_tpr(row, '5pct')} {format_tpr(row, '1pct')}")
+                row = next(
+                    r
+                    for r in results[name][1]
+                    if r["part"] == part and r["metric"] == metric and abs(r["k"] - k) < 1e-9
+                )
+                cells.append(
+                    f" {std_text(row):>12} {row['auc']:6.3f} {format_tpr(row, '5pct')} {format_tpr(row, '1pct')}"
+                )
             lines.append(f"{part:<10} {metric:<28}" + "".join(cells))
     return "\n".join(lines)
 
@@ -137,9 +171,11 @@ def _where(selection: dict[str, Any], row: dict[str, Any]) -> str:
     """Which samples the table's AUCs count, by the selection's split."""
     split = (selection.get("split") or {}).get("mode", "none")
     counted = f"{row['n_members']} members + {row['n_nonmembers']} non-members"
-    return {"none": f"AUCs on all {counted}, the samples the std was chosen on",
-            "holdout": f"std chosen on a selection half, AUCs on the held-out {counted}",
-            "crossfit": f"each half at the std chosen on the other, AUCs the mean of the halves' ({counted})"}[split]
+    return {
+        "none": f"AUCs on all {counted}, the samples the std was chosen on",
+        "holdout": f"std chosen on a selection half, AUCs on the held-out {counted}",
+        "crossfit": f"each half at the std chosen on the other, AUCs the mean of the halves' ({counted})",
+    }[split]
 
 
 def blind_line(folder: Path) -> str:
@@ -176,7 +212,9 @@ def _demo(cfg: RunConfig) -> dict[str, Any]:
         "seconds": round(time.time() - started, 1),
         "stages": stages,
         "optimal_std": {name: sel["optimal_std"] for name, (sel, _) in results.items()},
-        "best": {name: estimable_only(max(rows, key=lambda r: r["auc"])) for name, (_, rows) in results.items()},
+        "best": {
+            name: estimable_only(max(rows, key=lambda r: r["auc"])) for name, (_, rows) in results.items()
+        },
         "best_note": BEST_NOTE,
         "table": table,
     }

@@ -24,13 +24,30 @@ from logan.models.contract import ImageBatch, TokenBatch
 
 log = logging.getLogger(__name__)
 
-AUTO_GPU_BATCH = 64   # generation.batch_size=auto on a GPU (decoding is memory-bound: wide batches are cheap)
+AUTO_GPU_BATCH = 64  # generation.batch_size=auto on a GPU (decoding is memory-bound: wide batches are cheap)
 AUTO_CPU_BATCH = 8
 
 
-GENERATION_KEYS = ("target_model", "model_path", "model_base", "ckpt", "vision_tower", "llama_model", "vit_model",
-                   "q_former_model", "model_type", "model", "conv_mode", "pad_to_square", "vocab_size", "prompt",
-                   "num_gen_tokens", "dtype", "trust_remote_code", "processor_kwargs")
+GENERATION_KEYS = (
+    "target_model",
+    "model_path",
+    "model_base",
+    "ckpt",
+    "vision_tower",
+    "llama_model",
+    "vit_model",
+    "q_former_model",
+    "model_type",
+    "model",
+    "conv_mode",
+    "pad_to_square",
+    "vocab_size",
+    "prompt",
+    "num_gen_tokens",
+    "dtype",
+    "trust_remote_code",
+    "processor_kwargs",
+)
 
 
 def reusable(run: Path, fingerprint: dict) -> dict:
@@ -46,8 +63,13 @@ def reusable(run: Path, fingerprint: dict) -> dict:
     return read_json(cache)
 
 
-def describe(cfg: RunConfig, model: VLMAdapter, sources: dict[str, str | bytes], cache: Path,
-             donors: list[dict] | None = None) -> dict[str, list[int]]:
+def describe(
+    cfg: RunConfig,
+    model: VLMAdapter,
+    sources: dict[str, str | bytes],
+    cache: Path,
+    donors: list[dict] | None = None,
+) -> dict[str, list[int]]:
     """Token ids of each sample's description (`sources`: sample id -> its image file or bytes), generating
     only those not cached (here or in `donors`)."""
     images = list(sources)
@@ -61,15 +83,24 @@ def describe(cfg: RunConfig, model: VLMAdapter, sources: dict[str, str | bytes],
     size = generation_batch_size(cfg.generation.batch_size, model.device)
     started = time.time()
     # the next batch's images are decoded and preprocessed in a thread while this one generates
-    with tqdm(total=len(todo), desc="describe", unit="image", leave=False) as bar, \
-            ThreadPoolExecutor(1, thread_name_prefix="logan-describe") as pool:
+    with (
+        tqdm(total=len(todo), desc="describe", unit="image", leave=False) as bar,
+        ThreadPoolExecutor(1, thread_name_prefix="logan-describe") as pool,
+    ):
         start, ahead = 0, None
         while start < len(todo):
-            batch = todo[start:start + size]
-            pixels = ahead[1] if ahead is not None and ahead[0] == batch else \
-                pool.submit(_pixels, model, [sources[i] for i in batch])
-            following = todo[start + size:start + 2 * size]
-            ahead = (following, pool.submit(_pixels, model, [sources[i] for i in following])) if following else None
+            batch = todo[start : start + size]
+            pixels = (
+                ahead[1]
+                if ahead is not None and ahead[0] == batch
+                else pool.submit(_pixels, model, [sources[i] for i in batch])
+            )
+            following = todo[start + size : start + 2 * size]
+            ahead = (
+                (following, pool.submit(_pixels, model, [sources[i] for i in following]))
+                if following
+                else None
+            )
             try:
                 texts = _generate(cfg, model, batch, pixels.result())
             except torch.OutOfMemoryError:
@@ -84,7 +115,12 @@ def describe(cfg: RunConfig, model: VLMAdapter, sources: dict[str, str | bytes],
             fault_point("describe")
             start += len(batch)
             bar.update(len(batch))
-    log.info("generated %d descriptions in %.1f s (generation.batch_size=%d)", len(todo), time.time() - started, size)
+    log.info(
+        "generated %d descriptions in %.1f s (generation.batch_size=%d)",
+        len(todo),
+        time.time() - started,
+        size,
+    )
     return {img: stored[img]["ids"] for img in images}
 
 

@@ -45,8 +45,9 @@ def models_table() -> str:
 
 
 def metrics_table() -> str:
-    rows = [(s.name, s.needs, s.aggregate, s.orientation, s.origin, s.description)
-            for s in all_metrics().values()]
+    rows = [
+        (s.name, s.needs, s.aggregate, s.orientation, s.origin, s.description) for s in all_metrics().values()
+    ]
     return table(("metric", "needs", "aggregate", "orientation", "from", "description"), rows)
 
 

@@ -43,7 +43,9 @@ def merge_shards(out: Path, num_shards: int, stds: list[float], baselines: bool)
         if not all(is_done(shard, std) for shard in shards):
             complete = False
             continue
-        combine([std_folder(shard, std) for shard in shards], std_folder(out, std), std, merged_from=len(shards))
+        combine(
+            [std_folder(shard, std) for shard in shards], std_folder(out, std), std, merged_from=len(shards)
+        )
     descriptions = {}
     for shard in shards:
         if (shard / "descriptions.json").exists():
@@ -87,8 +89,13 @@ def finish(cfg: RunConfig, command: str, shard: ShardInfo) -> Any:
             log.info("another shard is merging %s", out)
             return None
         if not merged:
-            log.info("shard %d of %d is done; the last shard to finish merges (or run 'logan merge "
-                     "path.output_dir=%s')", shard.shard_id, shard.num_shards, out)
+            log.info(
+                "shard %d of %d is done; the last shard to finish merges (or run 'logan merge "
+                "path.output_dir=%s')",
+                shard.shard_id,
+                shard.num_shards,
+                out,
+            )
             return None
     if command == "tune":
         return select(cfg, "tune")
@@ -96,7 +103,9 @@ def finish(cfg: RunConfig, command: str, shard: ShardInfo) -> Any:
 
     target = read_set(out / "datasets" / SET_FILES["target"], "target set")
     reference = out / "datasets" / SET_FILES["reference"]
-    return evaluate(cfg, target, std_plan(cfg), read_set(reference, "reference set") if reference.is_file() else None)
+    return evaluate(
+        cfg, target, std_plan(cfg), read_set(reference, "reference set") if reference.is_file() else None
+    )
 
 
 def merge(cfg: RunConfig) -> Path:
@@ -108,5 +117,7 @@ def merge(cfg: RunConfig) -> Path:
     run_cfg = RunConfig.from_dict(read_json(saved))
     command = read_json(out / "run_fingerprint.json")["command"]
     if finish(run_cfg, command, ShardInfo(0, detect_shards(out), "array")) is None:
-        raise LoganError(f"some shards of {out} are not finished yet; rerun their jobs, then 'logan merge' again.")
+        raise LoganError(
+            f"some shards of {out} are not finished yet; rerun their jobs, then 'logan merge' again."
+        )
     return out

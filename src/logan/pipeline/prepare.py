@@ -42,10 +42,13 @@ log = logging.getLogger(__name__)
 
 SUMMARY = "prepare_summary.json"
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png"}
-SIZE_RATIO = 1.25    # medians further apart than this (either way) differ clearly
-FORMAT_GAP = 0.2     # JPEG shares further apart than this differ clearly
-USE = {"members.json": "data.member_dataset={}", "nonmembers.json": "data.nonmember_dataset={}",
-       "reference.json": "data.reference_datasets_list=[{}]"}
+SIZE_RATIO = 1.25  # medians further apart than this (either way) differ clearly
+FORMAT_GAP = 0.2  # JPEG shares further apart than this differ clearly
+USE = {
+    "members.json": "data.member_dataset={}",
+    "nonmembers.json": "data.nonmember_dataset={}",
+    "reference.json": "data.reference_datasets_list=[{}]",
+}
 PREPARE_KEYS = {f.name for f in dataclasses.fields(PrepareConfig)}
 
 
@@ -97,7 +100,7 @@ class ListWriter:
         for key in keys:
             image = self.entries.pop(key)["image"]
             if image.startswith(self.folder + "/"):
-                (self.staging / image[len(self.folder) + 1:]).unlink(missing_ok=True)
+                (self.staging / image[len(self.folder) + 1 :]).unlink(missing_ok=True)
             del self.stats[key]
 
     def summary(self, dataset: str) -> dict[str, Any]:
@@ -105,10 +108,19 @@ class ListWriter:
         formats = Counter(s[2] for s in self.stats.values())
         n = len(self.stats)
         return {
-            "dataset": dataset, "label": self.label, "count": n, "duplicates": self.duplicates,
+            "dataset": dataset,
+            "label": self.label,
+            "count": n,
+            "duplicates": self.duplicates,
             "unreadable": len(self.unreadable),
-            **{axis: {"median": float(np.median(sizes[:, i])), "min": int(sizes[:, i].min()),
-                      "max": int(sizes[:, i].max())} for i, axis in enumerate(("width", "height"))},
+            **{
+                axis: {
+                    "median": float(np.median(sizes[:, i])),
+                    "min": int(sizes[:, i].min()),
+                    "max": int(sizes[:, i].max()),
+                }
+                for i, axis in enumerate(("width", "height"))
+            },
             "formats": {fmt: round(count / n, 4) for fmt, count in formats.most_common()},
         }
 
@@ -137,8 +149,14 @@ def prepare(cfg: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def _convert(out: Path, converter: ModuleType, options: PrepareConfig, total: int | None,
-             records: Iterator[Record], report: Report) -> tuple[dict[int, ListWriter], int]:
+def _convert(
+    out: Path,
+    converter: ModuleType,
+    options: PrepareConfig,
+    total: int | None,
+    records: Iterator[Record],
+    report: Report,
+) -> tuple[dict[int, ListWriter], int]:
     """Route the records to their lists; each list's images are staged and replace OUT/images/<list>."""
     with ExitStack() as stack:
         writers = {}
@@ -163,8 +181,10 @@ def _check_apart(out: Path, paths: list[str | None]) -> None:
     images = (out / "images").resolve()
     for path in filter(None, paths):
         if Path(path).expanduser().resolve().is_relative_to(images):
-            raise LoganError(f"path.output_dir={out} would write its images into {path}; "
-                             "choose an output folder outside the downloaded data.")
+            raise LoganError(
+                f"path.output_dir={out} would write its images into {path}; "
+                "choose an output folder outside the downloaded data."
+            )
 
 
 def _drop_conflicts(writers: list[ListWriter]) -> int:
@@ -181,18 +201,30 @@ def _empty_message(dataset: str, writer: ListWriter, report: Report) -> str:
     what = "members" if writer.label == 1 else "non-members"
     if report.missing:
         first = ", ".join(report.first_missing())
-        return (f"{dataset}: none of the images for {writer.file} were found: {len(report.missing)} "
-                f"referenced images are missing under {report.where} (first: {first}); "
-                "give the folder that holds them (images=DIR) or check source=.")
+        return (
+            f"{dataset}: none of the images for {writer.file} were found: {len(report.missing)} "
+            f"referenced images are missing under {report.where} (first: {first}); "
+            "give the folder that holds them (images=DIR) or check source=."
+        )
     if writer.unreadable:
-        return (f"{dataset}: every image for {writer.file} is unreadable (first: "
-                f"{', '.join(writer.unreadable[:SHOWN])}); download the images again.")
-    return (f"{dataset}: found no {what} in {report.where or 'the source'} ({report.entries} entries read, "
-            f"{report.text_only} without an image); check source= and subset=.")
+        return (
+            f"{dataset}: every image for {writer.file} is unreadable (first: "
+            f"{', '.join(writer.unreadable[:SHOWN])}); download the images again."
+        )
+    return (
+        f"{dataset}: found no {what} in {report.where or 'the source'} ({report.entries} entries read, "
+        f"{report.text_only} without an image); check source= and subset=."
+    )
 
 
-def _summary(out: Path, dataset: str, options: PrepareConfig, report: Report, writers: dict[int, ListWriter],
-             conflicts: int) -> dict[str, Any]:
+def _summary(
+    out: Path,
+    dataset: str,
+    options: PrepareConfig,
+    report: Report,
+    writers: dict[int, ListWriter],
+    conflicts: int,
+) -> dict[str, Any]:
     """This run's lists and counts, merged with the lists prepared earlier into the same folder."""
     old: dict[str, Any] = {}
     if (out / SUMMARY).is_file():
@@ -204,14 +236,24 @@ def _summary(out: Path, dataset: str, options: PrepareConfig, report: Report, wr
     sets.update({w.file: w.summary(dataset) for w in writers.values()})
     runs = dict(old.get("runs") or {})
     runs[dataset] = {
-        "source": _absolute(options.source), "subset": options.subset, "images": _absolute(options.images),
+        "source": _absolute(options.source),
+        "subset": options.subset,
+        "images": _absolute(options.images),
         "limit": options.limit,
-        "copy_images": options.copy_images, "entries": report.entries, "without_image": report.text_only,
-        "missing": {"count": len(report.missing), "first": report.first_missing()}, "conflicts": conflicts,
+        "copy_images": options.copy_images,
+        "entries": report.entries,
+        "without_image": report.text_only,
+        "missing": {"count": len(report.missing), "first": report.first_missing()},
+        "conflicts": conflicts,
         "unreadable": {w.file: w.unreadable[:SHOWN] for w in writers.values() if w.unreadable},
     }
-    comparisons = [{"members": m, "nonmembers": n, "warning": _compare(m, sets[m], n, sets[n])}
-                   for m in sets if sets[m]["label"] == 1 for n in sets if sets[n]["label"] == 0]
+    comparisons = [
+        {"members": m, "nonmembers": n, "warning": _compare(m, sets[m], n, sets[n])}
+        for m in sets
+        if sets[m]["label"] == 1
+        for n in sets
+        if sets[n]["label"] == 0
+    ]
     return {"sets": sets, "runs": runs, "comparisons": comparisons}
 
 
@@ -225,33 +267,56 @@ def _compare(m_file: str, members: dict[str, Any], n_file: str, nonmembers: dict
     jpeg = [s["formats"].get("JPEG", 0.0) for s in (members, nonmembers)]
     differences = []
     if any(max(m, n) > SIZE_RATIO * min(m, n) for m, n in medians):
-        differences.append(f"image size (median {medians[0][0]:g}x{medians[1][0]:g} px vs "
-                           f"{medians[0][1]:g}x{medians[1][1]:g} px)")
+        differences.append(
+            f"image size (median {medians[0][0]:g}x{medians[1][0]:g} px vs "
+            f"{medians[0][1]:g}x{medians[1][1]:g} px)"
+        )
     if abs(jpeg[0] - jpeg[1]) > FORMAT_GAP:
         differences.append(f"format (JPEG {jpeg[0]:.0%} vs {jpeg[1]:.0%})")
     if not differences:
         return None
-    return (f"members ({m_file}) and non-members ({n_file}) differ clearly in {' and '.join(differences)}. "
-            "Such a split can be told apart without any membership signal, and the same noise std acts "
-            "differently at different resolutions: read LOGAN's AUC next to classify's model-free baseline, "
-            "or choose sets of matching resolution and format.")
+    return (
+        f"members ({m_file}) and non-members ({n_file}) differ clearly in {' and '.join(differences)}. "
+        "Such a split can be told apart without any membership signal, and the same noise std acts "
+        "differently at different resolutions: read LOGAN's AUC next to classify's model-free baseline, "
+        "or choose sets of matching resolution and format."
+    )
 
 
-def _log(out: Path, summary: dict[str, Any], report: Report, writers: dict[int, ListWriter],
-         conflicts: int) -> None:
+def _log(
+    out: Path, summary: dict[str, Any], report: Report, writers: dict[int, ListWriter], conflicts: int
+) -> None:
     for writer in writers.values():
         s = summary["sets"][writer.file]
         formats = ", ".join(f"{fmt} {share:.0%}" for fmt, share in s["formats"].items())
         width, height = s["width"], s["height"]
-        log.info("%s: %d images (%d duplicates skipped); width median %g [%d-%d], height median %g "
-                 "[%d-%d]; %s", out / writer.file, s["count"], writer.duplicates, width["median"],
-                 width["min"], width["max"], height["median"], height["min"], height["max"], formats)
+        log.info(
+            "%s: %d images (%d duplicates skipped); width median %g [%d-%d], height median %g [%d-%d]; %s",
+            out / writer.file,
+            s["count"],
+            writer.duplicates,
+            width["median"],
+            width["min"],
+            width["max"],
+            height["median"],
+            height["min"],
+            height["max"],
+            formats,
+        )
         if writer.unreadable:
-            log.warning("%d unreadable images skipped for %s (first: %s)", len(writer.unreadable),
-                        writer.file, ", ".join(writer.unreadable[:SHOWN]))
+            log.warning(
+                "%d unreadable images skipped for %s (first: %s)",
+                len(writer.unreadable),
+                writer.file,
+                ", ".join(writer.unreadable[:SHOWN]),
+            )
     if report.missing:
-        log.warning("%d referenced images are missing under %s and were skipped (first: %s)",
-                    len(report.missing), report.where, ", ".join(report.first_missing()))
+        log.warning(
+            "%d referenced images are missing under %s and were skipped (first: %s)",
+            len(report.missing),
+            report.where,
+            ", ".join(report.first_missing()),
+        )
     if report.text_only:
         log.info("%d entries without an image were skipped", report.text_only)
     if conflicts:

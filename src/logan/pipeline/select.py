@@ -52,11 +52,18 @@ def curve_point(std: float, values: pd.DataFrame, target: set[str], reference: s
     t, r = value[values.sample_id.isin(target).to_numpy()], value[values.sample_id.isin(reference).to_numpy()]
     labels = np.r_[np.ones(len(t)), np.zeros(len(r))]
     auc = roc_summary(labels, -np.r_[t, r])["auc"] if len(t) and len(r) else float("nan")
-    return {"std": float(std), "target_mean": float(np.nanmean(t)), "reference_mean": float(np.nanmean(r)),
-            "gap": float(np.nanmean(t) - np.nanmean(r)), "tune_auc": float(auc)}
+    return {
+        "std": float(std),
+        "target_mean": float(np.nanmean(t)),
+        "reference_mean": float(np.nanmean(r)),
+        "gap": float(np.nanmean(t) - np.nanmean(r)),
+        "tune_auc": float(auc),
+    }
 
 
-def curves_of(out: Path, k: float, sets: list[tuple[set[str], set[str]]]) -> list[dict[tuple[str, str], list[dict]]]:
+def curves_of(
+    out: Path, k: float, sets: list[tuple[set[str], set[str]]]
+) -> list[dict[tuple[str, str], list[dict]]]:
     """Every (part, metric)'s curve over the finished stds, for each (target, reference) pair of `sets`,
     reading one std's scores at a time (memory grows with the number of images, not images x std values)."""
     curves: list[dict[tuple[str, str], list[dict]]] = [{} for _ in sets]
@@ -64,7 +71,9 @@ def curves_of(out: Path, k: float, sets: list[tuple[set[str], set[str]]]) -> lis
         scores = load_scores(out, [std], k=k)
         for (part, metric), rows in scores.groupby(["part", "metric"]).indices.items():
             for found, (target, reference) in zip(curves, sets):
-                found.setdefault((part, metric), []).append(curve_point(std, scores.iloc[rows], target, reference))
+                found.setdefault((part, metric), []).append(
+                    curve_point(std, scores.iloc[rows], target, reference)
+                )
     return curves
 
 
@@ -77,8 +86,10 @@ def split_target(target: pd.DataFrame, fraction: float, seed: int) -> list[list[
     for label in (1, 0):
         images = sorted(target.sample_id[target.label == label])
         if len(images) < 2:
-            raise LoganError(f"selection.split needs at least 2 {'members' if label else 'non-members'} in the "
-                             f"target set to put one on each side (it holds {len(images)}); use selection.split=none.")
+            raise LoganError(
+                f"selection.split needs at least 2 {'members' if label else 'non-members'} in the "
+                f"target set to put one on each side (it holds {len(images)}); use selection.split=none."
+            )
         n = min(max(round(fraction * len(images)), 1), len(images) - 1)
         order = rng.permutation(len(images))
         folds[0] += [images[i] for i in order[:n]]
@@ -103,8 +114,10 @@ def pick(points: list[dict[str, float]], rule: str) -> float:
     skip = {e["std"] for e in excluded(points)}
     usable = [p for p in points if p["std"] not in skip]
     if not usable:
-        raise LoganError("the run holds no std > 0 with finite results (std 0 adds no noise and is never "
-                         "selected): run 'logan tune' with std values > 0.")
+        raise LoganError(
+            "the run holds no std > 0 with finite results (std 0 adds no noise and is never "
+            "selected): run 'logan tune' with std values > 0."
+        )
     if rule == "min_gap":
         return min(usable, key=lambda p: p["gap"])["std"]
     if rule == "max_abs_gap":
@@ -115,9 +128,11 @@ def pick(points: list[dict[str, float]], rule: str) -> float:
 def check_k(cfg: RunConfig) -> None:
     """selection.k must be one of img_metrics.ratio: the curves and classify's tables are read at it."""
     if not any(np.isclose(float(k), cfg.selection.k) for k in cfg.img_metrics.ratio):
-        raise LoganError(f"selection.k={cfg.selection.k:g} is not one of img_metrics.ratio "
-                         f"({', '.join(f'{float(k):g}' for k in cfg.img_metrics.ratio)}): the tuning curve and "
-                         "classify's tables are read at K = selection.k; pick one of them or add it to the list.")
+        raise LoganError(
+            f"selection.k={cfg.selection.k:g} is not one of img_metrics.ratio "
+            f"({', '.join(f'{float(k):g}' for k in cfg.img_metrics.ratio)}): the tuning curve and "
+            "classify's tables are read at K = selection.k; pick one of them or add it to the list."
+        )
 
 
 def check_selection(cfg: RunConfig, grid: bool = True) -> None:
@@ -128,17 +143,24 @@ def check_selection(cfg: RunConfig, grid: bool = True) -> None:
     m, s = cfg.img_metrics, cfg.selection
     noise = [name for name in m.metrics_to_use if get_metric(name).needs == "noise"]
     if not noise:
-        raise LoganError(f"img_metrics.metrics_to_use=[{','.join(m.metrics_to_use)}] holds no metric that depends "
-                         "on the noise, so there is no std to tune; add one of LOGAN's divergences, e.g. "
-                         "max_k_no_norn_kl_div (or run 'logan classify' for the std-independent baselines).")
+        raise LoganError(
+            f"img_metrics.metrics_to_use=[{','.join(m.metrics_to_use)}] holds no metric that depends "
+            "on the noise, so there is no std to tune; add one of LOGAN's divergences, e.g. "
+            "max_k_no_norn_kl_div (or run 'logan classify' for the std-independent baselines)."
+        )
     if s.metric is not None and s.metric not in noise:
-        why = "does not depend on the noise" if s.metric in m.metrics_to_use else "is not in img_metrics.metrics_to_use"
+        why = (
+            "does not depend on the noise"
+            if s.metric in m.metrics_to_use
+            else "is not in img_metrics.metrics_to_use"
+        )
         raise LoganError(f"selection.metric={s.metric} {why}; use one of {', '.join(noise)}.")
     if s.part is not None and s.part not in m.parts:
         raise LoganError(f"selection.part={s.part} is not in img_metrics.parts ({', '.join(m.parts)}).")
     if grid and not any(std > 0 for group in cfg.std_sets() for std in group):
-        raise LoganError("noise.std_sets holds only std 0, which adds no noise and is never selected; add std "
-                         "values > 0.")
+        raise LoganError(
+            "noise.std_sets holds only std 0, which adds no noise and is never selected; add std values > 0."
+        )
 
 
 def inherit_selection(cfg: RunConfig, explicit: set[str]) -> RunConfig:
@@ -167,32 +189,55 @@ def choose(cfg: RunConfig, all_curves: dict[tuple[str, str], list[dict]]) -> dic
     for other in dict.fromkeys(p for p in cfg.img_metrics.parts if (p, metric) in all_curves):
         points = all_curves[(other, metric)]
         per_part[other] = {"optimal_std": pick(points, s.rule), "curve": points}
-    return {"optimal_std": pick(curves[metric], s.rule), "selection_metric": metric, "rule": s.rule, "part": part,
-            "k": s.k, "alternatives": {rule: pick(curves[metric], rule) for rule in RULES}, "curves": curves,
-            "per_part": per_part}
+    return {
+        "optimal_std": pick(curves[metric], s.rule),
+        "selection_metric": metric,
+        "rule": s.rule,
+        "part": part,
+        "k": s.k,
+        "alternatives": {rule: pick(curves[metric], rule) for rule in RULES},
+        "curves": curves,
+        "per_part": per_part,
+    }
 
 
 def label_note(same: bool, split: str) -> str:
     """One plain sentence on whether the choice used membership labels, and on which samples."""
     if same:
-        used = ("The reference set is the target's non-members, so every curve, and every rule on it (min_gap, "
-                "max_abs_gap, max_tune_auc), used membership labels")
-        return used + {
-            "none": (" of the very samples classify then scores: AUCs at this std are optimistic "
-                     "(selection.split=holdout or crossfit chooses it on other samples)."),
-            "holdout": (" of the selection part only; classify at this file reports AUCs on the held-out "
-                        "evaluation part."),
-            "crossfit": (" of one fold per choice; classify at this file scores each sample at the std chosen on "
-                         "the other fold (the top-level optimal_std, chosen on all samples, is for reference)."),
+        used = (
+            "The reference set is the target's non-members, so every curve, and every rule on it (min_gap, "
+            "max_abs_gap, max_tune_auc), used membership labels"
+        )
+        return (
+            used
+            + {
+                "none": (
+                    " of the very samples classify then scores: AUCs at this std are optimistic "
+                    "(selection.split=holdout or crossfit chooses it on other samples)."
+                ),
+                "holdout": (
+                    " of the selection part only; classify at this file reports AUCs on the held-out "
+                    "evaluation part."
+                ),
+                "crossfit": (
+                    " of one fold per choice; classify at this file scores each sample at the std chosen on "
+                    "the other fold (the top-level optimal_std, chosen on all samples, is for reference)."
+                ),
+            }[split]
+        )
+    unlabelled = (
+        "The reference set is a separate list of known non-members: no rule used membership labels (the "
+        "target set enters the curves unlabelled)"
+    )
+    return (
+        unlabelled
+        + {
+            "none": ", but the std was chosen on the samples classify then scores (selection.split=holdout keeps them "
+            "apart).",
+            "holdout": "; classify at this file reports AUCs on the held-out evaluation part only.",
+            "crossfit": "; classify at this file scores each sample at the std chosen on the other fold.",
         }[split]
-    unlabelled = ("The reference set is a separate list of known non-members: no rule used membership labels (the "
-                  "target set enters the curves unlabelled)")
-    return unlabelled + {
-        "none": ", but the std was chosen on the samples classify then scores (selection.split=holdout keeps them "
-                "apart).",
-        "holdout": "; classify at this file reports AUCs on the held-out evaluation part only.",
-        "crossfit": "; classify at this file scores each sample at the std chosen on the other fold.",
-    }[split]
+    )
 
 
 def select(cfg: RunConfig, command: str = "select") -> dict[str, Any]:
@@ -205,7 +250,9 @@ def select(cfg: RunConfig, command: str = "select") -> dict[str, Any]:
     check_selection(cfg, grid=False)
     folder = out / "datasets"
     if not (folder / SET_FILES["target"]).exists():
-        raise LoganError(f"{out} is not a tuning folder (no datasets/{SET_FILES['target']}); run 'logan tune' first.")
+        raise LoganError(
+            f"{out} is not a tuning folder (no datasets/{SET_FILES['target']}); run 'logan tune' first."
+        )
     target_set = read_set(folder / SET_FILES["target"], "target set")
     target = set(target_set.sample_id)
     reference = set(read_set(folder / SET_FILES["reference"], "reference set").sample_id)
@@ -217,16 +264,26 @@ def select(cfg: RunConfig, command: str = "select") -> dict[str, Any]:
     def on(samples: set[str]) -> tuple[set[str], set[str]]:
         return samples, (reference & samples if same else reference)
 
-    sets = {"none": [on(target)], "holdout": [on(set(folds[0]) if folds else target)],
-            "crossfit": [on(target), *(on(set(f)) for f in folds)]}[s.split]
+    sets = {
+        "none": [on(target)],
+        "holdout": [on(set(folds[0]) if folds else target)],
+        "crossfit": [on(target), *(on(set(f)) for f in folds)],
+    }[s.split]
     found = curves_of(out, s.k, sets)
     chosen = [choose(cfg, curves) for curves in found]
     result = chosen[0]
     curves, metric, optimal = result.pop("curves"), result["selection_metric"], result["optimal_std"]
     result |= {
-        "reference_is_target_nonmembers": same, "n_target": len(sets[0][0]), "n_reference": len(sets[0][1]),
-        "label_informed": {"selection": same, "alternatives": {rule: same for rule in RULES}, "per_part": same,
-                           "auc_on_other_samples": s.split != "none", "note": label_note(same, s.split)},
+        "reference_is_target_nonmembers": same,
+        "n_target": len(sets[0][0]),
+        "n_reference": len(sets[0][1]),
+        "label_informed": {
+            "selection": same,
+            "alternatives": {rule: same for rule in RULES},
+            "per_part": same,
+            "auc_on_other_samples": s.split != "none",
+            "note": label_note(same, s.split),
+        },
         "split": _split_record(cfg, folds, chosen[1:]) if folds else None,
         "excluded": excluded(curves[metric]),
         "provenance": read_provenance(out),
@@ -236,25 +293,54 @@ def select(cfg: RunConfig, command: str = "select") -> dict[str, Any]:
         log.info("std %g is not a candidate for the optimal std: %s", point["std"], point["why"])
     result["per_part"] = result.pop("per_part")  # the long entries last
     write_json(out / "optimal_std.json", result)
-    tuning_curve(curves, metric, optimal, out / "tuning_curve.png", "tune_auc" if s.rule == "max_tune_auc" else "gap")
+    tuning_curve(
+        curves, metric, optimal, out / "tuning_curve.png", "tune_auc" if s.rule == "max_tune_auc" else "gap"
+    )
     best = next(p for p in curves[metric] if p["std"] == optimal)
     if best["gap"] >= 0 or not best["tune_auc"] > 0.5:
-        log.warning("at the optimal std the target set does not diverge less than the reference set for %s (gap "
-                    "%.3g, AUC %.3f): the low-noise regime where members diverge less was not found on this grid",
-                    metric, best["gap"], best["tune_auc"])
-    log.info("optimal std = %g (%s on %s, K=%g, rule %s%s); curve plot: %s", optimal, metric, result["part"], s.k,
-             s.rule, "" if s.split == "none" else f", split {s.split}", out / "tuning_curve.png")
+        log.warning(
+            "at the optimal std the target set does not diverge less than the reference set for %s (gap "
+            "%.3g, AUC %.3f): the low-noise regime where members diverge less was not found on this grid",
+            metric,
+            best["gap"],
+            best["tune_auc"],
+        )
+    log.info(
+        "optimal std = %g (%s on %s, K=%g, rule %s%s); curve plot: %s",
+        optimal,
+        metric,
+        result["part"],
+        s.k,
+        s.rule,
+        "" if s.split == "none" else f", split {s.split}",
+        out / "tuning_curve.png",
+    )
     log.info("%s", result["label_informed"]["note"])
     write_tune_results(cfg, command, result, found[0])
     return result
 
 
-def _split_record(cfg: RunConfig, folds: list[list[str]], fold_choices: list[dict[str, Any]]) -> dict[str, Any]:
+def _split_record(
+    cfg: RunConfig, folds: list[list[str]], fold_choices: list[dict[str, Any]]
+) -> dict[str, Any]:
     """optimal_std.json's `split`: the mode, how it was drawn and which samples are on which side."""
     s = cfg.selection
-    record: dict[str, Any] = {"mode": s.split, "fraction": s.fraction, "seed": cfg.seed, "stratified_by": "label"}
+    record: dict[str, Any] = {
+        "mode": s.split,
+        "fraction": s.fraction,
+        "seed": cfg.seed,
+        "stratified_by": "label",
+    }
     if s.split == "holdout":
         return record | {"selection": folds[0], "evaluation": folds[1]}
-    return record | {"folds": folds, "fold_choices": [
-        {"optimal_std": c["optimal_std"], "alternatives": c["alternatives"],
-         "per_part": {p: e["optimal_std"] for p, e in c["per_part"].items()}} for c in fold_choices]}
+    return record | {
+        "folds": folds,
+        "fold_choices": [
+            {
+                "optimal_std": c["optimal_std"],
+                "alternatives": c["alternatives"],
+                "per_part": {p: e["optimal_std"] for p, e in c["per_part"].items()},
+            }
+            for c in fold_choices
+        ],
+    }

@@ -37,11 +37,16 @@ def tune(cfg: RunConfig) -> dict | None:
             sets.save(out / "datasets")
         std_sets = cfg.std_sets()
         n_members = int((sets.target.label == 1).sum())
-        log.info("target set: %d members + %d non-members; reference set: %d%s; %d std values in %d sets%s",
-                 n_members, len(sets.target) - n_members, len(sets.reference),
-                 " (the target non-members)" if sets.reference_is_target_nonmembers else "",
-                 sum(len(g) for g in std_sets), len(std_sets),
-                 f"; shard {shard.shard_id + 1} of {shard.num_shards}" if shard.sharded else "")
+        log.info(
+            "target set: %d members + %d non-members; reference set: %d%s; %d std values in %d sets%s",
+            n_members,
+            len(sets.target) - n_members,
+            len(sets.reference),
+            " (the target non-members)" if sets.reference_is_target_nonmembers else "",
+            sum(len(g) for g in std_sets),
+            len(std_sets),
+            f"; shard {shard.shard_id + 1} of {shard.num_shards}" if shard.sharded else "",
+        )
         mine = samples[[shard.owns(s) for s in samples.sample_id]] if shard.sharded else samples
         if has_pending(cfg, work, [s for group in std_sets for s in group]):
             model = open_model(cfg)

@@ -43,7 +43,8 @@ def image_features(data: bytes) -> np.ndarray:
     yy, xx = np.indices(spectrum.shape)
     radius = np.hypot(yy - 32, xx - 32).astype(int)
     profile = np.bincount(radius.ravel(), spectrum.ravel(), minlength=46)[:46] / np.maximum(
-        np.bincount(radius.ravel(), minlength=46)[:46], 1)
+        np.bincount(radius.ravel(), minlength=46)[:46], 1
+    )
     bands = np.log1p(profile.reshape(-1, 2).mean(1)[:16])
     size = [np.log(width), np.log(height), width / height, float(fmt == "JPEG"), float(fmt == "PNG")]
     return np.concatenate([*hist, bands, size, [grey.std() / 64]])
@@ -67,15 +68,19 @@ def blind_baseline(target: pd.DataFrame, folds: int = 5, seed: int = 0) -> dict[
     summary["auc_ci_low"], summary["auc_ci_high"] = (float(v) for v in np.percentile(aucs, [2.5, 97.5]))
     summary["auc_lower_bound"] = float(np.percentile(aucs, 100 * (1 - CONFIDENCE)))
     summary["shifted"] = bool(summary["auc_lower_bound"] > 0.5)
-    interval = f"AUC {summary['auc']:.2f}, one-sided {CONFIDENCE:.0%} lower bound {summary['auc_lower_bound']:.2f}"
+    interval = (
+        f"AUC {summary['auc']:.2f}, one-sided {CONFIDENCE:.0%} lower bound {summary['auc_lower_bound']:.2f}"
+    )
     summary["verdict"] = (
         f"WARNING: image statistics alone separate members from non-members ({interval}); the split is "
         "distribution-shifted and membership-attack AUCs on it cannot be read as membership."
-        if summary["shifted"] else
-        f"ok: image statistics alone do not separate the two sets ({interval}, not above 0.5)."
+        if summary["shifted"]
+        else f"ok: image statistics alone do not separate the two sets ({interval}, not above 0.5)."
     )
-    summary["classifier"] = (f"random forest on colour/frequency/size features, {folds}-fold cross-validation; "
-                             f"interval: stratified bootstrap of the cross-validated scores")
+    summary["classifier"] = (
+        f"random forest on colour/frequency/size features, {folds}-fold cross-validation; "
+        f"interval: stratified bootstrap of the cross-validated scores"
+    )
     return summary
 
 
@@ -84,5 +89,7 @@ def save_blind_baseline(target: pd.DataFrame, path: Path, seed: int) -> dict:
 
     result = blind_baseline(target, seed=seed)
     write_json(path, result)
-    (log.warning if str(result["verdict"]).startswith("WARNING") else log.info)("blind baseline: %s", result["verdict"])
+    (log.warning if str(result["verdict"]).startswith("WARNING") else log.info)(
+        "blind baseline: %s", result["verdict"]
+    )
     return result

@@ -22,8 +22,9 @@ def _save(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=150, bbox_inches="tight")
 
 
-def tuning_curve(curves: dict[str, list[dict]], selected: str, optimal_std: float, path: Path,
-                 value: str = "tune_auc") -> None:
+def tuning_curve(
+    curves: dict[str, list[dict]], selected: str, optimal_std: float, path: Path, value: str = "tune_auc"
+) -> None:
     """The curve the rule reads over std (`tune_auc`: target-vs-reference AUC; `gap`: mean(target) -
     mean(reference)), one line per metric, the optimum marked."""
     fig = Figure(figsize=(7, 4))
@@ -36,12 +37,21 @@ def tuning_curve(curves: dict[str, list[dict]], selected: str, optimal_std: floa
         ax.plot(stds[positive], values[positive], marker="o", ms=3, label=metric, **style)
         if metric == selected:
             best = next(p for p in points if p["std"] == optimal_std)
-            ax.scatter([optimal_std], [best[value]], s=120, facecolors="none", edgecolors="red", zorder=4,
-                       label=f"optimal std = {optimal_std:g}")
+            ax.scatter(
+                [optimal_std],
+                [best[value]],
+                s=120,
+                facecolors="none",
+                edgecolors="red",
+                zorder=4,
+                label=f"optimal std = {optimal_std:g}",
+            )
     ax.axhline(0.5 if value == "tune_auc" else 0.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("noise std (0-255 pixel units)")
-    ax.set_ylabel("AUC of target vs reference" if value == "tune_auc" else "mean(target) - mean(reference) divergence")
+    ax.set_ylabel(
+        "AUC of target vs reference" if value == "tune_auc" else "mean(target) - mean(reference) divergence"
+    )
     ax.set_title("LOGAN noise-level tuning")
     ax.legend(fontsize=6, loc="best")
     _save(fig, path)
@@ -84,8 +94,9 @@ def _roc_pair(lin: Any, log: Any, curves: dict[str, tuple[np.ndarray, np.ndarray
     lin.legend(fontsize=6, loc="lower right")
 
 
-def curve_overlay(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path, title: str,
-                  ylabel: str) -> None:
+def curve_overlay(
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path, title: str, ylabel: str
+) -> None:
     """One panel per part: every named (std, value) curve over a log std axis (std 0 left out)."""
     fig = Figure(figsize=(6.5, 3.4 * max(len(panels), 1)), layout="constrained")
     axes = fig.subplots(max(len(panels), 1), 1, squeeze=False)[:, 0]
@@ -122,6 +133,6 @@ def histogram_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure
         ax.set_title(name, fontsize=8)
         ax.set_xlabel("score (higher = member)", fontsize=8)
         ax.legend(fontsize=7)
-    for ax in axes.ravel()[len(curves):]:
+    for ax in axes.ravel()[len(curves) :]:
         ax.axis("off")
     return fig

@@ -46,8 +46,22 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 SCHEMA_FILE = "results.schema.json"
 # the packages whose versions a result depends on (besides logan and python)
-PACKAGES = ("torch", "transformers", "numpy", "pandas", "scipy", "scikit-learn", "pyarrow", "safetensors",
-            "huggingface_hub", "datasets", "accelerate", "pillow", "matplotlib", "hydra-core")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "pyarrow",
+    "safetensors",
+    "huggingface_hub",
+    "datasets",
+    "accelerate",
+    "pillow",
+    "matplotlib",
+    "hydra-core",
+)
 PER_METRIC = ("needs", "orientation")  # metrics.json columns that depend on the metric only
 TABLES = ("curves", "metrics", "comparison", "tuning")  # the column-oriented tables a results.json may hold
 
@@ -95,18 +109,26 @@ def header(cfg: RunConfig, command: str, provenance: dict[str, Any] | None) -> d
     and configuration, and where its inputs came from (None: nothing of its own, as for compare)."""
     config = asdict(cfg)
     config.pop("resolved", None)  # the Hub commits: provenance.models
-    return {"schema_version": SCHEMA_VERSION, "command": command,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
-            "config": config, **({"provenance": provenance} if provenance is not None else {})}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "config": config,
+        **({"provenance": provenance} if provenance is not None else {}),
+    }
 
 
 def run_provenance(out: Path) -> dict[str, Any]:
     """A run folder's models and dataset entries (provenance.json), its saved sets and its run fingerprint."""
     recorded = read_provenance(out) or {}
     fingerprint = read_json(out / FINGERPRINT_FILE) if (out / FINGERPRINT_FILE).is_file() else {}
-    return {"models": recorded.get("models", {}), "datasets": recorded.get("datasets", []),
-            "sets": saved_sets(out, {kind: SET_FILES[kind] for kind in ("target", "reference")}),
-            "fingerprint": fingerprint.get("fingerprint", {})}
+    return {
+        "models": recorded.get("models", {}),
+        "datasets": recorded.get("datasets", []),
+        "sets": saved_sets(out, {kind: SET_FILES[kind] for kind in ("target", "reference")}),
+        "fingerprint": fingerprint.get("fingerprint", {}),
+    }
 
 
 def publish(cfg: RunConfig, doc: dict[str, Any], images: Sequence[Path] = ()) -> Path:
@@ -128,22 +150,42 @@ def files_of(out: Path, names: list[str]) -> dict[str, str]:
 # ---------------------------------------------------------------- tune / select
 
 
-def write_tune_results(cfg: RunConfig, command: str, selection: dict[str, Any],
-                       curves: dict[tuple[str, str], list[dict[str, float]]]) -> Path:
+def write_tune_results(
+    cfg: RunConfig,
+    command: str,
+    selection: dict[str, Any],
+    curves: dict[tuple[str, str], list[dict[str, float]]],
+) -> Path:
     """tune / select: every (part, metric)'s tuning curve at K = selection.k, and the selection."""
     parts, metrics = cfg.img_metrics.parts, cfg.img_metrics.metrics_to_use
     order = sorted(curves, key=lambda pm: (position(parts, pm[0]), position(metrics, pm[1])))
-    rows = [{"part": part, "metric": metric, "k": float(selection["k"]), **point}
-            for part, metric in order for point in sorted(curves[(part, metric)], key=lambda p: p["std"])]
+    rows = [
+        {"part": part, "metric": metric, "k": float(selection["k"]), **point}
+        for part, metric in order
+        for point in sorted(curves[(part, metric)], key=lambda p: p["std"])
+    ]
     doc = header(cfg, command, run_provenance(cfg.output_dir))
-    keep = ("optimal_std", "selection_metric", "rule", "part", "k", "alternatives", "reference_is_target_nonmembers",
-            "n_target", "n_reference", "label_informed", "excluded")
+    keep = (
+        "optimal_std",
+        "selection_metric",
+        "rule",
+        "part",
+        "k",
+        "alternatives",
+        "reference_is_target_nonmembers",
+        "n_target",
+        "n_reference",
+        "label_informed",
+        "excluded",
+    )
     doc["selection"] = {name: selection[name] for name in keep if name in selection} | {
         "per_part": {part: entry["optimal_std"] for part, entry in selection.get("per_part", {}).items()},
-        "split": split_summary(selection.get("split"))}
+        "split": split_summary(selection.get("split")),
+    }
     doc["curves"] = columns(rows, ("part", "metric", "k", "std"))
-    doc["files"] = files_of(cfg.output_dir, ["optimal_std.json", "tuning_curve.png", "provenance.json",
-                                             "config.json", "datasets"])
+    doc["files"] = files_of(
+        cfg.output_dir, ["optimal_std.json", "tuning_curve.png", "provenance.json", "config.json", "datasets"]
+    )
     return publish(cfg, doc, [cfg.output_dir / "tuning_curve.png"])
 
 
@@ -170,32 +212,55 @@ def position(order: Sequence[str], name: str) -> int:
 # ---------------------------------------------------------------- classify
 
 
-def write_classify_results(cfg: RunConfig, rows: list[dict[str, Any]], plan: dict[str, Any], scores: pd.DataFrame,
-                           blind: dict[str, Any], images: list[Path],
-                           verdicts: dict[str, Any] | None = None) -> Path:
+def write_classify_results(
+    cfg: RunConfig,
+    rows: list[dict[str, Any]],
+    plan: dict[str, Any],
+    scores: pd.DataFrame,
+    blind: dict[str, Any],
+    images: list[Path],
+    verdicts: dict[str, Any] | None = None,
+) -> Path:
     """classify: the metrics rows (as metrics.json, the per-metric columns apart), the ROC curves at K =
     selection.k, the std plan (std_plan.json's `plan`, its sample lists as counts), the model-free
     baseline and the per-image verdicts' summary (verdicts.json; null without a reference set)."""
     out, k = cfg.output_dir, cfg.selection.k
     doc = header(cfg, "classify", run_provenance(out))
     source = Path(plan["source"]) if plan.get("source") else None
-    doc["plan"] = {name: value for name, value in plan.items() if name not in ("evaluated", "folds", "source")} | {
+    doc["plan"] = {
+        name: value for name, value in plan.items() if name not in ("evaluated", "folds", "source")
+    } | {
         "source": relative(source, out) if source else None,
-        "folds": [{"n": len(fold["samples"]), "std": fold["std"]} for fold in plan.get("folds", [])]}
+        "folds": [{"n": len(fold["samples"]), "std": fold["std"]} for fold in plan.get("folds", [])],
+    }
     tuning = source.parent / RESULTS if source else None
     doc["tuning_run"] = relative(tuning, out) if tuning and tuning.is_file() else None
     doc["k"] = float(k)
     doc["fpr_targets"] = dict(FPR_TARGETS)
-    doc["metric_definitions"] = {r["metric"]: {name: r[name] for name in PER_METRIC if name in r} for r in rows}
-    doc["metrics"] = columns([{n: v for n, v in r.items() if n not in PER_METRIC} for r in rows],
-                             ("metric", "part", "std", "k"))
+    doc["metric_definitions"] = {
+        r["metric"]: {name: r[name] for name in PER_METRIC if name in r} for r in rows
+    }
+    doc["metrics"] = columns(
+        [{n: v for n, v in r.items() if n not in PER_METRIC} for r in rows], ("metric", "part", "std", "k")
+    )
     doc["roc"] = roc_arrays(scores, k, cfg.img_metrics.parts, cfg.img_metrics.metrics_to_use)
     doc["blind_baseline"] = blind
     doc["verdicts"] = verdicts
-    doc["files"] = files_of(out, ["metrics.json", "scores.parquet", "std_plan.json", "blind_baseline.json",
-                                  "verdicts.csv", "verdicts.json",
-                                  "report.html", *sorted(p.name for p in out.glob("*.png")), "provenance.json",
-                                  "config.json"])
+    doc["files"] = files_of(
+        out,
+        [
+            "metrics.json",
+            "scores.parquet",
+            "std_plan.json",
+            "blind_baseline.json",
+            "verdicts.csv",
+            "verdicts.json",
+            "report.html",
+            *sorted(p.name for p in out.glob("*.png")),
+            "provenance.json",
+            "config.json",
+        ],
+    )
     return publish(cfg, doc, images)
 
 
@@ -210,12 +275,23 @@ def roc_arrays(scores: pd.DataFrame, k: float, parts: list[str], metrics: list[s
         if not n_members or not n_nonmembers:
             continue
         fpr, tpr = roc_points(labels, group.score.to_numpy())
-        entry = dict(zip(keys, key)) | {"k": float(k), "n_members": n_members, "n_nonmembers": n_nonmembers,
-                                        "fp": np.rint(fpr * n_nonmembers).astype(int).tolist(),
-                                        "tp": np.rint(tpr * n_members).astype(int).tolist()}
+        entry = dict(zip(keys, key)) | {
+            "k": float(k),
+            "n_members": n_members,
+            "n_nonmembers": n_nonmembers,
+            "fp": np.rint(fpr * n_nonmembers).astype(int).tolist(),
+            "tp": np.rint(tpr * n_members).astype(int).tolist(),
+        }
         curves.append(entry)
-    return sorted(curves, key=lambda c: (c["std"], position(parts, c["part"]), position(metrics, c["metric"]),
-                                         c.get("fold", 0)))
+    return sorted(
+        curves,
+        key=lambda c: (
+            c["std"],
+            position(parts, c["part"]),
+            position(metrics, c["metric"]),
+            c.get("fold", 0),
+        ),
+    )
 
 
 # ---------------------------------------------------------------- demo
@@ -225,23 +301,41 @@ def write_demo_results(cfg: RunConfig, results: dict[str, tuple[dict, list[dict]
     """demo: trained beside control (every metric x part at K = selection.k, each part at its own std), the
     generated data and the models, with links to each attacked model's tune and classify results.json."""
     out, k = cfg.output_dir, cfg.selection.k
-    rows = [{"model": name, **{n: v for n, v in r.items() if n not in PER_METRIC}}
-            for name, (_, metric_rows) in results.items() for r in metric_rows if np.isclose(r["k"], k)]
-    data = {path.stem: {"file": relative(path, out), "entries": len(read_json(path)), "sha256": _sha256(path)}
-            for path in sorted((out / "data").glob("*.json"))}
-    trained, built = (read_json(path) if path.is_file() else {} for path in (
-        out / "model" / "trained.json", out / "model_untrained" / "logan_tiny.json"))
-    models = {"trained": {"folder": "model", "epochs": trained.get("epochs"),
-                          "final_loss": (trained.get("loss_per_epoch") or [None])[-1]},
-              "control": {"folder": "model_untrained", "epochs": 0}, "architecture": built}
+    rows = [
+        {"model": name, **{n: v for n, v in r.items() if n not in PER_METRIC}}
+        for name, (_, metric_rows) in results.items()
+        for r in metric_rows
+        if np.isclose(r["k"], k)
+    ]
+    data = {
+        path.stem: {"file": relative(path, out), "entries": len(read_json(path)), "sha256": _sha256(path)}
+        for path in sorted((out / "data").glob("*.json"))
+    }
+    trained, built = (
+        read_json(path) if path.is_file() else {}
+        for path in (out / "model" / "trained.json", out / "model_untrained" / "logan_tiny.json")
+    )
+    models = {
+        "trained": {
+            "folder": "model",
+            "epochs": trained.get("epochs"),
+            "final_loss": (trained.get("loss_per_epoch") or [None])[-1],
+        },
+        "control": {"folder": "model_untrained", "epochs": 0},
+        "architecture": built,
+    }
     doc = header(cfg, "demo", {"data": data, "models": models})
     doc["k"] = float(k)
     doc["comparison"] = columns(rows, ("model", "part", "metric", "std", "k"))
     doc["optimal_std"] = {name: selection["optimal_std"] for name, (selection, _) in results.items()}
-    doc["per_part"] = {name: {p: e["optimal_std"] for p, e in selection["per_part"].items()}
-                       for name, (selection, _) in results.items()}
-    doc["runs"] = {name: {step: relative(out / name / step / RESULTS, out) for step in ("tune", "classify")}
-                   for name in results}
+    doc["per_part"] = {
+        name: {p: e["optimal_std"] for p, e in selection["per_part"].items()}
+        for name, (selection, _) in results.items()
+    }
+    doc["runs"] = {
+        name: {step: relative(out / name / step / RESULTS, out) for step in ("tune", "classify")}
+        for name in results
+    }
     blind = out / "trained" / "classify" / "blind_baseline.json"
     doc["blind_baseline"] = read_json(blind) if blind.is_file() else None
     doc["table"] = table.splitlines()
@@ -285,8 +379,10 @@ def validate_results(path: str | Path) -> dict[str, Any]:
     error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise LoganError(f"{path} does not match results schema {doc.get('schema_version')}: at {where}: "
-                         f"{error.message[:300]}")
+        raise LoganError(
+            f"{path} does not match results schema {doc.get('schema_version')}: at {where}: "
+            f"{error.message[:300]}"
+        )
     for name in TABLES:  # what JSON Schema cannot say: a table's columns are equally long
         lengths = {column: len(values) for column, values in doc.get(name, {}).items()}
         if len(set(lengths.values())) > 1:

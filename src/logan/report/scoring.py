@@ -44,8 +44,9 @@ def roc_summaries(labels: np.ndarray, scores: np.ndarray, seeds: Sequence[int | 
     return rows_with_resamples(labels, scores, seeds)[0]
 
 
-def rows_with_resamples(labels: np.ndarray, scores: np.ndarray,
-                        seeds: Sequence[int | None]) -> tuple[list[dict], list[np.ndarray | None]]:
+def rows_with_resamples(
+    labels: np.ndarray, scores: np.ndarray, seeds: Sequence[int | None]
+) -> tuple[list[dict], list[np.ndarray | None]]:
     """`roc_summaries` and, per row, its bootstrap AUCs (None where no seed is given or a class is empty).
     Rows are sorted ROW_ELEMENTS scores at a time; resample draws are shared across all of them."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -54,20 +55,25 @@ def rows_with_resamples(labels: np.ndarray, scores: np.ndarray,
     draws: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
     step = max(1, ROW_ELEMENTS // max(1, scores.shape[1]))
     for start in range(0, len(scores), step):
-        ranked = Ranked.of(labels, scores[start:start + step])
-        resampled += ranked.bootstrap(seeds[start:start + step], draws=draws)
+        ranked = Ranked.of(labels, scores[start : start + step])
+        resampled += ranked.bootstrap(seeds[start : start + step], draws=draws)
         summaries += ranked.summaries()
-    return [summary if aucs is None else _with_interval(summary, aucs)
-            for summary, aucs in zip(summaries, resampled)], resampled
+    return [
+        summary if aucs is None else _with_interval(summary, aucs)
+        for summary, aucs in zip(summaries, resampled)
+    ], resampled
 
 
-def bootstrap_auc_interval(labels: np.ndarray, scores: np.ndarray, seed: int,
-                           resamples: int = N_BOOTSTRAP) -> tuple[float, float]:
+def bootstrap_auc_interval(
+    labels: np.ndarray, scores: np.ndarray, seed: int, resamples: int = N_BOOTSTRAP
+) -> tuple[float, float]:
     """Stratified bootstrap 95 % interval of the AUC."""
     return _interval(bootstrap_aucs(labels, scores, seed, resamples))
 
 
-def bootstrap_aucs(labels: np.ndarray, scores: np.ndarray, seed: int, resamples: int = N_BOOTSTRAP) -> np.ndarray:
+def bootstrap_aucs(
+    labels: np.ndarray, scores: np.ndarray, seed: int, resamples: int = N_BOOTSTRAP
+) -> np.ndarray:
     """The AUCs of `resamples` stratified bootstrap resamples (members and non-members drawn separately)."""
     ranked = Ranked.of(labels, np.asarray(scores, dtype=np.float64)[None])
     (aucs,) = ranked.bootstrap([seed], resamples)
@@ -97,13 +103,13 @@ class Ranked:
     counts need: each position's class, its slot among its class's samples in the input order (what a
     bootstrap draw indexes), and the non-members at or above its tie group and above the group."""
 
-    positive: np.ndarray   # rows x n, bool: a finite member score at this sorted position
-    negative: np.ndarray   # rows x n, bool: a finite non-member score
-    slot: np.ndarray       # rows x n: index among the row's finite members (or non-members), input order
-    point: np.ndarray      # rows x n, bool: the last position of a tie group (a ROC point)
-    fp: np.ndarray         # rows x n: non-members at or before this position
-    tp: np.ndarray         # rows x n: members at or before this position
-    fp_end: np.ndarray     # rows x n: non-members up to the end of this position's tie group
+    positive: np.ndarray  # rows x n, bool: a finite member score at this sorted position
+    negative: np.ndarray  # rows x n, bool: a finite non-member score
+    slot: np.ndarray  # rows x n: index among the row's finite members (or non-members), input order
+    point: np.ndarray  # rows x n, bool: the last position of a tie group (a ROC point)
+    fp: np.ndarray  # rows x n: non-members at or before this position
+    tp: np.ndarray  # rows x n: members at or before this position
+    fp_end: np.ndarray  # rows x n: non-members up to the end of this position's tie group
     fp_before: np.ndarray  # rows x n: non-members before this position's tie group
 
     @classmethod
@@ -126,12 +132,21 @@ class Ranked:
         point = finite & last
         index = np.broadcast_to(np.arange(n), key.shape)
         end = np.minimum.accumulate(np.where(point, index, n - 1)[:, ::-1], axis=1)[:, ::-1]
-        before = np.concatenate([np.full((rows, 1), -1), np.maximum.accumulate(np.where(point, index, -1), 1)[:, :-1]],
-                                axis=1)
+        before = np.concatenate(
+            [np.full((rows, 1), -1), np.maximum.accumulate(np.where(point, index, -1), 1)[:, :-1]], axis=1
+        )
         fp, tp = np.cumsum(negative, 1), np.cumsum(positive, 1)
         fp0 = np.concatenate([np.zeros((rows, 1), dtype=fp.dtype), fp], axis=1)  # fp0[:, i + 1] = fp[:, i]
-        return cls(positive, negative, slot, point, fp, tp, np.take_along_axis(fp0, end + 1, 1),
-                   np.take_along_axis(fp0, before + 1, 1))
+        return cls(
+            positive,
+            negative,
+            slot,
+            point,
+            fp,
+            tp,
+            np.take_along_axis(fp0, end + 1, 1),
+            np.take_along_axis(fp0, before + 1, 1),
+        )
 
     @property
     def n_members(self) -> np.ndarray:
@@ -155,7 +170,9 @@ class Ranked:
         npos, nneg = self.n_members, self.n_nonmembers
         with np.errstate(invalid="ignore", divide="ignore"):
             tpr, fpr = self.tp / npos[:, None], self.fp / nneg[:, None]
-        acc = np.maximum(0.5, np.max(np.where(self.point, 1 - (fpr + (1 - tpr)) / 2, 0.0), axis=1, initial=0.0))
+        acc = np.maximum(
+            0.5, np.max(np.where(self.point, 1 - (fpr + (1 - tpr)) / 2, 0.0), axis=1, initial=0.0)
+        )
         at: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for key, target in FPR_TARGETS.items():
             below = self.point & (fpr <= target)
@@ -166,21 +183,30 @@ class Ranked:
         for i, (n_members, n_nonmembers) in enumerate(zip(npos.tolist(), nneg.tolist())):
             row: dict = {"n_members": n_members, "n_nonmembers": n_nonmembers}
             if n_members == 0 or n_nonmembers == 0:
-                out.append(row | {"auc": float("nan"), "acc": float("nan")}
-                           | {f"tpr_at_{k}_fpr": float("nan") for k in FPR_TARGETS})
+                out.append(
+                    row
+                    | {"auc": float("nan"), "acc": float("nan")}
+                    | {f"tpr_at_{k}_fpr": float("nan") for k in FPR_TARGETS}
+                )
                 continue
             row |= {"auc": float(aucs[i]), "acc": float(acc[i])}
             for key, target in FPR_TARGETS.items():
                 best, first = float(at[key][0][i]), float(at[key][1][i])
-                row |= {f"tpr_at_{key}_fpr": best, f"fpr_at_{key}_fpr": first,
-                        f"fp_at_{key}_fpr": round(first * n_nonmembers),
-                        f"tpr_at_{key}_fpr_estimable": bool(n_nonmembers * target >= 1)}
+                row |= {
+                    f"tpr_at_{key}_fpr": best,
+                    f"fpr_at_{key}_fpr": first,
+                    f"fp_at_{key}_fpr": round(first * n_nonmembers),
+                    f"tpr_at_{key}_fpr_estimable": bool(n_nonmembers * target >= 1),
+                }
             out.append(row)
         return out
 
-    def bootstrap(self, seeds: Sequence[int | None], resamples: int = N_BOOTSTRAP,
-                  draws: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] | None = None,
-                  ) -> list[np.ndarray | None]:
+    def bootstrap(
+        self,
+        seeds: Sequence[int | None],
+        resamples: int = N_BOOTSTRAP,
+        draws: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> list[np.ndarray | None]:
         """Per row, the AUCs of its stratified bootstrap resamples drawn with its seed (None: not drawn).
 
         A resample draws each member (non-member) slot a number of times; its AUC is the count of
@@ -201,14 +227,15 @@ class Ranked:
             draws_pos, draws_neg = draws[(seed, n_pos, n_neg)]
             per_row = max(1, CHUNK_ELEMENTS // (resamples * max(n_pos, n_neg)))
             for start in range(0, len(rows), per_row):
-                chunk = rows[start:start + per_row]
+                chunk = rows[start : start + per_row]
                 twice = self._weighted_counts(chunk, draws_pos, draws_neg, n_pos, n_neg)
                 for j, row in enumerate(chunk):
                     out[row] = twice[:, j] / (2 * n_pos * n_neg)
         return out
 
-    def _weighted_counts(self, rows: list[int], draws_pos: np.ndarray, draws_neg: np.ndarray, n_pos: int,
-                         n_neg: int) -> np.ndarray:
+    def _weighted_counts(
+        self, rows: list[int], draws_pos: np.ndarray, draws_neg: np.ndarray, n_pos: int, n_neg: int
+    ) -> np.ndarray:
         """Twice the Mann-Whitney count of every resample (resamples x rows) of `rows`, which all hold
         n_pos members and n_neg non-members. Integers throughout: the counts are exact."""
         positive, negative, slot = self.positive[rows], self.negative[rows], self.slot[rows]
@@ -224,13 +251,18 @@ class Ranked:
         for r in range(0, len(draws_pos), step):
             count = min(step, len(draws_pos) - r)
             below = np.zeros((count, len(rows), n_neg + 1), dtype=draws_neg.dtype)  # weight of the first k
-            np.cumsum(np.take(draws_neg[r:r + step], neg_slot, axis=1).reshape(count, len(rows), n_neg), axis=2,
-                      out=below[:, :, 1:])
+            np.cumsum(
+                np.take(draws_neg[r : r + step], neg_slot, axis=1).reshape(count, len(rows), n_neg),
+                axis=2,
+                out=below[:, :, 1:],
+            )
             flat = below.reshape(count, -1)
             weighted = np.take(flat, end, axis=1)
             weighted += np.take(flat, before, axis=1)
-            weighted *= np.take(draws_pos[r:r + step], pos_slot, axis=1)
-            twice[r:r + step] = 2 * n_pos * n_neg - weighted.reshape(count, len(rows), n_pos).sum(2, dtype=np.int64)
+            weighted *= np.take(draws_pos[r : r + step], pos_slot, axis=1)
+            twice[r : r + step] = 2 * n_pos * n_neg - weighted.reshape(count, len(rows), n_pos).sum(
+                2, dtype=np.int64
+            )
         return twice
 
 

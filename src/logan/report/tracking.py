@@ -52,16 +52,20 @@ def _backend(name: str) -> Any:
             try:
                 from tensorboardX import SummaryWriter as XWriter
             except ImportError:
-                raise LoganError(f"tracking=tensorboard needs TensorBoard, which is not installed: "
-                                 f"{INSTALL[name]}; or leave tracking=none.") from None
+                raise LoganError(
+                    f"tracking=tensorboard needs TensorBoard, which is not installed: "
+                    f"{INSTALL[name]}; or leave tracking=none."
+                ) from None
             return XWriter
         return SummaryWriter
     if name == "wandb":
         try:
             import wandb
         except ImportError:
-            raise LoganError(f"tracking=wandb needs Weights & Biases, which is not installed: {INSTALL[name]}; "
-                             "or leave tracking=none.") from None
+            raise LoganError(
+                f"tracking=wandb needs Weights & Biases, which is not installed: {INSTALL[name]}; "
+                "or leave tracking=none."
+            ) from None
         return wandb
     raise LoganError(f"tracking={name} is not one of none, tensorboard, wandb.")
 
@@ -76,8 +80,13 @@ def log_results(cfg: Any, doc: dict[str, Any], images: list[Path]) -> None:
     except LoganError:
         raise
     except Exception as exc:  # noqa: BLE001 - a tracker's failure never costs the run its results
-        log.warning("tracking=%s: logging %s's results failed (%s: %s); results.json is written", cfg.tracking,
-                    out, type(exc).__name__, exc)
+        log.warning(
+            "tracking=%s: logging %s's results failed (%s: %s); results.json is written",
+            cfg.tracking,
+            out,
+            type(exc).__name__,
+            exc,
+        )
         return
     log.info("tracking=%s: logged %s's results", cfg.tracking, out)
 
@@ -92,7 +101,11 @@ def scalars(doc: dict[str, Any]) -> Iterator[tuple[str, float, int]]:
         for i, std in enumerate(curves["std"]):
             for column in CURVE_COLUMNS:
                 if curves[column][i] is not None:
-                    yield f"curve/{curves['part'][i]}/{curves['metric'][i]}/{column}", curves[column][i], grid.index(std)
+                    yield (
+                        f"curve/{curves['part'][i]}/{curves['metric'][i]}/{column}",
+                        curves[column][i],
+                        grid.index(std),
+                    )
         selection = doc["selection"]
         yield "selection/optimal_std", selection["optimal_std"], 0
         for part, std in selection.get("per_part", {}).items():
@@ -137,8 +150,9 @@ def _tensorboard(writer_class: Any, out: Path, doc: dict[str, Any], images: list
 
 
 def _wandb(wandb: Any, out: Path, doc: dict[str, Any], images: list[Path]) -> None:
-    run = wandb.init(name=f"{doc['command']} {out.name}", job_type=doc["command"], dir=str(out),
-                     config=doc["config"])
+    run = wandb.init(
+        name=f"{doc['command']} {out.name}", job_type=doc["command"], dir=str(out), config=doc["config"]
+    )
     try:
         by_step: dict[int, dict[str, float]] = {}
         for tag, value, step in scalars(doc):
@@ -148,8 +162,13 @@ def _wandb(wandb: Any, out: Path, doc: dict[str, Any], images: list[Path]) -> No
         logged: dict[str, Any] = {f"plot/{path.stem}": wandb.Image(str(path)) for path in images}
         for name, table in _tables(doc).items():
             names = list(table)
-            logged[f"table/{name}"] = wandb.Table(columns=names, data=[
-                [json.dumps(v) if isinstance(v, (list, dict)) else v for v in row] for row in zip(*table.values())])
+            logged[f"table/{name}"] = wandb.Table(
+                columns=names,
+                data=[
+                    [json.dumps(v) if isinstance(v, (list, dict)) else v for v in row]
+                    for row in zip(*table.values())
+                ],
+            )
         if logged:
             run.log(logged, step=max(by_step, default=0))
         run.summary["versions"] = doc["versions"]

@@ -44,12 +44,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_COUNT = 10   # expected reference images above the threshold for a precise realised FPR (~30 % error)
-RULE = ("member when p <= fpr; p = (1 + #{reference scores >= score}) / (1 + n_ref), leave-one-out for an image "
-        "in the reference set; higher score = more likely member")
-COLUMNS = ["sample_id", "image", "part", "metric", "k", "std", "score", "p_value", "verdict", "label",
-           "in_reference"]
-TOLERANCE = 1e-9       # p and fpr are compared as counts: (1 + c) <= fpr (1 + n), up to rounding
+SUPPORTED_COUNT = 10  # expected reference images above the threshold for a precise realised FPR (~30 % error)
+RULE = (
+    "member when p <= fpr; p = (1 + #{reference scores >= score}) / (1 + n_ref), leave-one-out for an image "
+    "in the reference set; higher score = more likely member"
+)
+COLUMNS = [
+    "sample_id",
+    "image",
+    "part",
+    "metric",
+    "k",
+    "std",
+    "score",
+    "p_value",
+    "verdict",
+    "label",
+    "in_reference",
+]
+TOLERANCE = 1e-9  # p and fpr are compared as counts: (1 + c) <= fpr (1 + n), up to rounding
 
 
 def fpr_text(fpr: float) -> str:
@@ -83,12 +96,14 @@ class Calibration:
 
     fpr: float
     n_ref: int
-    threshold: float        # an image outside the reference is member when its score > threshold (inf: none)
-    expected_fpr: float     # that rule's FPR on a new non-member exchangeable with the reference: (m + 1) / (n + 1)
-    realised_fpr: float     # the fraction of reference images called member, each against the others
-    n_ref_flagged: int      # ... as a count
-    support: str            # ok | imprecise | unsupported
-    message: str            # why, when not ok ("" when ok)
+    threshold: float  # an image outside the reference is member when its score > threshold (inf: none)
+    expected_fpr: (
+        float  # that rule's FPR on a new non-member exchangeable with the reference: (m + 1) / (n + 1)
+    )
+    realised_fpr: float  # the fraction of reference images called member, each against the others
+    n_ref_flagged: int  # ... as a count
+    support: str  # ok | imprecise | unsupported
+    message: str  # why, when not ok ("" when ok)
 
 
 def support(n_ref: int, fpr: float) -> tuple[str, str]:
@@ -101,12 +116,14 @@ def support(n_ref: int, fpr: float) -> tuple[str, str]:
             f"{count(n_ref, 'reference image')} cannot support FPR {fpr_text(fpr)}: the realised FPR moves in steps of "
             f"1/{n_ref} = {fpr_text(1 / n_ref)}, and the smallest p-value is 1/{n_ref + 1}"
             f"{', so no image can be called member' if nothing else ''}; at least {need} reference images are "
-            f"needed ({precise} for a precise estimate). The p-values stand.")
+            f"needed ({precise} for a precise estimate). The p-values stand."
+        )
     if n_ref * fpr < SUPPORTED_COUNT:
         return "imprecise", (
             f"{count(n_ref, 'reference image')} support FPR {fpr_text(fpr)} only roughly: about {n_ref * fpr:.3g} of "
             f"them fall on the member side of the threshold, so the realised FPR has a relative standard error "
-            f"near {100 / math.sqrt(n_ref * fpr):.0f} % ({precise} reference images bring it near 30 %).")
+            f"near {100 / math.sqrt(n_ref * fpr):.0f} % ({precise} reference images bring it near 30 %)."
+        )
     return "ok", ""
 
 
@@ -120,16 +137,20 @@ def calibrate(reference: np.ndarray, fpr: float) -> Calibration:
     ref = np.sort(np.asarray(reference, dtype=np.float64))[::-1]
     n = len(ref)
     if n == 0:
-        raise LoganError("the reference set holds no finite score: no verdict can be given; give a reference set "
-                         "(data.reference_datasets_list) of known non-members.")
+        raise LoganError(
+            "the reference set holds no finite score: no verdict can be given; give a reference set "
+            "(data.reference_datasets_list) of known non-members."
+        )
     m = max_above(n, fpr)
-    threshold = float("inf") if m < 0 else float(ref[m])   # m < n: fpr < 1
+    threshold = float("inf") if m < 0 else float(ref[m])  # m < n: fpr < 1
     flagged = int((decide(p_values(ref, ref, np.ones(n, dtype=bool)), fpr) == "member").sum())
     level, message = support(n, fpr)
     return Calibration(fpr, n, threshold, max(m + 1, 0) / (n + 1), flagged / n, flagged, level, message)
 
 
-def verdict_table(target: pd.DataFrame, reference: pd.DataFrame, fpr: float) -> tuple[pd.DataFrame, list[dict]]:
+def verdict_table(
+    target: pd.DataFrame, reference: pd.DataFrame, fpr: float
+) -> tuple[pd.DataFrame, list[dict]]:
     """Verdicts of one (part, metric, K): `target` rows (sample_id, image, label, std, score, ...) against the
     `reference` rows (sample_id, std, score) at the same std. Returns the table (COLUMNS, one row per target
     row) and one summary per std (its Calibration, the verdict counts and, on labelled rows, the TPR / FPR
@@ -142,12 +163,19 @@ def verdict_table(target: pd.DataFrame, reference: pd.DataFrame, fpr: float) -> 
         own = rows.sample_id.isin(set(finite.sample_id)).to_numpy()
         p = p_values(rows.score.to_numpy(), finite.score.to_numpy(), own)
         table = rows.assign(p_value=p, verdict=decide(p, fpr), in_reference=own)
-        table["label"] = table.label.where(table.label >= 0)   # unknown membership: empty
+        table["label"] = table.label.where(table.label >= 0)  # unknown membership: empty
         tables.append(table)
-        summaries.append({"std": float(std), **asdict(calibration), "n_ref_dropped": len(ref) - len(finite),
-                          **counts(table), "labelled": label_check(table)})
+        summaries.append(
+            {
+                "std": float(std),
+                **asdict(calibration),
+                "n_ref_dropped": len(ref) - len(finite),
+                **counts(table),
+                "labelled": label_check(table),
+            }
+        )
         if not math.isfinite(calibration.threshold):
-            summaries[-1]["threshold"] = None   # no score is high enough: no image can be called member
+            summaries[-1]["threshold"] = None  # no score is high enough: no image can be called member
     frame = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
     frame["label"] = frame.label.astype("Int8")
     return frame[COLUMNS], summaries
@@ -155,8 +183,12 @@ def verdict_table(target: pd.DataFrame, reference: pd.DataFrame, fpr: float) -> 
 
 def counts(table: pd.DataFrame) -> dict[str, int]:
     verdict = table.verdict.to_numpy()
-    return {"n_target": len(table), "n_flagged": int((verdict == "member").sum()),
-            "n_undetermined": int((verdict == "n/a").sum()), "n_in_reference": int(table.in_reference.sum())}
+    return {
+        "n_target": len(table),
+        "n_flagged": int((verdict == "member").sum()),
+        "n_undetermined": int((verdict == "n/a").sum()),
+        "n_in_reference": int(table.in_reference.sum()),
+    }
 
 
 def label_check(table: pd.DataFrame) -> dict[str, Any] | None:
@@ -167,10 +199,14 @@ def label_check(table: pd.DataFrame) -> dict[str, Any] | None:
     if not known.any():
         return None
     members, nonmembers = known & (labels == 1), known & (labels == 0)
-    return {"n_members": int(members.sum()), "n_nonmembers": int(nonmembers.sum()),
-            "members_flagged": int((member & members).sum()), "nonmembers_flagged": int((member & nonmembers).sum()),
-            "tpr": float(member[members].mean()) if members.any() else None,
-            "fpr": float(member[nonmembers].mean()) if nonmembers.any() else None}
+    return {
+        "n_members": int(members.sum()),
+        "n_nonmembers": int(nonmembers.sum()),
+        "members_flagged": int((member & members).sum()),
+        "nonmembers_flagged": int((member & nonmembers).sum()),
+        "tpr": float(member[members].mean()) if members.any() else None,
+        "fpr": float(member[nonmembers].mean()) if nonmembers.any() else None,
+    }
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -186,19 +222,25 @@ def describe(summary: dict[str, Any], entry: dict[str, Any]) -> tuple[str, list[
     """One std's verdicts: the headline (flagged count, realised FPR, n_ref and, on labelled images, the TPR /
     FPR the verdicts realise), and the notes: the support message first, then the leave-one-out one."""
     where = f"{summary['part']}, {summary['metric']}, K = {summary['k']:g}, std {entry['std']:g}"
-    headline = (f"verdicts ({where}): {entry['n_flagged']} of {count(entry['n_target'], 'image')} called member at FPR "
-                f"{fpr_text(summary['fpr'])} (realised FPR {fpr_text(entry['realised_fpr'])} on "
-                f"{count(entry['n_ref'], 'reference image')})")
+    headline = (
+        f"verdicts ({where}): {entry['n_flagged']} of {count(entry['n_target'], 'image')} called member at FPR "
+        f"{fpr_text(summary['fpr'])} (realised FPR {fpr_text(entry['realised_fpr'])} on "
+        f"{count(entry['n_ref'], 'reference image')})"
+    )
     check = entry.get("labelled")
     if check:
-        headline += (f"; against the labels: TPR {_rate(check['tpr'])} ({check['members_flagged']} of "
-                     f"{count(check['n_members'], 'member')}), FPR {_rate(check['fpr'])} "
-                     f"({check['nonmembers_flagged']} of {count(check['n_nonmembers'], 'non-member')})")
+        headline += (
+            f"; against the labels: TPR {_rate(check['tpr'])} ({check['members_flagged']} of "
+            f"{count(check['n_members'], 'member')}), FPR {_rate(check['fpr'])} "
+            f"({check['nonmembers_flagged']} of {count(check['n_nonmembers'], 'non-member')})"
+        )
     notes = [entry["message"]] if entry["message"] else []
     shared = entry["n_in_reference"]
     if shared:
-        notes.append(f"{count(shared, 'target image')} {'is' if shared == 1 else 'are'} in the reference set; each "
-                     "is compared with the other reference images (leave-one-out)")
+        notes.append(
+            f"{count(shared, 'target image')} {'is' if shared == 1 else 'are'} in the reference set; each "
+            "is compared with the other reference images (leave-one-out)"
+        )
     return headline, notes
 
 
@@ -228,18 +270,27 @@ def choose(cfg: RunConfig, source: Path | None) -> tuple[str, str]:
     if v.part is not None and v.part not in m.parts:
         raise LoganError(f"verdict.part={v.part} is not in img_metrics.parts ({', '.join(m.parts)}).")
     if v.metric is not None and v.metric not in m.metrics_to_use:
-        raise LoganError(f"verdict.metric={v.metric} is not in img_metrics.metrics_to_use; use one of "
-                         f"{', '.join(m.metrics_to_use)}.")
+        raise LoganError(
+            f"verdict.metric={v.metric} is not in img_metrics.metrics_to_use; use one of "
+            f"{', '.join(m.metrics_to_use)}."
+        )
     selected = read_json(source) if source is not None and Path(source).is_file() else {}
     part = v.part or next((p for p in (selected.get("part"), cfg.selection.part) if p in m.parts), m.parts[0])
     noise = [name for name in m.metrics_to_use if get_metric(name).needs == "noise"] or m.metrics_to_use
-    metric = v.metric or next((name for name in (selected.get("selection_metric"), cfg.selection.metric)
-                               if name in m.metrics_to_use), noise[0])
+    metric = v.metric or next(
+        (
+            name
+            for name in (selected.get("selection_metric"), cfg.selection.metric)
+            if name in m.metrics_to_use
+        ),
+        noise[0],
+    )
     return part, metric
 
 
-def per_image(cfg: RunConfig, source: Path | None, target: pd.DataFrame,
-              reference: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+def per_image(
+    cfg: RunConfig, source: Path | None, target: pd.DataFrame, reference: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The verdicts of a classify run: its target rows (as reported: holdout and crossfit applied) against its
     reference rows, at the chosen part and metric and K = selection.k. Returns verdicts.csv's table and
     verdicts.json's summary."""
@@ -251,7 +302,13 @@ def per_image(cfg: RunConfig, source: Path | None, target: pd.DataFrame,
 
     table, per_std = verdict_table(chosen(target), chosen(reference), fpr)
     shared = int(reference.sample_id.drop_duplicates().isin(set(target.sample_id)).sum())
-    summary = {"rule": RULE, "fpr": fpr, "part": part, "metric": metric, "k": k,
-               "reference": {"n_images": int(reference.sample_id.nunique()), "in_target": shared},
-               "per_std": per_std}
+    summary = {
+        "rule": RULE,
+        "fpr": fpr,
+        "part": part,
+        "metric": metric,
+        "k": k,
+        "reference": {"n_images": int(reference.sample_id.nunique()), "in_target": shared},
+        "per_std": per_std,
+    }
     return table, summary

@@ -17,8 +17,10 @@ CONVERTERS: dict[str, ModuleType] = {module.NAME: module for module in (vlmia, l
 def get_converter(name: str | None) -> ModuleType:
     """The converter registered as `name`; an unknown name is one error with a suggestion."""
     if not name:
-        raise LoganError("name the dataset to prepare: logan prepare <name> source=PATH path.output_dir=OUT "
-                         f"(names: {', '.join(CONVERTERS)}).")
+        raise LoganError(
+            "name the dataset to prepare: logan prepare <name> source=PATH path.output_dir=OUT "
+            f"(names: {', '.join(CONVERTERS)})."
+        )
     if name not in CONVERTERS:
         raise unknown("dataset", name, CONVERTERS)
     return CONVERTERS[name]

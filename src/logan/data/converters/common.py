@@ -178,16 +178,25 @@ def annotation_file(source: Path, subset: str | None, preferred: tuple[str, ...]
     `subset=` names (by file name or stem), else a preferred name, else the only one there."""
     if source.is_file():
         return source
-    found = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".json", ".jsonl") and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(source).parts))
+    found = sorted(
+        p
+        for p in source.rglob("*")
+        if p.suffix.lower() in (".json", ".jsonl")
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(source).parts)
+    )
     if not found:
-        raise LoganError(f"{source} holds no JSON or JSONL annotation file: give source= the {dataset} "
-                         "download folder or the annotation file itself.")
+        raise LoganError(
+            f"{source} holds no JSON or JSONL annotation file: give source= the {dataset} "
+            "download folder or the annotation file itself."
+        )
     if subset:
         chosen = [p for p in found if subset in (p.name, p.stem)]
         if not chosen:
-            raise LoganError(f"subset={subset} names no annotation file in {source}; "
-                             f"found: {', '.join(p.name for p in found[:10])}.")
+            raise LoganError(
+                f"subset={subset} names no annotation file in {source}; "
+                f"found: {', '.join(p.name for p in found[:10])}."
+            )
         return chosen[0]
     for name in preferred:
         chosen = [p for p in found if p.name == name]
@@ -195,8 +204,10 @@ def annotation_file(source: Path, subset: str | None, preferred: tuple[str, ...]
             return chosen[0]
     if len(found) > 1:
         names = ", ".join(p.name for p in found[:10])
-        raise LoganError(f"{source} holds {len(found)} annotation files ({names}): choose one with "
-                         "subset=NAME or give the file as source=FILE.")
+        raise LoganError(
+            f"{source} holds {len(found)} annotation files ({names}): choose one with "
+            "subset=NAME or give the file as source=FILE."
+        )
     return found[0]
 
 
@@ -220,17 +231,21 @@ def read_annotations(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise LoganError(f"{path} is not valid JSON ({exc}).")
     if not isinstance(entries, list):
-        raise LoganError(f"{path} must be a list of {{\"image\": ..., \"conversations\": [...]}} objects, "
-                         f"not a {type(entries).__name__}.")
+        raise LoganError(
+            f'{path} must be a list of {{"image": ..., "conversations": [...]}} objects, '
+            f"not a {type(entries).__name__}."
+        )
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise LoganError(f"{path}, entry {i}: expected an object with an 'image' field, "
-                             f"got {str(entry)[:80]}.")
+            raise LoganError(
+                f"{path}, entry {i}: expected an object with an 'image' field, got {str(entry)[:80]}."
+            )
     return entries
 
 
-def annotation_records(entries: list[dict[str, Any]], path: Path, index: ImageIndex, label: int,
-                       report: Report) -> Iterator[Record]:
+def annotation_records(
+    entries: list[dict[str, Any]], path: Path, index: ImageIndex, label: int, report: Report
+) -> Iterator[Record]:
     """The images that annotation entries name (`image`: a name or a list of names), all with `label`.
 
     An entry without an image is counted as text-only; a name not found is counted as missing."""
@@ -243,8 +258,9 @@ def annotation_records(entries: list[dict[str, Any]], path: Path, index: ImageIn
                 continue
             for name in names if isinstance(names, list) else [names]:
                 if not isinstance(name, str) or not name:
-                    raise LoganError(f"{path}, entry {i}: 'image' must be a file name or a list of names, "
-                                     f"got {name!r}.")
+                    raise LoganError(
+                        f"{path}, entry {i}: 'image' must be a file name or a list of names, got {name!r}."
+                    )
                 ref = index.find(name)
                 if ref is None:
                     report.miss(name)
@@ -252,9 +268,16 @@ def annotation_records(entries: list[dict[str, Any]], path: Path, index: ImageIn
                 yield index.record(ref, label, name)
 
 
-def annotation_dataset(cfg: PrepareConfig, report: Report, *, dataset: str, label: int,
-                       preferred: tuple[str, ...], images_hint: str | None = None,
-                       default_images: Callable[[Path], Path] | None = None) -> tuple[int, Iterator[Record]]:
+def annotation_dataset(
+    cfg: PrepareConfig,
+    report: Report,
+    *,
+    dataset: str,
+    label: int,
+    preferred: tuple[str, ...],
+    images_hint: str | None = None,
+    default_images: Callable[[Path], Path] | None = None,
+) -> tuple[int, Iterator[Record]]:
     """Annotation list + image folder -> records. With `images_hint`, `images=` is required (the hint
     says what to give); without, images default to `default_images(annotation file)`, searched (zips too)."""
     root = existing(cfg.source, "source", f"the downloaded {dataset} folder or its annotation file")

@@ -21,6 +21,11 @@ HELP = "liuhaotian/LLaVA-Instruct-150K JSON + COCO-2017 train images -> members"
 
 
 def read(cfg: PrepareConfig, report: Report) -> tuple[int, Iterator[Record]]:
-    return annotation_dataset(cfg, report, dataset="LLaVA-Instruct-150K", label=1,
-                              preferred=("llava_instruct_150k.json",),
-                              images_hint="the COCO-2017 train images folder (train2017/) the entries name")
+    return annotation_dataset(
+        cfg,
+        report,
+        dataset="LLaVA-Instruct-150K",
+        label=1,
+        preferred=("llava_instruct_150k.json",),
+        images_hint="the COCO-2017 train images folder (train2017/) the entries name",
+    )

@@ -22,8 +22,14 @@ HELP = "OpenGVLab/ShareGPT-4o image annotations + images -> known non-members (r
 
 
 def read(cfg: PrepareConfig, report: Report) -> tuple[int, Iterator[Record]]:
-    return annotation_dataset(cfg, report, dataset="ShareGPT-4o", label=0, preferred=("gpt-4o.jsonl",),
-                              default_images=_download_folder)
+    return annotation_dataset(
+        cfg,
+        report,
+        dataset="ShareGPT-4o",
+        label=0,
+        preferred=("gpt-4o.jsonl",),
+        default_images=_download_folder,
+    )
 
 
 def _download_folder(annotations: Path) -> Path:

@@ -35,8 +35,12 @@ from logan.errors import LoganError, unknown
 NAME = "vlmia"
 OUTPUTS = {1: "members.json", 0: "nonmembers.json"}
 HELP = "JaineLi/VL-MIA-image (Hub id, snapshot, save_to_disk or image folder) -> members + non-members"
-SUBSETS = {"img_Flickr": "flickr_2024", "img_Flickr_2k": "flickr_2024_2k",
-           "img_Flickr_10k": "flickr_2024_10k", "img_dalle": "DALLE"}  # subset -> the repository's folder
+SUBSETS = {
+    "img_Flickr": "flickr_2024",
+    "img_Flickr_2k": "flickr_2024_2k",
+    "img_Flickr_10k": "flickr_2024_10k",
+    "img_dalle": "DALLE",
+}  # subset -> the repository's folder
 METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 KEY = "prepare.source"
 
@@ -49,11 +53,15 @@ def read(cfg: PrepareConfig, report: Report) -> tuple[int | None, Iterator[Recor
     if subset not in SUBSETS:
         raise unknown("VL-MIA subset", subset, SUBSETS)
     value = str(cfg.source or "")
-    if value.startswith("hf:") or (value and not Path(value).expanduser().exists() and looks_like_repo_id(value)):
+    if value.startswith("hf:") or (
+        value and not Path(value).expanduser().exists() and looks_like_repo_id(value)
+    ):
         from logan.data.sources import parse_entry
 
         entry = parse_entry(value if value.startswith("hf:") else f"hf:{value}", KEY)
-        source = open_source(Entry(entry.kind, entry.location, entry.config or subset, revision=entry.revision), KEY)
+        source = open_source(
+            Entry(entry.kind, entry.location, entry.config or subset, revision=entry.revision), KEY
+        )
         report.where = source.origin
         return None, _records(source, report)
     root = existing(cfg.source, "source", "the downloaded JaineLi/VL-MIA-image folder (or a saved dataset)")
@@ -97,15 +105,24 @@ def _records(source: Any, report: Report) -> Iterator[Record]:
         report.entries += 1
         value = cells[image]
         path = value.get("path") if isinstance(value, dict) else (value if isinstance(value, str) else None)
-        name = PurePosixPath(str(path).replace("\\", "/")).name if path else f"{source.entry.config or 'row'}_{row:06d}"
+        name = (
+            PurePosixPath(str(path).replace("\\", "/")).name
+            if path
+            else f"{source.entry.config or 'row'}_{row:06d}"
+        )
         try:
             data, file, _ = image_bytes(value, source.base, f"{source.origin}, row {row}")
         except LoganError:
             report.miss(f"{name} (row {row})")
             continue
         member = parse_label(cells[label], f"{source.origin}, row {row}", source.label_names)
-        yield Record(member, name, hashlib.sha256(data).hexdigest(), path=Path(file) if file else None,
-                     data=None if file else data)
+        yield Record(
+            member,
+            name,
+            hashlib.sha256(data).hexdigest(),
+            path=Path(file) if file else None,
+            data=None if file else data,
+        )
 
 
 def _subset_folder(source: Path, subset: str) -> Path:
@@ -115,14 +132,18 @@ def _subset_folder(source: Path, subset: str) -> Path:
             return source / name
     named = [name for name, folder in SUBSETS.items() if source.name in (name, folder)]
     if named and named[0] != subset:
-        raise LoganError(f"source={source} is the folder of subset {named[0]}, not of subset={subset}: "
-                         f"give subset={named[0]} or the repository folder as source=.")
+        raise LoganError(
+            f"source={source} is the folder of subset {named[0]}, not of subset={subset}: "
+            f"give subset={named[0]} or the repository folder as source=."
+        )
     if source.is_dir():
         others = sorted(n for pair in SUBSETS.items() for n in pair if (source / n).is_dir())
         if others:
-            raise LoganError(f"{source} holds the VL-MIA folders {', '.join(others)} but none for "
-                             f"subset={subset} (looked for {subset}/ and {SUBSETS[subset]}/); "
-                             "choose one of those.")
+            raise LoganError(
+                f"{source} holds the VL-MIA folders {', '.join(others)} but none for "
+                f"subset={subset} (looked for {subset}/ and {SUBSETS[subset]}/); "
+                "choose one of those."
+            )
     return source
 
 
@@ -135,8 +156,10 @@ def _image_folder(root: Path, report: Report) -> tuple[int, Iterator[Record]]:
         return len(rows), _metadata_records(rows, root, index, report)
     entries = index.entries()
     if not entries:
-        raise LoganError(f"found no Parquet or Arrow files and no images in {root}: give source= the "
-                         "downloaded JaineLi/VL-MIA-image folder (or a datasets save_to_disk folder).")
+        raise LoganError(
+            f"found no Parquet or Arrow files and no images in {root}: give source= the "
+            "downloaded JaineLi/VL-MIA-image folder (or a datasets save_to_disk folder)."
+        )
     return len(entries), _folder_records(entries, index, report)
 
 
@@ -147,8 +170,10 @@ def _metadata_rows(path: Path) -> list[dict[str, Any]]:
         raise LoganError(f"{path} is not a readable metadata file ({exc}).")
     missing = [c for c in ("file_name", "label") if c not in frame.columns]
     if missing:
-        raise LoganError(f"{path} lacks the column(s) {', '.join(missing)}: an image folder's metadata needs "
-                         "'file_name' and 'label'.")
+        raise LoganError(
+            f"{path} lacks the column(s) {', '.join(missing)}: an image folder's metadata needs "
+            "'file_name' and 'label'."
+        )
     return frame[["file_name", "label"]].to_dict("records")
 
 
@@ -183,5 +208,7 @@ def _folder_label(label_path: str) -> int:
             return parse_label(part, label_path)
         except LoganError:
             continue
-    raise LoganError(f"cannot tell the label of {label_path}: put the images under folders named member / "
-                     "non_member (or 1 / 0), or add a metadata.jsonl with 'file_name' and 'label'.")
+    raise LoganError(
+        f"cannot tell the label of {label_path}: put the images under folders named member / "
+        "non_member (or 1 / 0), or add a metadata.jsonl with 'file_name' and 'label'."
+    )
