@@ -294,3 +294,28 @@ def test_verdict_keys_must_name_what_the_run_scores(tuned, tmp_path) -> None:
         logan.classify(std=str(tuned / "optimal_std.json"), output_dir=tmp_path / "c", **{"verdict.part": "caption"})
     with pytest.raises(LoganError, match=r"verdict.fpr=0(\.0)? must lie strictly between 0 and 1"):
         logan.classify(std=str(tuned / "optimal_std.json"), output_dir=tmp_path / "c", **{"verdict.fpr": 0})
+
+
+def test_every_image_gets_its_verdict_under_holdout_and_crossfit() -> None:
+    """AUCs leave out the samples the std was chosen on; the per-image verdicts do not (an image someone asks
+    about always gets an answer), and under crossfit an image outside both folds keeps each std."""
+    from logan.pipeline.common import StdPlan
+
+    rows = pd.DataFrame(
+        {
+            "sample_id": ["a", "a", "b", "b", "c", "c"],
+            "part": ["img"] * 6,
+            "std": [1.0, 2.0, 1.0, 2.0, 1.0, 2.0],
+        }
+    )
+    holdout = StdPlan([1.0, 2.0], None, split="holdout", chosen_on=frozenset({"a"}))
+    assert holdout.mask(rows).tolist() == [False, False, True, True, True, True]
+    assert holdout.mask(rows, every_sample=True).all()
+    crossfit = StdPlan(
+        [1.0, 2.0],
+        None,
+        split="crossfit",
+        folds=((frozenset({"a"}), {"img": 2.0}), (frozenset({"b"}), {"img": 1.0})),
+    )
+    assert crossfit.mask(rows).tolist() == [False, True, True, False, False, False]
+    assert crossfit.mask(rows, every_sample=True).tolist() == [False, True, True, False, True, True]

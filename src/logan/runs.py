@@ -197,11 +197,16 @@ class ClassifyResult:
             return "\n\n".join(summary_table(rows, k, s, note) for s in sorted(self.metrics["std"].unique()))
         return summary_table(rows, k, std, note)
 
+    def _blind_line(self) -> str:
+        auc = self.blind.get("auc")
+        if auc is None or np.isnan(auc):
+            return f"model-free baseline: {self.blind.get('verdict', 'not run')}"
+        return f"model-free baseline: AUC {auc:.3f} - {self.blind.get('verdict', '')}"
+
     def summary(self) -> str:
         lines = [
             self.table(),
-            f"model-free baseline: AUC {self.blind.get('auc', float('nan')):.3f} - "
-            f"{self.blind.get('verdict', '')}",
+            self._blind_line(),
             *self._verdict_lines(),
             f"files: {self.output_dir / 'metrics.json'}, {self.output_dir / 'scores.parquet'}, {self.report}",
         ]

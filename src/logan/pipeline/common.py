@@ -505,16 +505,23 @@ class StdPlan:
         """Whether each part (or sample) is reported at its own std rather than every part at every std."""
         return self.per_part is not None or bool(self.folds)
 
-    def mask(self, scores: pd.DataFrame) -> np.ndarray:
-        """The rows of a score table (columns sample_id, part, std) that this plan reports."""
-        keep = ~scores.sample_id.isin(self.chosen_on).to_numpy()
+    def mask(self, scores: pd.DataFrame, every_sample: bool = False) -> np.ndarray:
+        """The rows of a score table (columns sample_id, part, std) that this plan reports. With `every_sample`
+        (the per-image verdicts) no sample is left out: the holdout's selection part is kept, and under crossfit
+        a sample outside both folds keeps each of its std values."""
+        keep = (
+            np.ones(len(scores), dtype=bool)
+            if every_sample
+            else ~scores.sample_id.isin(self.chosen_on).to_numpy()
+        )
         if self.folds:
             assigned = np.zeros(len(scores), dtype=bool)
+            in_fold = np.zeros(len(scores), dtype=bool)
             for samples, stds in self.folds:
-                assigned |= (
-                    scores.sample_id.isin(samples) & (scores.part.map(stds) == scores["std"])
-                ).to_numpy()
-            return keep & assigned
+                member = scores.sample_id.isin(samples).to_numpy()
+                in_fold |= member
+                assigned |= member & (scores.part.map(stds) == scores["std"]).to_numpy()
+            return keep & (assigned | (~in_fold if every_sample else False))
         if self.per_part is not None:
             keep &= (scores.part.map(self.per_part) == scores["std"]).to_numpy()
         return keep

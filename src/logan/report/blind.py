@@ -57,6 +57,11 @@ def blind_baseline(target: pd.DataFrame, folds: int = 5, seed: int = 0) -> dict[
 
     labels = target.label.to_numpy().astype(int)
     folds = int(min(folds, np.bincount(labels, minlength=2).min()))
+    if len(labels) == 0:
+        return {
+            "auc": float("nan"),
+            "verdict": "not run: it needs labelled members and non-members (none here)",
+        }
     if folds < 2:
         return {"auc": float("nan"), "verdict": "not estimable (fewer than 2 samples of a class)"}
     features = np.stack([image_features(sample_bytes(row)) for row in target.itertuples(index=False)])

@@ -335,8 +335,11 @@ def evaluate(
     write_parquet(out / "scores.parquet", scores)
     verdicts = None
     if reference is not None:
+        asked = every[every.sample_id.isin(set(target.sample_id))]
+        asked = asked[plan.mask(asked, every_sample=True)]  # every image gets its verdict, holdout or not
+        asked = asked.assign(std_chosen_on_it=asked.sample_id.isin(plan.chosen_on).to_numpy())
         table, verdicts = per_image(
-            cfg, plan.source, scores, every[every.sample_id.isin(set(reference.sample_id))]
+            cfg, plan.source, asked, every[every.sample_id.isin(set(reference.sample_id))]
         )
         write_verdicts(table, verdicts, out)
     blind = save_blind_baseline(target[target.label >= 0], out / "blind_baseline.json", cfg.seed)

@@ -61,6 +61,7 @@ COLUMNS = [
     "verdict",
     "label",
     "in_reference",
+    "std_chosen_on_it",
 ]
 TOLERANCE = 1e-9  # p and fpr are compared as counts: (1 + c) <= fpr (1 + n), up to rounding
 
@@ -163,6 +164,8 @@ def verdict_table(
         own = rows.sample_id.isin(set(finite.sample_id)).to_numpy()
         p = p_values(rows.score.to_numpy(), finite.score.to_numpy(), own)
         table = rows.assign(p_value=p, verdict=decide(p, fpr), in_reference=own)
+        if "std_chosen_on_it" not in table:
+            table["std_chosen_on_it"] = False
         table["label"] = table.label.where(table.label >= 0)  # unknown membership: empty
         tables.append(table)
         summaries.append(
