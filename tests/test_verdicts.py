@@ -254,6 +254,8 @@ def test_unlabelled_images_get_verdicts_and_no_auc_table(tuned, labelled, tmp_pa
         assert "verdicts (img, " in printed and "of 5 images called member at FPR 20 %" in printed
         result = logan.load_run(out)
         assert json.loads((out / "metrics.json").read_text()) == [] and result.metrics.empty
+        doc = logan.validate_results(out)   # an empty AUC table still has every column
+        assert doc["metrics"]["auc"] == [] and doc["verdicts"]["per_std"][0]["n_target"] == 5
         verdicts = result.verdicts
         assert len(verdicts) == 5 and verdicts.label.isna().all()
         assert verdicts.verdict.isin(["member", "non-member"]).all()

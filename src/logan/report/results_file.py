@@ -77,6 +77,14 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+# every metrics table has these columns, also an empty one (an unlabelled target set has no AUC row)
+METRIC_COLUMNS = ("metric", "part", "std", "k", "n_members", "n_nonmembers", "auc", "acc") + tuple(
+    f"{kind}_at_{target}_fpr{suffix}"
+    for target in FPR_TARGETS
+    for kind, suffix in (("tpr", ""), ("fpr", ""), ("tpr", "_estimable"))
+)
+
+
 def columns(rows: list[dict[str, Any]], first: tuple[str, ...] = ()) -> dict[str, list[Any]]:
     """Rows as {column: values}: `first` leads, then every other key in order of first appearance; a key a row
     lacks is null there."""
@@ -241,7 +249,7 @@ def write_classify_results(
         r["metric"]: {name: r[name] for name in PER_METRIC if name in r} for r in rows
     }
     doc["metrics"] = columns(
-        [{n: v for n, v in r.items() if n not in PER_METRIC} for r in rows], ("metric", "part", "std", "k")
+        [{n: v for n, v in r.items() if n not in PER_METRIC} for r in rows], METRIC_COLUMNS
     )
     doc["roc"] = roc_arrays(scores, k, cfg.img_metrics.parts, cfg.img_metrics.metrics_to_use)
     doc["blind_baseline"] = blind
