@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 URI = "hf://"
 FOLDER_KEYS = ("model_path", "model_base", "vision_tower", "llama_model")
 FILE_KEYS = ("ckpt", "vit_model", "q_former_model")
+# every target_model key that names model files, in the order run fingerprints list them
+MODEL_PATH_KEYS = (
+    "model_path",
+    "model_base",
+    "ckpt",
+    "vision_tower",
+    "llama_model",
+    "vit_model",
+    "q_former_model",
+)
 # files a model folder never needs: other frameworks' weights; pickled weights beside safetensors (every
 # loader here prefers safetensors, as transformers does)
 IGNORED = ["*.h5", "*.msgpack", "*.onnx", "*.ot", "*.tflite", "*.gguf", "*.mlmodel", "coreml/*", "onnx/*"]

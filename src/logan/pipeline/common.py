@@ -31,7 +31,7 @@ from logan.io import RunLock, check_fingerprint, read_json, remove_stale_tempora
 from logan.metrics import fused
 from logan.metrics.registry import DEFINITIONS, TKN_SUFFIX, all_metrics, get_metric
 from logan.models.base import VLMAdapter, resolve_compile, resolve_device, resolve_dtype
-from logan.models.hub import local_model, moved_revision, provenance
+from logan.models.hub import MODEL_PATH_KEYS, local_model, moved_revision, provenance
 from logan.models.registry import check_model, load_model
 from logan.provenance import PROVENANCE, run_provenance
 from logan.results import (
@@ -131,18 +131,7 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     """The settings a run folder's per-std results depend on, with the package version and the metric
     definitions (`img_metrics.compat`'s, see `metrics/registry.py`): a folder never mixes results of two."""
     m, n = cfg.target_model, cfg.noise
-    files = {
-        key: provenance(cfg, key)
-        for key in (
-            "model_path",
-            "model_base",
-            "ckpt",
-            "vision_tower",
-            "llama_model",
-            "vit_model",
-            "q_former_model",
-        )
-    }
+    files = {key: provenance(cfg, key) for key in MODEL_PATH_KEYS}
     nested = {k: provenance(cfg, f"model.{k}") or v for k, v in (m.model or {}).items()}
     return {
         "target_model": m.name,

@@ -21,6 +21,7 @@ from logan.faults import fault_point
 from logan.io import read_json, write_json
 from logan.models.base import VLMAdapter
 from logan.models.contract import ImageBatch, TokenBatch
+from logan.models.hub import MODEL_PATH_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,7 @@ AUTO_CPU_BATCH = 8
 
 GENERATION_KEYS = (
     "target_model",
-    "model_path",
-    "model_base",
-    "ckpt",
-    "vision_tower",
-    "llama_model",
-    "vit_model",
-    "q_former_model",
+    *MODEL_PATH_KEYS,
     "model_type",
     "model",
     "conv_mode",
