@@ -32,7 +32,7 @@ from logan.pipeline.common import StdPlan
 from logan.report.blind import save_blind_baseline
 from logan.report.html import ReportContext, std_text, write_report
 from logan.report.plots import roc_curves, score_histograms
-from logan.report.results_file import write_classify_results
+from logan.report.results_file import position, write_classify_results
 from logan.report.scoring import fold_mean, rows_with_resamples
 from logan.report.verdicts import per_image, write_verdicts
 from logan.results import load_baselines, load_scores
@@ -249,8 +249,8 @@ def _order(rows: list[dict[str, Any]], parts: list[str], metrics: list[str]) -> 
     def key(r: dict[str, Any]) -> tuple:
         return (
             np.nan_to_num(r["std"], nan=-1.0),
-            parts.index(r["part"]) if r["part"] in parts else len(parts),
-            metrics.index(r["metric"]) if r["metric"] in metrics else len(metrics),
+            position(parts, r["part"]),
+            position(metrics, r["metric"]),
             r["k"],
         )
 
@@ -308,8 +308,8 @@ def evaluate(
     are left out of the AUC tables (an unlabelled target set has none) and get their verdicts."""
     out, k = cfg.output_dir, cfg.selection.k
     every = score_table(cfg, target if reference is None else pd.concat([target, reference]), plan.stds)
-    scores = every[every.sample_id.isin(set(target.sample_id))]
-    scores = scores[plan.mask(scores)]
+    asked = every[every.sample_id.isin(set(target.sample_id))]  # every target image: its verdicts
+    scores = asked[plan.mask(asked)]  # the rows the AUCs count
     if plan.folds:
         scores = scores.assign(fold=plan.fold_of(scores.sample_id))
     record = plan.record(plan.reported(target))
@@ -335,7 +335,6 @@ def evaluate(
     write_parquet(out / "scores.parquet", scores)
     verdicts = None
     if reference is not None:
-        asked = every[every.sample_id.isin(set(target.sample_id))]
         asked = asked[plan.mask(asked, every_sample=True)]  # every image gets its verdict, holdout or not
         asked = asked.assign(std_chosen_on_it=asked.sample_id.isin(plan.chosen_on).to_numpy())
         table, verdicts = per_image(
