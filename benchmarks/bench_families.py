@@ -212,6 +212,44 @@ def divergence_share(adapter: hf_vlm.HFVLM, items: list[WorkItem], batch: int, r
     return {"kernel": kernel, "rows": layout.n_valid, **timings}
 
 
+def timeline(trace: Path) -> dict:
+    """What the device did during a profiled run (a Chrome trace of torch.profiler): the share of the wall
+    time some kernel or copy ran, device time per kernel name, and the longest idle gaps."""
+    events = json.loads(trace.read_text())["traceEvents"]
+    device = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                    if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e)
+    if not device:
+        return {}
+    busy, gaps, end = 0.0, [], device[0][0]
+    per_name: dict[str, float] = {}
+    for start, stop, kernel in device:
+        per_name[kernel] = per_name.get(kernel, 0.0) + stop - start
+        if start > end:
+            gaps.append((start - end, start - device[0][0], kernel))
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    span = end - device[0][0]
+    top = sorted(per_name.items(), key=lambda kv: -kv[1])[:15]
+    return {"span_ms": span / 1e3, "busy_ms": busy / 1e3, "busy_share": busy / span,
+            "idle_over_1ms": sum(g for g, _, _ in gaps if g > 1e3) / 1e3,
+            "longest_gaps": [{"ms": g / 1e3, "at_ms": at / 1e3, "next": k[:60]} for g, at, k in sorted(gaps)[::-1][:10]],
+            "kernels_ms": {k[:90]: v / 1e3 for k, v in top}}
+
+
+def profiled(run, out: Path) -> dict:
+    """`run()` under torch.profiler (CPU and CUDA activity); the trace is kept at `out`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    prof.export_chrome_trace(str(out))
+    return {"wall_s": wall, **timeline(out)}
+
+
 def bench_family(name: str, family: Family, args: argparse.Namespace, work: Path, device: torch.device,
                  dtype: torch.dtype) -> dict:
     meter, rows = Meter(device), {}
@@ -234,6 +272,24 @@ def bench_family(name: str, family: Family, args: argparse.Namespace, work: Path
     logan_run(adapter, items, stds[:1], img, work / name / "img_warm")
     with meter.measure(rows.setdefault("LOGAN img, 9 divergences", {})) as r:
         r.update(logan_run(adapter, items, stds, img, work / name / "img"))
+    if args.profile:
+        image, key = load_image(items[0].source)
+        started = time.perf_counter()
+        for i in range(8):
+            adapter.image_input(perturb_pixels(image, stds[-1], seed=0, key=key, draw=i))
+        setup["host_ms_per_image"] = (time.perf_counter() - started) / 8 * 1e3  # one thread: noise + processor
+        setup["profile"] = profiled(lambda: logan_run(adapter, items, stds, img, work / name / "img_profiled"),
+                                    Path(args.profile) / f"{name}_img.trace.json")
+    for label, interval, workers in ([("switch interval 0.5 ms", 5e-4, 0), ("2 host workers", None, 2)]
+                                     if args.variants else []):
+        default_interval = sys.getswitchinterval()
+        sys.setswitchinterval(interval or default_interval)
+        try:
+            variant = run_config(work / name / label, ["img"], LOGAN_METRICS, args.batch_size, compile, workers)
+            with meter.measure(rows.setdefault(f"LOGAN img, {label}", {})) as r:
+                r.update(logan_run(adapter, items, stds, variant, work / name / label))
+        finally:
+            sys.setswitchinterval(default_interval)
     kernel = fused.resolve("auto", device, (dtype, adapter.real_vocab))  # the engine's batch size, as run_stds had it
     batch = Engine(adapter, EngineSettings(parts=["img"], metrics=LOGAN_METRICS, instruction=INSTRUCTION,
                                            batch_size=args.batch_size, compile=compile,
@@ -285,6 +341,9 @@ def table(name: str, result: dict) -> str:
     lines.append(f"divergences alone ({d['kernel']}): {1000 * d['divergences']:.1f} ms for {d['rows']} image rows at "
                  f"V = {s['real_vocab']}, one forward of the batch {1000 * d['forward']:.1f} ms: "
                  f"{100 * d['divergences'] / (d['forward'] + d['divergences']):.0f} % of a noisy step")
+    if "profile" in s:
+        lines.append(f"host work per image, one thread (noise + processor): {s['host_ms_per_image']:.1f} ms")
+        lines.append("profiled LOGAN img run: " + json.dumps(s["profile"], indent=1))
     return "\n".join(lines)
 
 
@@ -301,6 +360,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=None, help="batched forwards timed (default 10, 2 --tiny)")
     p.add_argument("--skip-default", action="store_true", help="skip the default parts + metrics run")
     p.add_argument("--json", default=None)
+    p.add_argument("--variants", action="store_true", help="also LOGAN img with a 0.5 ms GIL switch interval, "
+                   "and with 2 host workers")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="also run LOGAN img once under torch.profiler: DIR/<family>_img.trace.json and a summary")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -7,13 +7,15 @@ sweeps over the vocabulary, per row:
 
 1. max and argmax of the clean and of the noisy logits, and the extremes of c - n;
 2. the partitions and the centring shift S = E_p[c - n];
-3. KL(P||Q) and the Renyi divergences from the centred log-ratio d = (c - n) - S; the partitions of
-   the Renyi-alpha normalisations p_c^a / sum p_c^a;
-4. the floors of the plain KL, the normalisations' centring shifts;
-5. the normalisations' KLs; 6. their epsilon terms.
+3. KL(P||Q) and the Renyi divergences from the centred log-ratio d = (c - n) - S; the plain KL's
+   floors and epsilon term; per Renyi-alpha normalisation the partitions of p_c^a and q_c^a and its
+   centring shift E_w[a (log p_c - log q_c)] (the row's KL, known only after the sweep, enters the
+   shift as a multiple of the unfloored entries' weight, summed apart);
+4. the normalisations' KLs and their epsilon terms (the noisy normalisation's log-weights from its own
+   partition, log w_q = a log q_c - log sum q_c^a).
 
 With `original=True` (`img_metrics.compat=original`, a variant compiled on its own; the default kernel is
-unchanged) sweep 4 also sums the original's clipped Renyi terms and the Renyi outputs are its clipped
+unchanged) sweep 3 also sums the original's clipped Renyi terms and the Renyi outputs are its clipped
 divergences (`metrics/original.py`).
 
 The work is transcendental functions, so the kernel keeps them few and fast (`fused_kernel.py`). On an
