@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 NOISY_NLL = "_nll"  # the engine's internal name for the noisy pass's per-token NLL of the targets
 OUTPUTS = (*LOGAN_DIVERGENCES, NOISY_NLL)
-BLOCK = 512  # vocabulary entries per step of a sweep (per-lane accumulators: BLOCK / (32 * WARPS) per thread)
-WARPS = 4  # (512, 4): 0.57 ms per 576-row pair on an H200; (1024, 4) 0.70, (2048, 8) 0.59, (256, 2) 0.78
+BLOCK = 256  # vocabulary entries per step of a sweep (per-lane accumulators: BLOCK / (32 * WARPS) per thread)
+WARPS = 4  # H200, 16 384 bf16 rows (bench_kernel.py): (256, 4) 91 ms at 151 657 entries, (512, 4) 138, (512, 8) 126
 
 
 def available(device: torch.device) -> bool:
