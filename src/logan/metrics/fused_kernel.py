@@ -178,6 +178,15 @@ def _centred(near, m, s, x, log_w, w, far, mask):
 
 
 @triton.jit
+def _normalised(near, m, s, eps, lp_c, lq_c, diff, r_a, alpha, lse, lsq, inv, shift, far, mask):
+    """One Renyi-alpha normalisation w = p_c^a / sum p_c^a per lane: its KL's centred sums (x = shift - a diff)
+    and its epsilon term against w_q = q_c^a / sum q_c^a (r_a = (p_c / p_max)^a, lse / lsq the log-partitions)."""
+    log_w, w = alpha * lp_c - lse, r_a * inv
+    near, m, s = _centred(near, m, s, shift - alpha * diff, log_w, w, far, mask)
+    return near, m, s, eps + _eps_term(log_w, w, alpha * lq_c - lsq, mask)
+
+
+@triton.jit
 def _clipped(change, total, lp, lq, lp_k, lq_k, alpha, beta, cut, mask):
     """The original's clipped Renyi sum per lane (beta = 1 - alpha): p_c^a q_c^b, and on clipped entries the
     change the clip makes, p_c^a q_c^b - p^a q^b, as a difference (no cancellation)."""
@@ -332,15 +341,29 @@ def divergences_kernel(
         lp_c, lq_c, floored, diff = _floors(lp, lq, d, mask)
         diff = tl.where(floored, diff, diff + kl)
         r1 = tl.where(mask, p_c * sc_row, 0.0)
-        log_w, w = 0.5 * lp_c - lse05, tl.sqrt(r1) * inv05
-        na, ma, sa = _centred(na, ma, sa, shift05 - 0.5 * diff, log_w, w, top05 > LARGE, mask)
-        e05 += _eps_term(log_w, w, 0.5 * lq_c - lsq05, mask)
-        log_w, w = lp_c - lse1, r1 * inv1
-        nb, mb, sb = _centred(nb, mb, sb, shift1 - diff, log_w, w, top1 > LARGE, mask)
-        e1 += _eps_term(log_w, w, lq_c - lsq1, mask)
-        log_w, w = 2.0 * lp_c - lse2, r1 * r1 * inv2
-        nc, mq, sq = _centred(nc, mq, sq, shift2 - 2.0 * diff, log_w, w, top2 > LARGE, mask)
-        e2 += _eps_term(log_w, w, 2.0 * lq_c - lsq2, mask)
+        na, ma, sa, e05 = _normalised(
+            na,
+            ma,
+            sa,
+            e05,
+            lp_c,
+            lq_c,
+            diff,
+            tl.sqrt(r1),
+            0.5,
+            lse05,
+            lsq05,
+            inv05,
+            shift05,
+            top05 > LARGE,
+            mask,
+        )
+        nb, mb, sb, e1 = _normalised(
+            nb, mb, sb, e1, lp_c, lq_c, diff, r1, 1.0, lse1, lsq1, inv1, shift1, top1 > LARGE, mask
+        )
+        nc, mq, sq, e2 = _normalised(
+            nc, mq, sq, e2, lp_c, lq_c, diff, r1 * r1, 2.0, lse2, lsq2, inv2, shift2, top2 > LARGE, mask
+        )
     kl05 = tl.maximum(_log_mean_exp(top05, na, ma, sa), 0.0)
     kl1 = tl.maximum(_log_mean_exp(top1, nb, mb, sb), 0.0)
     kl2 = tl.maximum(_log_mean_exp(top2, nc, mq, sq), 0.0)
