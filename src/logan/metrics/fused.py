@@ -7,19 +7,17 @@ sweeps over the vocabulary, per row:
 
 1. max and argmax of the clean and of the noisy logits, and the extremes of c - n;
 2. the partitions and the centring shift S = E_p[c - n];
-3. KL(P||Q) and the Renyi divergences from the centred log-ratio d = (c - n) - S; the plain KL's
-   floors and epsilon term; per Renyi-alpha normalisation the partitions of p_c^a and q_c^a and its
-   centring shift E_w[a (log p_c - log q_c)] (the row's KL, known only after the sweep, enters the
-   shift as a multiple of the unfloored entries' weight, summed apart);
-4. the normalisations' KLs and their epsilon terms (the noisy normalisation's log-weights from its own
-   partition, log w_q = a log q_c - log sum q_c^a).
+3. KL(P||Q) and the Renyi divergences from the centred log-ratio d = (c - n) - S; the partitions of
+   the Renyi-alpha normalisations p_c^a / sum p_c^a;
+4. the floors of the plain KL, the normalisations' centring shifts;
+5. the normalisations' KLs; 6. their epsilon terms.
 
 With `original=True` (`img_metrics.compat=original`, a variant compiled on its own; the default kernel is
-unchanged) sweep 3 also sums the original's clipped Renyi terms and the Renyi outputs are its clipped
+unchanged) sweep 4 also sums the original's clipped Renyi terms and the Renyi outputs are its clipped
 divergences (`metrics/original.py`).
 
 The work is transcendental functions, so the kernel keeps them few and fast (`fused_kernel.py`). On an
-H200 at 32 000 vocabulary entries it takes 0.48 ms per 576 rows (`bench_kernel.py`: 13.7 ms per 16 384) against 1.62 ms for
+H200 at 32 000 vocabulary entries it takes 0.57 ms per 576-row (image, std) pair against 1.62 ms for
 the compiled PyTorch reduction, and its values are within 3e-6 (relative) of PyTorch's
 (`benchmarks/README.md`). It runs on CUDA devices with triton installed; the tests also run it on the
 CPU under triton's interpreter (`TRITON_INTERPRET=1` set before triton is imported; slow). The kernel
@@ -40,8 +38,8 @@ log = logging.getLogger(__name__)
 
 NOISY_NLL = "_nll"  # the engine's internal name for the noisy pass's per-token NLL of the targets
 OUTPUTS = (*LOGAN_DIVERGENCES, NOISY_NLL)
-BLOCK = 256  # vocabulary entries per step of a sweep (per-lane accumulators: BLOCK / (32 * WARPS) per thread)
-WARPS = 4  # H200, 16 384 bf16 rows (bench_kernel.py): (256, 4) 91 ms at 151 657 entries, (512, 4) 138, (512, 8) 126
+BLOCK = 512  # vocabulary entries per step of a sweep (per-lane accumulators: BLOCK / (32 * WARPS) per thread)
+WARPS = 4  # (512, 4): 0.57 ms per 576-row pair on an H200; (1024, 4) 0.70, (2048, 8) 0.59, (256, 2) 0.78
 
 
 def available(device: torch.device) -> bool:

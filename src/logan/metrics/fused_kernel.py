@@ -1,6 +1,6 @@
 """The Triton kernel behind `logan.metrics.fused` (imported on first use: it needs triton).
 
-One program per token row; four sweeps over the vocabulary, each reading the row's clean and noisy
+One program per token row; six sweeps over the vocabulary, each reading the row's clean and noisy
 logits in blocks of BLOCK entries (see `fused.py` for what each sweep computes). Sums, maxima and
 log-sum-exps accumulate per lane (vectors of BLOCK) and are reduced across lanes once per sweep.
 
@@ -137,11 +137,20 @@ def _load(c_row, n_row, offs, mask):
 
 
 @triton.jit
-def _logs(c_row, n_row, offs, mask, mc, log_sc, mn, log_sn, shift):
-    """A block's clean and noisy log-probs (as log_softmax: exact for the likeliest tokens) and the centred
-    log-ratio d = (c - n) - shift (log p - log q less the row's KL: exact, no rounding of the partitions)."""
+def _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl):
+    """A block's clean log-probs, noisy log-probs and log p - log q (with the row's KL: exact partitions)."""
     c, n = _load(c_row, n_row, offs, mask)
-    return (c - mc) - log_sc, (n - mn) - log_sn, (c - n) - shift
+    lp = (c - mc) - log_sc  # as log_softmax: exact for the likeliest tokens
+    logp_diff = ((c - n) - shift) + kl
+    return lp, lp - logp_diff, logp_diff
+
+
+@triton.jit
+def _weighted_row(c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row):
+    """`_row` plus p, the clamped p_c and r = p_c / p_max (the normalisations' weights are powers of r)."""
+    lp, lq, logp_diff = _row(c_row, n_row, offs, mask, mc, log_sc, shift, kl)
+    p, p_c = _floored(lp, p_floor)
+    return lp, lq, logp_diff, p, p_c, p_c * sc_row
 
 
 @triton.jit
@@ -152,18 +161,19 @@ def _floored(lp, p_floor):
 
 
 @triton.jit
-def _floors(lp, lq, d, mask):
-    """The original's floors: max(lp, log 1e-10), max(lq, log 1e-10), whether either applies (inside `mask`),
-    and the log-ratio the normalisations use: lp_c - lq_c where floored, else d (the row's KL still to add)."""
+def _normalised(lp, lq, logp_diff, r_a, alpha, lse_a, inv_s_a):
+    """Renyi-alpha normalisation p_c^a / sum p_c^a: log-weights, weights (r_a = (p_c / p_max)^a) and the
+    alpha-scaled log-ratio, with the original's floors."""
     lp_c = tl.maximum(lp, CLAMP)
     lq_c = tl.maximum(lq, CLAMP)
-    floored = mask & ((lp < CLAMP) | (lq < CLAMP))
-    return lp_c, lq_c, floored, tl.where(floored, lp_c - lq_c, d)
+    diff = tl.where((lp >= CLAMP) & (lq >= CLAMP), logp_diff, lp_c - lq_c)
+    return lp_c * alpha - lse_a, r_a * inv_s_a, diff * alpha
 
 
 @triton.jit
-def _eps_term(log_w, w, log_wq, mask):
-    """Per-lane epsilon term of a KL between w and wq: w [sp(eps - log w) - sp(eps - log wq)]."""
+def _eps_term(log_w, w, ad, shift, kl, mask):
+    """Per-lane epsilon term of a normalisation's KL: w [sp(eps - log w) - sp(eps - log w_noisy)]."""
+    log_wq = log_w - ((ad - shift) + kl)
     return tl.where(mask, w * (_softplus(-(log_w - EPS)) - _softplus(-(log_wq - EPS))), 0.0)
 
 
@@ -175,15 +185,6 @@ def _centred(near, m, s, x, log_w, w, far, mask):
     if far:
         m, s = _lse(m, s, tl.where(mask, log_w + x, float("-inf")))
     return near, m, s
-
-
-@triton.jit
-def _normalised(near, m, s, eps, lp_c, lq_c, diff, r_a, alpha, lse, lsq, inv, shift, far, mask):
-    """One Renyi-alpha normalisation w = p_c^a / sum p_c^a per lane: its KL's centred sums (x = shift - a diff)
-    and its epsilon term against w_q = q_c^a / sum q_c^a (r_a = (p_c / p_max)^a, lse / lsq the log-partitions)."""
-    log_w, w = alpha * lp_c - lse, r_a * inv
-    near, m, s = _centred(near, m, s, shift - alpha * diff, log_w, w, far, mask)
-    return near, m, s, eps + _eps_term(log_w, w, alpha * lq_c - lsq, mask)
 
 
 @triton.jit
@@ -256,47 +257,65 @@ def divergences_kernel(
         sc += e
         sn += tl.where(mask, tl.exp(n - mn), 0.0)
         sh += e * (c - n)
-    sc_row, sn_row = tl.sum(sc, 0), tl.sum(sn, 0)
-    log_sc, log_sn = _log(sc_row), _log(sn_row)
+    sc_row = tl.sum(sc, 0)
+    log_sc = _log(sc_row)
     shift = tl.sum(sh, 0) / sc_row
     p_floor = tl.exp(tl.zeros([], tl.float32) + CLAMP)
 
-    # 3: KL and the Renyi divergences on the exact softmax, x = k d; the plain KL's floors; per
-    #    normalisation a: the partitions sum (p_c / p_max)^a and sum (q_c / q_max)^a and the centring shift's
-    #    sum r_a diff (diff = log p - log q less the row's KL on unfloored entries: their r_a are summed apart)
+    # 3: KL and the Renyi divergences on the exact softmax, x = k d for d = (c - n) - shift;
+    #    sum (p_c / p_max)^a of the normalisations
     top_k, top_a, top_b = -(dmin_row - shift), -0.75 * (dmin_row - shift), -0.5 * (dmin_row - shift)
     top_c, top_d = dmax_row - shift, 3.0 * (dmax_row - shift)
     nk, mk, sk, na, ma, sa, nb, mb, sb = zero, ninf, zero, zero, ninf, zero, zero, ninf, zero
     nc, mq, sq, nd, md, sd = zero, ninf, zero, zero, ninf, zero
-    s05, s1, s2, q05, q1, q2 = zero, zero, zero, zero, zero, zero  # partitions
-    g05, g1, g2, u05, u1, u2 = zero, zero, zero, zero, zero, zero  # shifts: sum r_a diff, unfloored r_a
-    extra, p_fl, eps_term, low = zero, zero, zero, pinf
-    c025, t025, c05, t05, c2, t2, c4, t4 = zero, zero, zero, zero, zero, zero, zero, zero
+    s05, s1, s2 = zero, zero, zero
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
-        lp, lq, d = _logs(c_row, n_row, offs, mask, mc, log_sc, mn, log_sn, shift)
+        lp, _, d = _row(c_row, n_row, offs, mask, mc, log_sc, shift, 0.0)
         p, p_c = _floored(lp, p_floor)
-        _, q_c = _floored(lq, p_floor)
         nk, mk, sk = _centred(nk, mk, sk, -d, lp, p, top_k > LARGE, mask)
         na, ma, sa = _centred(na, ma, sa, -0.75 * d, lp, p, top_a > LARGE, mask)
         nb, mb, sb = _centred(nb, mb, sb, -0.5 * d, lp, p, top_b > LARGE, mask)
         nc, mq, sq = _centred(nc, mq, sq, d, lp, p, top_c > LARGE, mask)
         nd, md, sd = _centred(nd, md, sd, 3.0 * d, lp, p, top_d > LARGE, mask)
-        r1 = tl.where(mask, p_c * sc_row, 0.0)
-        r05, r2 = tl.sqrt(r1), r1 * r1
-        s05, s1, s2 = s05 + r05, s1 + r1, s2 + r2
-        rq = tl.where(mask, q_c * sn_row, 0.0)
-        q05, q1, q2 = q05 + tl.sqrt(rq), q1 + rq, q2 + rq * rq
-        lp_c, lq_c, floored, diff = _floors(lp, lq, d, mask)
-        extra += tl.where(floored, p_c * diff - p * d, 0.0)
-        p_fl += tl.where(floored, p, 0.0)
-        eps_term += _eps_term(lp_c, p_c, lq_c, mask)
-        g05, g1, g2 = g05 + r05 * diff, g1 + r1 * diff, g2 + r2 * diff
-        u05 += tl.where(floored, 0.0, r05)
-        u1 += tl.where(floored, 0.0, r1)
-        u2 += tl.where(floored, 0.0, r2)
-        low = tl.minimum(low, tl.where(mask, diff, float("inf")))
+        r = tl.where(mask, p_c * sc_row, 0.0)
+        s05 += tl.sqrt(r)
+        s1 += r
+        s2 += r * r
+    kl = tl.maximum(_log_mean_exp(top_k, nk, mk, sk), 0.0)
+    renyi025 = tl.maximum(kl + _log_mean_exp(top_a, na, ma, sa) / -0.75, 0.0)
+    renyi05 = tl.maximum(kl + _log_mean_exp(top_b, nb, mb, sb) / -0.5, 0.0)
+    renyi2 = tl.maximum(kl + _log_mean_exp(top_c, nc, mq, sq), 0.0)
+    renyi4 = tl.maximum(kl + _log_mean_exp(top_d, nd, md, sd) / 3.0, 0.0)
+    s05_row, s1_row, s2_row = tl.sum(s05, 0), tl.sum(s1, 0), tl.sum(s2, 0)
+    lse05, lse1, lse2 = -0.5 * log_sc + _log(s05_row), -log_sc + _log(s1_row), -2.0 * log_sc + _log(s2_row)
+    inv05, inv1, inv2 = 1.0 / s05_row, 1.0 / s1_row, 1.0 / s2_row
+
+    # 4: the plain KL's floors; the normalisations' centring shifts and the minima of their log-ratios;
+    #    under ORIGINAL the clipped Renyi sums (c: what the clip changes, t: the clipped sum)
+    extra, eps_term, sh05, sh1, sh2, low05, low1, low2 = zero, zero, zero, zero, zero, pinf, pinf, pinf
+    c025, t025, c05, t05, c2, t2, c4, t4 = zero, zero, zero, zero, zero, zero, zero, zero
+    for start in range(0, vocab, BLOCK):
+        offs = start + lanes
+        mask = offs < vocab
+        lp, lq, logp_diff, p, p_c, r = _weighted_row(
+            c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row
+        )
+        lp_c = tl.maximum(lp, CLAMP)
+        lq_c = tl.maximum(lq, CLAMP)
+        floored = (lp < CLAMP) | (lq < CLAMP)
+        extra += tl.where(mask & floored, p_c * (lp_c - lq_c) - p * logp_diff, 0.0)
+        eps_term += tl.where(mask, p_c * (_softplus(-(lp_c - EPS)) - _softplus(-(lq_c - EPS))), 0.0)
+        _, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
+        sh05 += tl.where(mask, w * ad, 0.0)
+        low05 = tl.minimum(low05, tl.where(mask, ad, float("inf")))
+        _, w, ad = _normalised(lp, lq, logp_diff, r, 1.0, lse1, inv1)
+        sh1 += tl.where(mask, w * ad, 0.0)
+        low1 = tl.minimum(low1, tl.where(mask, ad, float("inf")))
+        _, w, ad = _normalised(lp, lq, logp_diff, r * r, 2.0, lse2, inv2)
+        sh2 += tl.where(mask, w * ad, 0.0)
+        low2 = tl.minimum(low2, tl.where(mask, ad, float("inf")))
         if ORIGINAL:
             lp_k = tl.maximum(lp, LOG_CLIP12)
             lq_k = tl.maximum(lq, LOG_CLIP12)
@@ -305,72 +324,51 @@ def divergences_kernel(
             c05, t05 = _clipped(c05, t05, lp, lq, lp_k, lq_k, 0.5, 0.5, cut, mask)
             c2, t2 = _clipped(c2, t2, lp, lq, lp_k, lq_k, 2.0, -1.0, cut, mask)
             c4, t4 = _clipped(c4, t4, lp, lq, lp_k, lq_k, 4.0, -3.0, cut, mask)
-    kl = tl.maximum(_log_mean_exp(top_k, nk, mk, sk), 0.0)
-    renyi025 = tl.maximum(kl + _log_mean_exp(top_a, na, ma, sa) / -0.75, 0.0)
-    renyi05 = tl.maximum(kl + _log_mean_exp(top_b, nb, mb, sb) / -0.5, 0.0)
-    renyi2 = tl.maximum(kl + _log_mean_exp(top_c, nc, mq, sq), 0.0)
-    renyi4 = tl.maximum(kl + _log_mean_exp(top_d, nd, md, sd) / 3.0, 0.0)
     if ORIGINAL:
         renyi025 = _original_renyi(renyi025, -0.75, tl.sum(c025, 0), tl.sum(t025, 0))
         renyi05 = _original_renyi(renyi05, -0.5, tl.sum(c05, 0), tl.sum(t05, 0))
         renyi2 = _original_renyi(renyi2, 1.0, tl.sum(c2, 0), tl.sum(t2, 0))
         renyi4 = _original_renyi(renyi4, 3.0, tl.sum(c4, 0), tl.sum(t4, 0))
-    kl_plain = tl.maximum(kl + (tl.sum(extra, 0) - kl * tl.sum(p_fl, 0)) + tl.sum(eps_term, 0), 0.0)
-    s05_row, s1_row, s2_row = tl.sum(s05, 0), tl.sum(s1, 0), tl.sum(s2, 0)
-    lse05, lse1, lse2 = -0.5 * log_sc + _log(s05_row), -log_sc + _log(s1_row), -2.0 * log_sc + _log(s2_row)
-    lsq05 = -0.5 * log_sn + _log(tl.sum(q05, 0))
-    lsq1 = -log_sn + _log(tl.sum(q1, 0))
-    lsq2 = -2.0 * log_sn + _log(tl.sum(q2, 0))
-    inv05, inv1, inv2 = 1.0 / s05_row, 1.0 / s1_row, 1.0 / s2_row
-    # the centring shifts E_w[a diff] (the row's KL added on the unfloored entries) and the largest x below
-    shift05 = 0.5 * (tl.sum(g05, 0) + kl * tl.sum(u05, 0)) * inv05
-    shift1 = (tl.sum(g1, 0) + kl * tl.sum(u1, 0)) * inv1
-    shift2 = 2.0 * (tl.sum(g2, 0) + kl * tl.sum(u2, 0)) * inv2
-    low_row = tl.min(low, 0)  # (less the KL on unfloored entries: a bound, it only picks the form below)
+    kl_plain = tl.maximum(kl + tl.sum(extra, 0) + tl.sum(eps_term, 0), 0.0)
+    shift05, shift1, shift2 = tl.sum(sh05, 0), tl.sum(sh1, 0), tl.sum(sh2, 0)
 
-    # 4: the normalisations' KLs, x = shift_a - a diff (the negated centred log-ratio), and their epsilon
-    #    terms (the noisy normalisation's log-weights from its own partition)
-    top05, top1, top2 = shift05 - 0.5 * low_row, shift1 - low_row, shift2 - 2.0 * low_row
+    # 5: the normalisations' KLs, x = shift_a - ad (the negated centred log-ratio)
+    top05, top1, top2 = shift05 - tl.min(low05, 0), shift1 - tl.min(low1, 0), shift2 - tl.min(low2, 0)
     na, ma, sa, nb, mb, sb, nc, mq, sq = zero, ninf, zero, zero, ninf, zero, zero, ninf, zero
-    e05, e1, e2 = zero, zero, zero
     for start in range(0, vocab, BLOCK):
         offs = start + lanes
         mask = offs < vocab
-        lp, lq, d = _logs(c_row, n_row, offs, mask, mc, log_sc, mn, log_sn, shift)
-        _, p_c = _floored(lp, p_floor)
-        lp_c, lq_c, floored, diff = _floors(lp, lq, d, mask)
-        diff = tl.where(floored, diff, diff + kl)
-        r1 = tl.where(mask, p_c * sc_row, 0.0)
-        na, ma, sa, e05 = _normalised(
-            na,
-            ma,
-            sa,
-            e05,
-            lp_c,
-            lq_c,
-            diff,
-            tl.sqrt(r1),
-            0.5,
-            lse05,
-            lsq05,
-            inv05,
-            shift05,
-            top05 > LARGE,
-            mask,
+        lp, lq, logp_diff, _, _, r = _weighted_row(
+            c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row
         )
-        nb, mb, sb, e1 = _normalised(
-            nb, mb, sb, e1, lp_c, lq_c, diff, r1, 1.0, lse1, lsq1, inv1, shift1, top1 > LARGE, mask
-        )
-        nc, mq, sq, e2 = _normalised(
-            nc, mq, sq, e2, lp_c, lq_c, diff, r1 * r1, 2.0, lse2, lsq2, inv2, shift2, top2 > LARGE, mask
-        )
+        log_w, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
+        na, ma, sa = _centred(na, ma, sa, shift05 - ad, log_w, w, top05 > LARGE, mask)
+        log_w, w, ad = _normalised(lp, lq, logp_diff, r, 1.0, lse1, inv1)
+        nb, mb, sb = _centred(nb, mb, sb, shift1 - ad, log_w, w, top1 > LARGE, mask)
+        log_w, w, ad = _normalised(lp, lq, logp_diff, r * r, 2.0, lse2, inv2)
+        nc, mq, sq = _centred(nc, mq, sq, shift2 - ad, log_w, w, top2 > LARGE, mask)
     kl05 = tl.maximum(_log_mean_exp(top05, na, ma, sa), 0.0)
     kl1 = tl.maximum(_log_mean_exp(top1, nb, mb, sb), 0.0)
     kl2 = tl.maximum(_log_mean_exp(top2, nc, mq, sq), 0.0)
 
+    # 6: the normalisations' epsilon terms
+    e05, e1, e2 = zero, zero, zero
+    for start in range(0, vocab, BLOCK):
+        offs = start + lanes
+        mask = offs < vocab
+        lp, lq, logp_diff, _, _, r = _weighted_row(
+            c_row, n_row, offs, mask, mc, log_sc, shift, kl, p_floor, sc_row
+        )
+        log_w, w, ad = _normalised(lp, lq, logp_diff, tl.sqrt(r), 0.5, lse05, inv05)
+        e05 += _eps_term(log_w, w, ad, shift05, kl05, mask)
+        log_w, w, ad = _normalised(lp, lq, logp_diff, r, 1.0, lse1, inv1)
+        e1 += _eps_term(log_w, w, ad, shift1, kl1, mask)
+        log_w, w, ad = _normalised(lp, lq, logp_diff, r * r, 2.0, lse2, inv2)
+        e2 += _eps_term(log_w, w, ad, shift2, kl2, mask)
+
     target = tl.load(targets_ptr + i)
     target = tl.where(target < 0, arg_c.to(tl.int64), target)
-    nll = (mn - tl.load(n_row + target).to(tl.float32)) + log_sn
+    nll = (mn - tl.load(n_row + target).to(tl.float32)) + _log(tl.sum(sn, 0))
     tl.store(out_ptr + 0 * n_rows + i, kl_plain)
     tl.store(out_ptr + 1 * n_rows + i, tl.maximum(kl05 + tl.sum(e05, 0), 0.0))
     tl.store(out_ptr + 2 * n_rows + i, tl.maximum(kl1 + tl.sum(e1, 0), 0.0))
