@@ -1,18 +1,19 @@
 """hf-vlm families at their real shape (random weights, built on the GPU from config values written here):
 LOGAN's engine next to the plain Hugging Face forwards users write, on the same images, in the same run.
 
-    python benchmarks/bench_families.py --family qwen2-vl-7b --family gemma-3-4b     # GPU (H200: ~4 min each)
+    python benchmarks/bench_families.py --family qwen2-vl-7b --family gemma-3-4b     # GPU (H200: ~5 min each)
     python benchmarks/bench_families.py --tiny                                       # CPU, tiny shapes: tests the script
 
 Rows per family (images of the family's native size: 448 x 448 -> 256 Qwen2-VL tokens, 896 x 896 -> Gemma 3's 256):
 - `HF per-image loop`: what users write: per image the processor, then transformers' own forward (batch 1,
-  eager, every position's logits), once clean and once per std.
+  eager, every position's logits), once clean and once per std (`--default-stds` values).
 - `HF batched forward`: the same forward on batches of LOGAN's batch size, inputs made beforehand, blocks
   compiled as LOGAN compiles them: the family's own rate, the target LOGAN's img-only run is held to (>= 85 %).
-- `LOGAN img`: `run_stds` as `logan tune` runs it (host threads, writers), img part, LOGAN's nine divergences,
-  compiled blocks, fused kernel, kept prefix where the family allows it.
+- `LOGAN img`: `run_stds` as `logan tune` runs it (host threads, writers; by default all 32 std values of the
+  seed's grid per batch, as tune does), img part, LOGAN's nine divergences, compiled blocks, fused kernel, kept
+  prefix where the family allows it.
 - `LOGAN default`: parts img / inst / desp / inst_desp with the 18 default metrics (aug_kld: 4 more passes per
-  image); descriptions (32 tokens) generated first, timed apart.
+  image; `--default-stds` values, 4 by default); descriptions (32 tokens) generated first, timed apart.
 - `divergences alone`: the nine divergences on one batch of image rows at the real vocabulary (152k Qwen2,
   262k Gemma 3), against one forward of that batch: where the vocabulary moves the cost.
 fwd/s counts forwards (LOGAN: the clean pass + one per std); pairs/s counts (image, std) pairs; % peak is the
@@ -261,7 +262,7 @@ def bench_family(name: str, family: Family, args: argparse.Namespace, work: Path
              "real_vocab": adapter.real_vocab, "lm_head_rows": adapter.model.lm_head.out_features}
     side = family.image_size
     items = make_images(work / f"images_{side}", args.images, (side, side))
-    stds = DEFAULT_STDS[::max(1, len(DEFAULT_STDS) // args.stds)][: args.stds]
+    stds = spread(args.stds)
     encoded = adapter.encode(INSTRUCTION, text_after_image=False, image_size=(side, side))
     setup.update(sequence_tokens=len(adapter.encode(INSTRUCTION, image_size=(side, side)).input_ids),
                  img_only_tokens=len(encoded.input_ids), image_tokens=encoded.n_image,
@@ -278,8 +279,11 @@ def bench_family(name: str, family: Family, args: argparse.Namespace, work: Path
         for i in range(8):
             adapter.image_input(perturb_pixels(image, stds[-1], seed=0, key=key, draw=i))
         setup["host_ms_per_image"] = (time.perf_counter() - started) / 8 * 1e3  # one thread: noise + processor
-        setup["profile"] = profiled(lambda: logan_run(adapter, items, stds, img, work / name / "img_profiled"),
-                                    Path(args.profile) / f"{name}_img.trace.json")
+        few = spread(4)  # one batch x 4 std values: a trace small enough to read
+        chosen = items[: img_batch(adapter, items, args, compile)]
+        setup["profile"] = {"images": len(chosen), "stds": len(few), **profiled(
+            lambda: logan_run(adapter, chosen, few, img, work / name / "img_profiled"),
+            Path(args.profile) / f"{name}_img.trace.json")}
     for label, interval, workers in ([("switch interval 0.5 ms", 5e-4, 0), ("2 host workers", None, 2)]
                                      if args.variants else []):
         default_interval = sys.getswitchinterval()
@@ -290,15 +294,11 @@ def bench_family(name: str, family: Family, args: argparse.Namespace, work: Path
                 r.update(logan_run(adapter, items, stds, variant, work / name / label))
         finally:
             sys.setswitchinterval(default_interval)
-    kernel = fused.resolve("auto", device, (dtype, adapter.real_vocab))  # the engine's batch size, as run_stds had it
-    batch = Engine(adapter, EngineSettings(parts=["img"], metrics=LOGAN_METRICS, instruction=INSTRUCTION,
-                                           batch_size=args.batch_size, compile=compile,
-                                           metric_kernel=kernel)).batch_size(items)
-    setup["batch_size"] = batch
+    batch = setup["batch_size"] = img_batch(adapter, items, args, compile)
     with meter.measure(rows.setdefault(f"HF batched forward, batch {batch}, compiled blocks", {})) as r:
         r.update(hf_batched(adapter, items, batch, args.repeats))
     with meter.measure(rows.setdefault("HF per-image loop, batch 1, eager", {})) as r:
-        r.update(hf_loop(adapter, items[: args.loop_images], stds))
+        r.update(hf_loop(adapter, items[: args.loop_images], spread(args.default_stds)))
     if not args.skip_default:
         cfg = run_config(work / name / "default", ["img", "inst", "desp", "inst_desp"], list(DEFAULT_METRICS),
                          args.batch_size, compile, 0)
@@ -308,10 +308,23 @@ def bench_family(name: str, family: Family, args: argparse.Namespace, work: Path
             r.update(images=len(items))
         items = [replace(it, description=tuple(described[it.sample_id])) for it in items]
         logan_run(adapter, items, stds[:1], cfg, work / name / "default_warm")
-        with meter.measure(rows.setdefault("LOGAN default parts, 18 metrics (aug_kld)", {})) as r:
-            r.update(logan_run(adapter, items, stds, cfg, work / name / "default"))
+        with meter.measure(rows.setdefault(f"LOGAN default parts, 18 metrics (aug_kld), {args.default_stds} stds", {})) as r:
+            r.update(logan_run(adapter, items, spread(args.default_stds), cfg, work / name / "default"))
     setup["divergences"] = divergence_share(adapter, items, batch)
     return {"setup": setup, "rows": rows}
+
+
+def spread(count: int) -> list[float]:
+    """`count` std values spread over the seed's grid of 32 (all of them at 32)."""
+    return DEFAULT_STDS[:: max(1, len(DEFAULT_STDS) // count)][:count]
+
+
+def img_batch(adapter: hf_vlm.HFVLM, items: list[WorkItem], args: argparse.Namespace, compile: bool) -> int:
+    """The engine's batch size for an img-only run, as run_stds had it (auto: probed once, then cached)."""
+    kernel = fused.resolve("auto", adapter.device, (adapter.dtype, adapter.real_vocab))
+    return Engine(adapter, EngineSettings(parts=["img"], metrics=LOGAN_METRICS, instruction=INSTRUCTION,
+                                          batch_size=args.batch_size, compile=compile,
+                                          metric_kernel=kernel)).batch_size(items)
 
 
 def table(name: str, result: dict) -> str:
@@ -355,7 +368,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
     p.add_argument("--images", type=int, default=None, help="images for LOGAN (default 128 GPU, 6 --tiny)")
     p.add_argument("--loop-images", type=int, default=None, help="images for the per-image loop (default 16, 2 --tiny)")
-    p.add_argument("--stds", type=int, default=None, help="std values per image (default 4, 2 --tiny)")
+    p.add_argument("--stds", type=int, default=None, help="std values per image in the img-only runs (default 32, "
+                   "the seed's grid, as `logan tune` runs it; 2 --tiny)")
+    p.add_argument("--default-stds", type=int, default=None, help="std values per image in the default-parts run "
+                   "(default 4, 2 --tiny)")
     p.add_argument("--batch-size", default="auto")
     p.add_argument("--repeats", type=int, default=None, help="batched forwards timed (default 10, 2 --tiny)")
     p.add_argument("--skip-default", action="store_true", help="skip the default parts + metrics run")
@@ -363,14 +379,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--variants", action="store_true", help="also LOGAN img with a 0.5 ms GIL switch interval, "
                    "and with 2 host workers")
     p.add_argument("--profile", default=None, metavar="DIR",
-                   help="also run LOGAN img once under torch.profiler: DIR/<family>_img.trace.json and a summary")
+                   help="also run LOGAN img on one batch x 4 std values under torch.profiler: "
+                   "DIR/<family>_img.trace.json and a summary")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     small = args.tiny
     args.images = args.images or (6 if small else 128)
     args.loop_images = args.loop_images or (2 if small else 16)
-    args.stds = args.stds or (2 if small else 4)
+    args.stds = args.stds or (2 if small else 32)
+    args.default_stds = args.default_stds or (2 if small else 4)
     args.repeats = args.repeats or (2 if small else 10)
     if small and args.batch_size == "auto":
         args.batch_size = 4

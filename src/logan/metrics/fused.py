@@ -17,7 +17,7 @@ unchanged) sweep 4 also sums the original's clipped Renyi terms and the Renyi ou
 divergences (`metrics/original.py`).
 
 The work is transcendental functions, so the kernel keeps them few and fast (`fused_kernel.py`). On an
-H200 at 32 000 vocabulary entries it takes 0.57 ms per 576-row (image, std) pair against 1.62 ms for
+H200 at 32 000 vocabulary entries it takes 0.53 ms per 576-row (image, std) pair against 1.62 ms for
 the compiled PyTorch reduction, and its values are within 3e-6 (relative) of PyTorch's
 (`benchmarks/README.md`). It runs on CUDA devices with triton installed; the tests also run it on the
 CPU under triton's interpreter (`TRITON_INTERPRET=1` set before triton is imported; slow). The kernel
@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 
 NOISY_NLL = "_nll"  # the engine's internal name for the noisy pass's per-token NLL of the targets
 OUTPUTS = (*LOGAN_DIVERGENCES, NOISY_NLL)
-BLOCK = 512  # vocabulary entries per step of a sweep (per-lane accumulators: BLOCK / (32 * WARPS) per thread)
-WARPS = 4  # (512, 4): 0.57 ms per 576-row pair on an H200; (1024, 4) 0.70, (2048, 8) 0.59, (256, 2) 0.78
+BLOCK = 256  # vocabulary entries per step of a sweep (per-lane accumulators: BLOCK / (32 * WARPS) per thread)
+WARPS = 4
+# H200, benchmarks/bench_kernel.py, ms per 16 384 bf16 rows at 32 000 / 151 657 / 262 145 entries:
+# (256, 4) 15.0 / 91.8 / 158.2; (512, 4) 16.6 / 112.0 / 189.6 (fewer, longer-lived registers per lane win)
 
 
 def available(device: torch.device) -> bool:
