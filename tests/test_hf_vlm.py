@@ -252,11 +252,13 @@ def test_remote_code_runs_only_when_trusted_and_is_recorded(hf_vlms, tmp_path) -
         check_model(ModelConfig(name="hf-vlm", model_path=str(hf_vlms["qwen2_vl"]), conv_mode="llava_v1"))
 
 
-def test_tune_select_classify_through_the_cli(world, hf_vlms, tmp_path, capsys) -> None:
-    """`logan tune target_model=auto` on a Qwen2-VL folder, then select and classify at its optimal std."""
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tune_select_classify_through_the_cli(world, hf_vlms, tmp_path, capsys, family) -> None:
+    """`logan tune target_model=auto` on the family's folder (descriptions generated, three std values), then
+    select and classify at its optimal std: every part, all 18 default metrics, finite AUCs."""
     from logan.cli import main
 
-    model = [f"target_model.model_path={hf_vlms['qwen2_vl']}"]
+    model = [f"target_model.model_path={hf_vlms[family]}"]
     data = [f"data.member_dataset={world.members}", f"data.nonmember_dataset={world.nonmembers}",
             "data.target_set_size=8", "data.n_nm_ratio=0.5", "data.reference_datasets_list=[]"]
     tune = tmp_path / "tune"
