@@ -273,6 +273,7 @@ def bench_family(name: str, family: Family, args: argparse.Namespace, work: Path
     logan_run(adapter, items, stds[:1], img, work / name / "img_warm")
     with meter.measure(rows.setdefault("LOGAN img, 9 divergences", {})) as r:
         r.update(logan_run(adapter, items, stds, img, work / name / "img"))
+    batch = setup["batch_size"] = img_batch(adapter, items, args, compile)  # probed by the run above: cached
     if args.profile:
         image, key = load_image(items[0].source)
         started = time.perf_counter()
@@ -280,7 +281,7 @@ def bench_family(name: str, family: Family, args: argparse.Namespace, work: Path
             adapter.image_input(perturb_pixels(image, stds[-1], seed=0, key=key, draw=i))
         setup["host_ms_per_image"] = (time.perf_counter() - started) / 8 * 1e3  # one thread: noise + processor
         few = spread(4)  # one batch x 4 std values: a trace small enough to read
-        chosen = items[: img_batch(adapter, items, args, compile)]
+        chosen = items[:batch]
         setup["profile"] = {"images": len(chosen), "stds": len(few), **profiled(
             lambda: logan_run(adapter, chosen, few, img, work / name / "img_profiled"),
             Path(args.profile) / f"{name}_img.trace.json")}
@@ -294,7 +295,6 @@ def bench_family(name: str, family: Family, args: argparse.Namespace, work: Path
                 r.update(logan_run(adapter, items, stds, variant, work / name / label))
         finally:
             sys.setswitchinterval(default_interval)
-    batch = setup["batch_size"] = img_batch(adapter, items, args, compile)
     with meter.measure(rows.setdefault(f"HF batched forward, batch {batch}, compiled blocks", {})) as r:
         r.update(hf_batched(adapter, items, batch, args.repeats))
     with meter.measure(rows.setdefault("HF per-image loop, batch 1, eager", {})) as r:

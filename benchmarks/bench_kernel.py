@@ -54,7 +54,9 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=16384)
     p.add_argument("--vocab", default="32000,151657,262145")
-    p.add_argument("--configs", default=f"{fused.BLOCK}x{fused.WARPS},256x4,512x8,1024x8")
+    p.add_argument("--configs", default=",".join(dict.fromkeys([f"{fused.BLOCK}x{fused.WARPS}", "512x4", "256x2",
+                                                                  "512x8", "1024x8"])),
+                   help="BLOCKxWARPS launch shapes; the first is the reference of `max rel` (default: the current one first)")
     p.add_argument("--against", default=None, help="another fused_kernel.py to time beside the current one")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
